@@ -1,0 +1,35 @@
+//! Conntrackers: where the loader learns the NAT translations the kernel's conntrack made.
+//!
+//! Every implementation (CO-RE eBPF, prebuilt eBPF with guessed offsets, netlink) answers
+//! through the same [`Conntracker`] trait, so the API, the CLI and the sweep are shared.
+mod tuple;
+
+pub use tuple::{Entry, Protocol, Tuple, TupleError};
+
+/// Fill level of one map or table a conntracker owns.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TableFill {
+    pub name: String,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("reading conntrack map {map}: {reason}")]
+    MapRead { map: String, reason: String },
+}
+
+/// The read side of a running conntracker.
+pub trait Conntracker: Send + Sync {
+    /// Short name of the implementation in use, e.g. `core/tp_btf`.
+    fn strategy(&self) -> String;
+    /// One entry per NAT'd connection: its original tuple, reply tuple and netns.
+    fn entries(&self) -> Result<Vec<Entry>, ConntrackError>;
+    /// The translation of `tuple` in network namespace `netns`: the reply tuple for an
+    /// original tuple and the original for a reply tuple. Returns the tuple and the
+    /// namespace it was found in.
+    fn lookup(&self, tuple: &Tuple, netns: u32) -> Result<Option<(Tuple, u32)>, ConntrackError>;
+    /// Fill levels of the maps/tables behind this conntracker.
+    fn tables(&self) -> Vec<TableFill>;
+}

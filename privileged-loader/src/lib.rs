@@ -1,0 +1,3 @@
+//! The privileged loader: the only process that touches the kernel's BPF subsystem.
+pub mod conntrack;
+pub mod status;

@@ -1,0 +1,181 @@
+//! The loader's status registry: what every module and asset did, as data.
+//!
+//! Modules record here; the `GetStatus` RPC reads a snapshot. Status is data, not log
+//! lines: every fallback and every asset load ends in an enumerated, counted result.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Where the BTF used for a CO-RE load came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BtfSource {
+    /// A file the user named (`btf.file`).
+    UserFile,
+    /// `/sys/kernel/btf/vmlinux`.
+    Sysfs,
+    /// A directory in BTFHub layout (`btf.hub_dir`).
+    Btfhub,
+}
+
+impl BtfSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BtfSource::UserFile => "user-file",
+            BtfSource::Sysfs => "sysfs",
+            BtfSource::Btfhub => "btfhub",
+        }
+    }
+}
+
+/// How one attempt to load an asset ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum AssetOutcome {
+    Loaded { btf_source: Option<BtfSource> },
+    BtfNotFound,
+    AssetReadError,
+    VerifierError,
+    AttachError,
+}
+
+/// The last result recorded for one asset, and how many times each was seen.
+#[derive(Clone, Debug, Serialize)]
+pub struct AssetRecord {
+    pub asset: String,
+    pub outcome: AssetOutcome,
+    /// The error; for verifier errors, the tail of the verifier log.
+    pub detail: String,
+    pub load_time: Duration,
+    pub count: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModuleState {
+    Loading,
+    Running,
+    Failed,
+    Disabled,
+}
+
+/// One strategy a module tried, in order, and why it was or was not used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StrategyAttempt {
+    pub strategy: String,
+    pub ok: bool,
+    pub reason: String,
+}
+
+impl StrategyAttempt {
+    pub fn ok(strategy: impl Into<String>) -> Self {
+        Self { strategy: strategy.into(), ok: true, reason: String::new() }
+    }
+    pub fn failed(strategy: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { strategy: strategy.into(), ok: false, reason: reason.into() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModuleRecord {
+    pub name: String,
+    pub state: ModuleState,
+    /// The implementation in use, e.g. `core/tp_btf`.
+    pub strategy: String,
+    pub attempts: Vec<StrategyAttempt>,
+    pub last_error: Option<String>,
+    pub load_time: Duration,
+}
+
+impl ModuleRecord {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            state: ModuleState::Loading,
+            strategy: String::new(),
+            attempts: Vec::new(),
+            last_error: None,
+            load_time: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    assets: BTreeMap<String, AssetRecord>,
+    modules: BTreeMap<String, ModuleRecord>,
+}
+
+/// Shared, cheap to clone. Locks are held only to copy or update a record.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned registry still holds valid records: keep serving them.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the result of one load attempt of `asset`.
+    pub fn record_asset(&self, asset: &str, outcome: AssetOutcome, detail: String, load_time: Duration) {
+        let mut inner = self.lock();
+        let count = inner.assets.get(asset).map_or(0, |r| r.count) + 1;
+        inner.assets.insert(
+            asset.to_string(),
+            AssetRecord { asset: asset.to_string(), outcome, detail, load_time, count },
+        );
+    }
+
+    /// Creates or updates the record of module `name`.
+    pub fn update_module(&self, name: &str, update: impl FnOnce(&mut ModuleRecord)) {
+        let mut inner = self.lock();
+        let record = inner.modules.entry(name.to_string()).or_insert_with(|| ModuleRecord::new(name));
+        update(record);
+    }
+
+    pub fn assets(&self) -> Vec<AssetRecord> {
+        self.lock().assets.values().cloned().collect()
+    }
+
+    pub fn modules(&self) -> Vec<ModuleRecord> {
+        self.lock().modules.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_results_are_counted_and_the_last_one_kept() {
+        let registry = Registry::default();
+        registry.record_asset("conntrack", AssetOutcome::AssetReadError, "bad".into(), Duration::ZERO);
+        registry.record_asset(
+            "conntrack",
+            AssetOutcome::Loaded { btf_source: Some(BtfSource::Sysfs) },
+            String::new(),
+            Duration::from_millis(3),
+        );
+        let assets = registry.assets();
+        assert_eq!(assets.len(), 1);
+        assert_eq!(assets[0].count, 2);
+        assert_eq!(assets[0].outcome, AssetOutcome::Loaded { btf_source: Some(BtfSource::Sysfs) });
+    }
+
+    #[test]
+    fn module_updates_accumulate_attempts() {
+        let registry = Registry::default();
+        registry.update_module("conntrack", |m| m.attempts.push(StrategyAttempt::failed("fentry", "EPERM")));
+        registry.update_module("conntrack", |m| {
+            m.attempts.push(StrategyAttempt::ok("tp_btf"));
+            m.state = ModuleState::Running;
+        });
+        let modules = registry.modules();
+        assert_eq!(modules[0].attempts.len(), 2);
+        assert_eq!(modules[0].state, ModuleState::Running);
+    }
+}
