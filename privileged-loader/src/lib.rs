@@ -1,3 +1,4 @@
 //! The privileged loader: the only process that touches the kernel's BPF subsystem.
 pub mod conntrack;
+pub mod objects;
 pub mod status;
