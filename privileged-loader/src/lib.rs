@@ -1,4 +1,6 @@
 //! The privileged loader: the only process that touches the kernel's BPF subsystem.
+pub mod api;
 pub mod conntrack;
 pub mod objects;
+pub mod privileges;
 pub mod status;

@@ -1,1 +1,103 @@
-fn main() {}
+//! `privileged-loader`: `run` starts the daemon, `probe` prints the kernel report.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use privileged_loader::config::LoaderConfig;
+mod daemon;
+
+#[derive(Parser)]
+#[command(name = "privileged-loader", version, about = "Loads and owns the agent's eBPF objects; serves the loader API")]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Read eBPF objects from this directory instead of the embedded ones.
+    #[arg(long, global = true)]
+    bpf_dir: Option<PathBuf>,
+    /// Use this BTF file (tried before every other source).
+    #[arg(long, global = true)]
+    btf_file: Option<PathBuf>,
+    /// A directory in BTFHub layout: <os-id>/<os-version>/<arch>/<release>.btf[.tar.xz].
+    #[arg(long, global = true)]
+    btf_hub_dir: Option<PathBuf>,
+    /// Ignore /sys/kernel/btf/vmlinux (forces the external BTF sources).
+    #[arg(long, global = true)]
+    no_sysfs_btf: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the daemon: load every module, drop privileges, serve the API socket.
+    Run {
+        /// The API socket path (api.socket).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Probe the kernel (BTF, attach kinds, conntrack, lock tracepoints), print, exit.
+    Probe {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cli {
+    /// The flags given, as a partial configuration document (absent flags leave the
+    /// file and environment values alone).
+    fn overrides(&self) -> serde_json::Value {
+        let mut doc = serde_json::json!({});
+        let mut set = |path: &[&str], value: serde_json::Value| {
+            let mut node = &mut doc;
+            for key in &path[..path.len() - 1] {
+                node = node
+                    .as_object_mut()
+                    .map(|o| o.entry(key.to_string()).or_insert_with(|| serde_json::json!({})))
+                    .expect("override document nodes are objects");
+            }
+            node[path[path.len() - 1]] = value;
+        };
+        if let Some(dir) = &self.bpf_dir {
+            set(&["bpf_dir"], dir.to_string_lossy().into());
+        }
+        if let Some(file) = &self.btf_file {
+            set(&["btf", "file"], file.to_string_lossy().into());
+        }
+        if let Some(dir) = &self.btf_hub_dir {
+            set(&["btf", "hub_dir"], dir.to_string_lossy().into());
+        }
+        if self.no_sysfs_btf {
+            set(&["btf", "no_sysfs"], true.into());
+        }
+        if let Command::Run { socket: Some(socket) } = &self.command {
+            set(&["api", "socket"], socket.to_string_lossy().into());
+        }
+        doc
+    }
+}
+
+fn main() -> ExitCode {
+    let exec = Instant::now();
+    let cli = Cli::parse();
+    let config = match LoaderConfig::load(cli.config.as_deref(), cli.overrides()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("privileged-loader: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Probe { json } => daemon::probe_command(&config, json),
+        Command::Run { .. } => daemon::run_command(config, exec),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("privileged-loader: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

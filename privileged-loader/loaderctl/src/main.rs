@@ -1,1 +1,123 @@
-fn main() {}
+//! `loaderctl`: the unprivileged command-line client of the privileged loader.
+//!
+//! It talks gRPC over the loader's unix socket and links no eBPF code: a caller needs only
+//! to be on the loader's allow-list, never any capability.
+mod client;
+mod render;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use shared_proto::loader::v1 as pb;
+
+#[derive(Parser)]
+#[command(name = "loaderctl", version, about = "Query the privileged eBPF loader over its unix socket")]
+struct Cli {
+    /// The loader's API socket.
+    #[arg(long, global = true, env = "LOADERCTL_SOCKET", default_value = "/run/ebpf-loader/loader.sock")]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kernel report, modules, attach strategies and asset results.
+    Status,
+    /// NAT translations held by the conntracker.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
+}
+
+#[derive(Subcommand)]
+enum ConntrackCommand {
+    /// Every NAT'd connection: original and reply tuple.
+    List {
+        /// Only this network namespace inode.
+        #[arg(long, default_value_t = 0)]
+        netns: u32,
+    },
+    /// The translation of one connection, e.g. `lookup tcp 10.0.0.1:40000 10.99.0.1:80`.
+    Lookup {
+        /// tcp or udp.
+        protocol: String,
+        /// Source address and port: 10.0.0.1:40000 or [fd00::1]:40000.
+        source: SocketAddr,
+        /// Destination address and port.
+        destination: SocketAddr,
+        /// Network namespace inode to look in after the root namespace.
+        #[arg(long, default_value_t = 0)]
+        netns: u32,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loaderctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut client = client::connect(&cli.socket).await?;
+    match cli.command {
+        Command::Status => {
+            let status = client.get_status(pb::GetStatusRequest {}).await.map_err(client::explain)?.into_inner();
+            print(cli.json, render::status_json(&status), || render::status_text(&status))
+        }
+        Command::Conntrack(ConntrackCommand::List { netns }) => {
+            let mut stream = client
+                .list_conntrack(pb::ListConntrackRequest { netns })
+                .await
+                .map_err(client::explain)?
+                .into_inner();
+            let mut entries = Vec::new();
+            while let Some(entry) = stream.message().await.map_err(client::explain)? {
+                entries.push(entry);
+            }
+            print(cli.json, render::entries_json(&entries), || render::entries_text(&entries))
+        }
+        Command::Conntrack(ConntrackCommand::Lookup { protocol, source, destination, netns }) => {
+            let tuple = pb::Tuple {
+                src_addr: source.ip().to_string(),
+                src_port: source.port().into(),
+                dst_addr: destination.ip().to_string(),
+                dst_port: destination.port().into(),
+                protocol: parse_protocol(&protocol)?.into(),
+            };
+            let answer = client
+                .lookup_translation(pb::LookupTranslationRequest { tuple: Some(tuple), netns })
+                .await
+                .map_err(client::explain)?
+                .into_inner();
+            print(cli.json, render::lookup_json(&answer), || render::lookup_text(&answer))
+        }
+    }
+}
+
+fn parse_protocol(name: &str) -> Result<pb::Protocol> {
+    match name.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(pb::Protocol::Tcp),
+        "udp" => Ok(pb::Protocol::Udp),
+        other => bail!("unknown protocol {other:?}: use tcp or udp"),
+    }
+}
+
+fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).context("encoding JSON")?);
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}

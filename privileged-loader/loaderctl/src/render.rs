@@ -1,0 +1,225 @@
+//! Human tables and JSON documents for each answer.
+use serde_json::{Value, json};
+use shared_proto::loader::v1 as pb;
+
+pub fn tuple_json(t: Option<&pb::Tuple>) -> Value {
+    let Some(t) = t else { return Value::Null };
+    json!({
+        "src": t.src_addr, "sport": t.src_port, "dst": t.dst_addr, "dport": t.dst_port,
+        "proto": protocol_name(t.protocol),
+    })
+}
+
+fn protocol_name(p: i32) -> String {
+    match pb::Protocol::try_from(p) {
+        Ok(pb::Protocol::Tcp) => "tcp".into(),
+        Ok(pb::Protocol::Udp) => "udp".into(),
+        _ => format!("proto-{p}"),
+    }
+}
+
+fn endpoint(addr: &str, port: u32) -> String {
+    if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") }
+}
+
+fn tuple_text(t: Option<&pb::Tuple>) -> String {
+    t.map_or_else(|| "-".into(), |t| format!("{} -> {}", endpoint(&t.src_addr, t.src_port), endpoint(&t.dst_addr, t.dst_port)))
+}
+
+pub fn entries_json(entries: &[pb::ConntrackEntry]) -> Value {
+    Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                json!({"original": tuple_json(e.original.as_ref()), "reply": tuple_json(e.reply.as_ref()), "netns": e.netns})
+            })
+            .collect(),
+    )
+}
+
+pub fn entries_text(entries: &[pb::ConntrackEntry]) -> String {
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.original.as_ref().map_or_else(|| "-".into(), |t| protocol_name(t.protocol)),
+                tuple_text(e.original.as_ref()),
+                tuple_text(e.reply.as_ref()),
+                e.netns.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let mut out = table(&["PROTO", "ORIGINAL", "REPLY", "NETNS"], &rows);
+    out.push_str(&format!("{} NAT translation(s)\n", entries.len()));
+    out
+}
+
+pub fn lookup_json(answer: &pb::LookupTranslationResponse) -> Value {
+    json!({"found": answer.found, "translated": tuple_json(answer.translated.as_ref()), "netns": answer.netns})
+}
+
+pub fn lookup_text(answer: &pb::LookupTranslationResponse) -> String {
+    if !answer.found {
+        return "no translation found\n".into();
+    }
+    format!("{}  (netns {})\n", tuple_text(answer.translated.as_ref()), answer.netns)
+}
+
+fn feature_json(f: Option<&pb::Feature>) -> Value {
+    f.map_or(Value::Null, |f| json!({"name": f.name, "available": f.available, "reason": f.reason}))
+}
+
+fn module_state(s: i32) -> &'static str {
+    match pb::ModuleState::try_from(s) {
+        Ok(pb::ModuleState::Loading) => "loading",
+        Ok(pb::ModuleState::Running) => "running",
+        Ok(pb::ModuleState::Failed) => "failed",
+        Ok(pb::ModuleState::Disabled) => "disabled",
+        _ => "unknown",
+    }
+}
+
+fn asset_outcome(o: i32) -> &'static str {
+    match pb::AssetOutcome::try_from(o) {
+        Ok(pb::AssetOutcome::Loaded) => "loaded",
+        Ok(pb::AssetOutcome::BtfNotFound) => "btf-not-found",
+        Ok(pb::AssetOutcome::AssetReadError) => "asset-read-error",
+        Ok(pb::AssetOutcome::VerifierError) => "verifier-error",
+        Ok(pb::AssetOutcome::AttachError) => "attach-error",
+        _ => "unknown",
+    }
+}
+
+pub fn status_json(s: &pb::GetStatusResponse) -> Value {
+    let kernel = s.kernel.as_ref().map_or(Value::Null, |k| {
+        json!({
+            "release": k.release, "arch": k.arch,
+            "btf": k.btf.as_ref().map_or(Value::Null, |b| json!({"found": b.found, "source": b.source, "path": b.path, "reason": b.reason})),
+            "attach_kinds": k.attach_kinds.iter().map(|f| feature_json(Some(f))).collect::<Vec<_>>(),
+            "conntrack": feature_json(k.conntrack.as_ref()),
+            "lock_contention_tracepoints": feature_json(k.lock_contention_tracepoints.as_ref()),
+        })
+    });
+    let modules: Vec<Value> = s
+        .modules
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name, "state": module_state(m.state), "strategy": m.strategy,
+                "attempts": m.attempts.iter().map(|a| json!({"strategy": a.strategy, "ok": a.ok, "reason": a.reason})).collect::<Vec<_>>(),
+                "last_error": m.last_error, "load_time_us": m.load_time_us,
+                "maps": m.maps.iter().map(|f| json!({"name": f.name, "entries": f.entries, "max_entries": f.max_entries})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let assets: Vec<Value> = s
+        .assets
+        .iter()
+        .map(|a| {
+            json!({"asset": a.asset, "outcome": asset_outcome(a.outcome), "btf_source": a.btf_source,
+                   "detail": a.detail, "load_time_us": a.load_time_us, "count": a.count})
+        })
+        .collect();
+    json!({
+        "loader_version": s.loader_version, "started_at_unix_ms": s.started_at_unix_ms,
+        "startup_us": s.startup_us, "capabilities": s.capabilities,
+        "kernel": kernel, "modules": modules, "assets": assets,
+    })
+}
+
+pub fn status_text(s: &pb::GetStatusResponse) -> String {
+    let mut out = format!(
+        "loader {}  started in {:.1} ms  capabilities: {}\n",
+        s.loader_version,
+        s.startup_us as f64 / 1000.0,
+        if s.capabilities.is_empty() { "none".to_string() } else { s.capabilities.join(",") }
+    );
+    if let Some(k) = &s.kernel {
+        out.push_str(&format!("\nkernel {} ({})\n", k.release, k.arch));
+        if let Some(b) = &k.btf {
+            let btf = if b.found { format!("{} ({})", b.source, b.path) } else { format!("not found: {}", b.reason) };
+            out.push_str(&format!("BTF: {btf}\n"));
+        }
+        let features = k.attach_kinds.iter().chain(k.conntrack.iter()).chain(k.lock_contention_tracepoints.iter());
+        let rows: Vec<Vec<String>> = features
+            .map(|f| vec![f.name.clone(), if f.available { "yes".into() } else { "no".into() }, f.reason.clone()])
+            .collect();
+        out.push_str(&table(&["FEATURE", "AVAILABLE", "REASON"], &rows));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .modules
+        .iter()
+        .map(|m| {
+            let fill = m.maps.iter().map(|f| format!("{} {}/{}", f.name, f.entries, f.max_entries)).collect::<Vec<_>>();
+            vec![m.name.clone(), module_state(m.state).into(), m.strategy.clone(), fill.join(", "), m.last_error.clone()]
+        })
+        .collect();
+    out.push_str(&table(&["MODULE", "STATE", "STRATEGY", "MAPS", "LAST ERROR"], &rows));
+    for m in &s.modules {
+        for a in &m.attempts {
+            let verdict = if a.ok { "chosen".to_string() } else { format!("not used: {}", a.reason) };
+            out.push_str(&format!("  {} {}: {}\n", m.name, a.strategy, verdict));
+        }
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .assets
+        .iter()
+        .map(|a| {
+            vec![
+                a.asset.clone(),
+                asset_outcome(a.outcome).into(),
+                a.btf_source.clone(),
+                format!("{:.1}", a.load_time_us as f64 / 1000.0),
+                a.detail.lines().last().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["ASSET", "RESULT", "BTF", "LOAD MS", "DETAIL"], &rows));
+    out
+}
+
+/// A left-aligned text table; the last column is not padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let out = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
+        assert_eq!(out, "A     BB\nlong  x\n");
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        assert_eq!(endpoint("::1", 80), "[::1]:80");
+        assert_eq!(endpoint("10.0.0.1", 80), "10.0.0.1:80");
+    }
+}

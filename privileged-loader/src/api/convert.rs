@@ -1,0 +1,70 @@
+//! Conversions from the loader's own types to the API's messages.
+use shared_proto::loader::v1 as pb;
+
+use crate::conntrack::{Entry, TableFill, Tuple};
+use crate::status::{AssetOutcome, AssetRecord, ModuleRecord, ModuleState, StrategyAttempt};
+
+pub fn tuple(t: &Tuple) -> pb::Tuple {
+    pb::Tuple {
+        src_addr: t.src.to_string(),
+        src_port: t.src_port.into(),
+        dst_addr: t.dst.to_string(),
+        dst_port: t.dst_port.into(),
+        protocol: i32::from(t.protocol.number()),
+    }
+}
+
+pub fn entry(e: &Entry) -> pb::ConntrackEntry {
+    pb::ConntrackEntry { original: Some(tuple(&e.original)), reply: Some(tuple(&e.reply)), netns: e.netns }
+}
+
+pub fn asset(a: &AssetRecord) -> pb::AssetResult {
+    let (outcome, btf_source) = match &a.outcome {
+        AssetOutcome::Loaded { btf_source } => {
+            (pb::AssetOutcome::Loaded, btf_source.map(|s| s.as_str().to_string()).unwrap_or_default())
+        }
+        AssetOutcome::BtfNotFound => (pb::AssetOutcome::BtfNotFound, String::new()),
+        AssetOutcome::AssetReadError => (pb::AssetOutcome::AssetReadError, String::new()),
+        AssetOutcome::VerifierError => (pb::AssetOutcome::VerifierError, String::new()),
+        AssetOutcome::AttachError => (pb::AssetOutcome::AttachError, String::new()),
+    };
+    pb::AssetResult {
+        asset: a.asset.clone(),
+        outcome: outcome.into(),
+        btf_source,
+        detail: a.detail.clone(),
+        load_time_us: a.load_time.as_micros() as u64,
+        count: a.count,
+    }
+}
+
+/// A module's record; `tables` are the conntracker's fill levels, shown on its module.
+pub fn module(m: &ModuleRecord, tables: &[TableFill]) -> pb::ModuleStatus {
+    let maps = if m.name == "conntrack" { tables.iter().map(map_fill).collect() } else { Vec::new() };
+    pb::ModuleStatus {
+        name: m.name.clone(),
+        state: module_state(m.state).into(),
+        strategy: m.strategy.clone(),
+        attempts: m.attempts.iter().map(attempt).collect(),
+        last_error: m.last_error.clone().unwrap_or_default(),
+        maps,
+        load_time_us: m.load_time.as_micros() as u64,
+    }
+}
+
+fn module_state(s: ModuleState) -> pb::ModuleState {
+    match s {
+        ModuleState::Loading => pb::ModuleState::Loading,
+        ModuleState::Running => pb::ModuleState::Running,
+        ModuleState::Failed => pb::ModuleState::Failed,
+        ModuleState::Disabled => pb::ModuleState::Disabled,
+    }
+}
+
+fn attempt(a: &StrategyAttempt) -> pb::StrategyAttempt {
+    pb::StrategyAttempt { strategy: a.strategy.clone(), ok: a.ok, reason: a.reason.clone() }
+}
+
+fn map_fill(t: &TableFill) -> pb::MapFill {
+    pb::MapFill { name: t.name.clone(), entries: t.entries, max_entries: t.max_entries }
+}

@@ -1,0 +1,83 @@
+//! The `loader.v1.Loader` service: status, conntrack listing and lookups.
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use shared_proto::loader::v1 as pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::conntrack::{Conntracker, Tuple};
+use crate::status::Registry;
+
+/// What the service reads; built once at start-up, shared by every call.
+pub struct LoaderApi {
+    pub registry: Registry,
+    pub kernel: pb::KernelReport,
+    pub conntrack: Option<Arc<dyn Conntracker>>,
+    pub started_at_unix_ms: i64,
+    /// Exec → serving, set once the socket serves.
+    pub startup: Arc<OnceLock<Duration>>,
+}
+
+impl LoaderApi {
+    fn conntracker(&self) -> Result<&Arc<dyn Conntracker>, Status> {
+        self.conntrack.as_ref().ok_or_else(|| {
+            Status::unavailable("no conntracker is running: see GetStatus (module \"conntrack\") for why")
+        })
+    }
+}
+
+type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::ConntrackEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::loader_server::Loader for LoaderApi {
+    #[tracing::instrument(skip_all, name = "GetStatus")]
+    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let tables = self.conntrack.as_ref().map(|c| c.tables()).unwrap_or_default();
+        let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
+        Ok(Response::new(pb::GetStatusResponse {
+            kernel: Some(self.kernel.clone()),
+            modules,
+            assets: self.registry.assets().iter().map(convert::asset).collect(),
+            loader_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_unix_ms: self.started_at_unix_ms,
+            startup_us: self.startup.get().map_or(0, |d| d.as_micros() as u64),
+            capabilities: crate::privileges::effective(),
+        }))
+    }
+
+    type ListConntrackStream = EntryStream;
+
+    #[tracing::instrument(skip_all, name = "ListConntrack")]
+    async fn list_conntrack(
+        &self,
+        request: Request<pb::ListConntrackRequest>,
+    ) -> Result<Response<Self::ListConntrackStream>, Status> {
+        let netns = request.into_inner().netns;
+        let entries = self.conntracker()?.entries().map_err(|e| Status::internal(e.to_string()))?;
+        let items = entries
+            .into_iter()
+            .filter(move |e| netns == 0 || e.netns == netns)
+            .map(|e| Ok(convert::entry(&e)));
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn lookup_translation(
+        &self,
+        request: Request<pb::LookupTranslationRequest>,
+    ) -> Result<Response<pb::LookupTranslationResponse>, Status> {
+        let request = request.into_inner();
+        let tuple = request.tuple.ok_or_else(|| Status::invalid_argument("tuple is required"))?;
+        let tuple = Tuple::parse(&tuple.src_addr, tuple.src_port, &tuple.dst_addr, tuple.dst_port, tuple.protocol)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let found = self.conntracker()?.lookup(&tuple, request.netns).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match found {
+            Some((translated, netns)) => {
+                pb::LookupTranslationResponse { found: true, translated: Some(convert::tuple(&translated)), netns }
+            }
+            None => pb::LookupTranslationResponse::default(),
+        }))
+    }
+}

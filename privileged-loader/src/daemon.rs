@@ -1,0 +1,138 @@
+//! The two commands' orchestration: `probe` and `run` (start-up order, privilege drop,
+//! serving, shutdown). Every module failure becomes a status line, never a crash: the API
+//! keeps serving so an operator can ask why.
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use privileged_loader::api::{self, LoaderApi};
+use privileged_loader::asset::AssetLoader;
+use privileged_loader::config::{LogFormat, LoaderConfig};
+use privileged_loader::conntrack::{self, Conntracker};
+use privileged_loader::status::{ModuleState, Registry};
+use privileged_loader::{btf, privileges, probe};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub fn probe_command(config: &LoaderConfig, json: bool) -> Result<()> {
+    let assets = AssetLoader::new(btf::discover(&config.btf), config.bpf_dir.clone(), Registry::default());
+    let report = probe::probe(&assets);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).context("encoding the report as JSON")?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+pub fn run_command(config: LoaderConfig, exec: Instant) -> Result<()> {
+    init_tracing(&config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config, exec))
+}
+
+fn init_tracing(format: &LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
+    let registry = Registry::default();
+    let started_at_unix_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let found_btf = btf::discover(&config.btf);
+    match &found_btf {
+        Ok(found) => info!(source = found.source.as_str(), path = %found.path.display(), "kernel BTF found"),
+        Err(err) => warn!(%err, "no kernel BTF: CO-RE objects cannot load"),
+    }
+    let assets = AssetLoader::new(found_btf, config.bpf_dir.clone(), registry.clone());
+    let kernel = probe::probe(&assets);
+    info!(release = %kernel.release, "kernel probed");
+    // Bind before dropping privileges: the socket directory may need root to create.
+    let listener = api::bind(&config.api.socket, config.api.socket_group)
+        .with_context(|| format!("serving the API on {}", config.api.socket.display()))?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let conntrack = start_conntrack(&config, &assets, &registry, &shutdown, &mut tasks).await;
+
+    if config.privileges.drop {
+        let keep = privileges::parse_caps(&config.privileges.keep)?;
+        privileges::drop_to(&keep).context("dropping to the steady-state capability set")?;
+        info!(kept = ?privileges::effective(), "privileges dropped");
+    }
+
+    let startup = Arc::new(OnceLock::new());
+    let loader_api = LoaderApi {
+        registry,
+        kernel: api::kernel_report(&kernel),
+        conntrack,
+        started_at_unix_ms,
+        startup: startup.clone(),
+    };
+    tasks.spawn(cancel_on_signal(shutdown.clone()));
+    let elapsed = exec.elapsed();
+    let _ = startup.set(elapsed);
+    info!(socket = %config.api.socket.display(), startup_ms = elapsed.as_secs_f64() * 1000.0, "serving the loader API");
+    let served = api::serve(loader_api, listener, config.api.allow_list(), shutdown.clone()).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let Err(err) = std::fs::remove_file(&config.api.socket) {
+        warn!(%err, socket = %config.api.socket.display(), "could not remove the API socket");
+    }
+    served.context("serving the loader API")?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn start_conntrack(
+    config: &LoaderConfig,
+    assets: &AssetLoader,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Option<Arc<dyn Conntracker>> {
+    if !config.conntrack.enabled {
+        registry.update_module("conntrack", |m| m.state = ModuleState::Disabled);
+        return None;
+    }
+    match conntrack::start(&config.conntrack, assets, registry, shutdown.clone()).await {
+        Ok(running) => {
+            let mut owned = running.tasks;
+            tasks.spawn(async move { while owned.join_next().await.is_some() {} });
+            Some(running.tracker)
+        }
+        Err(err) => {
+            error!(%err, "the conntracker did not start; the API keeps serving without it");
+            registry.update_module("conntrack", |m| {
+                m.state = ModuleState::Failed;
+                m.last_error = Some(err.to_string());
+            });
+            None
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers: stop the loader with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,91 @@
+//! Dropping to the steady-state privilege set once every object is loaded.
+//!
+//! Loading needs more than serving: walking other processes' maps needs CAP_SYS_ADMIN,
+//! creating programs needs CAP_BPF/CAP_PERFMON, subscribing to conntrack events needs
+//! CAP_NET_ADMIN. After start-up the loader keeps only what its running work needs
+//! (reading its own maps, netlink conntrack events) and sets `no_new_privs`, so nothing it
+//! executes could regain the rest.
+use std::collections::HashSet;
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// The capabilities the loader keeps after start-up unless configured otherwise.
+pub const STEADY_STATE: &[&str] = &["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("unknown capability {0:?} in privileges.keep: use names like CAP_BPF")]
+    UnknownCapability(String),
+    #[error("cannot drop capabilities from the {set} set: {reason}")]
+    Drop { set: &'static str, reason: String },
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(std::io::Error),
+}
+
+/// Parses capability names (`CAP_BPF`, case-insensitive) into a set.
+pub fn parse_caps(names: &[String]) -> Result<CapsHashSet, PrivilegeError> {
+    names
+        .iter()
+        .map(|name| {
+            name.to_ascii_uppercase()
+                .parse::<Capability>()
+                .map_err(|_| PrivilegeError::UnknownCapability(name.clone()))
+        })
+        .collect()
+}
+
+/// Drops every capability not in `keep` from the bounding, inheritable, ambient,
+/// permitted and effective sets, then sets `no_new_privs`.
+pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
+    let held = caps::read(None, CapSet::Permitted).map_err(|e| drop_err("permitted", e))?;
+    // The bounding set can only shrink while CAP_SETPCAP is still held: do it first.
+    for cap in caps::all().difference(keep) {
+        if caps::has_cap(None, CapSet::Bounding, *cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| drop_err("bounding", e))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| drop_err("ambient", e))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| drop_err("inheritable", e))?;
+    let kept: CapsHashSet = held.intersection(keep).copied().collect();
+    caps::set(None, CapSet::Effective, &kept).map_err(|e| drop_err("effective", e))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(|e| drop_err("permitted", e))?;
+    set_no_new_privs()
+}
+
+/// Names of the capabilities in the effective set now, sorted.
+pub fn effective() -> Vec<String> {
+    let mut names: Vec<String> = caps::read(None, CapSet::Effective)
+        .unwrap_or_else(|_| HashSet::new())
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn drop_err(set: &'static str, err: caps::errors::CapsError) -> PrivilegeError {
+    PrivilegeError::Drop { set, reason: err.to_string() }
+}
+
+fn set_no_new_privs() -> Result<(), PrivilegeError> {
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers and only changes
+    // this process's own flags.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_rejects_unknown_ones() {
+        let set = parse_caps(&["cap_bpf".into(), "CAP_PERFMON".into()]).expect("valid names");
+        assert!(set.contains(&Capability::CAP_BPF));
+        assert!(set.contains(&Capability::CAP_PERFMON));
+        assert!(matches!(parse_caps(&["CAP_FLY".into()]), Err(PrivilegeError::UnknownCapability(n)) if n == "CAP_FLY"));
+    }
+}

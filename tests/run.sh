@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need on a fresh Debian machine, then
+# runs the formatting and lint gates and every test, unit and end-to-end, against the real
+# kernel. Needs root (eBPF, network namespaces, conntrack).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/run.sh: the tests load eBPF and create network namespaces: run as root (sudo)" >&2
+  exit 2
+fi
+
+bash deploy/install-deps.sh
+
+echo "== format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build the binaries the end-to-end tests start"
+cargo build --workspace --bins --locked
+
+echo "== tests"
+cargo test --workspace --locked -- --test-threads=2
