@@ -1,5 +1,7 @@
 //! The privileged loader: the only process that touches the kernel's BPF subsystem.
 pub mod api;
+pub mod asset;
+pub mod btf;
 pub mod conntrack;
 pub mod objects;
 pub mod privileges;
