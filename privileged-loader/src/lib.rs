@@ -4,5 +4,6 @@ pub mod asset;
 pub mod btf;
 pub mod conntrack;
 pub mod objects;
+pub mod offsetguess;
 pub mod privileges;
 pub mod status;
