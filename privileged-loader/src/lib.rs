@@ -3,4 +3,5 @@ pub mod asset;
 pub mod btf;
 pub mod conntrack;
 pub mod objects;
+pub mod probe;
 pub mod status;
