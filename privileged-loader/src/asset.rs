@@ -286,7 +286,11 @@ mod tests {
 
     #[test]
     fn a_truncated_object_is_a_read_error() {
-        let err = aya::EbpfLoader::new().btf(None).load(b"\x7fELF\x02\x01\x01").map(|_| ()).unwrap_err();
+        let err = aya::EbpfLoader::new()
+            .btf(None)
+            .load(b"\x7fELF\x02\x01\x01")
+            .map(|_| ())
+            .expect_err("a truncated ELF must not parse");
         let err = AssetError::from_ebpf("x", err);
         assert_eq!(err.outcome(), AssetOutcome::AssetReadError, "{err}");
     }

@@ -6,4 +6,5 @@ pub mod conntrack;
 pub mod objects;
 pub mod offsetguess;
 pub mod privileges;
+pub mod probe;
 pub mod status;
