@@ -48,6 +48,9 @@ fn compile(clang: &str, bpf_dir: &Path, source: &Path, object: &Path) {
         .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
         .arg("-I")
         .arg(bpf_dir.join("include"))
+        // Debian keeps <asm/types.h> (pulled in by <linux/types.h>) in the multiarch
+        // directory, which clang does not search for `-target bpf`.
+        .args(["-idirafter", "/usr/include/x86_64-linux-gnu"])
         .arg("-c")
         .arg(source)
         .arg("-o")

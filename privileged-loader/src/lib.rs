@@ -1,6 +1,10 @@
 //! The privileged loader: the only process that touches the kernel's BPF subsystem.
 pub mod api;
+pub mod asset;
+pub mod btf;
+pub mod config;
 pub mod conntrack;
 pub mod objects;
 pub mod privileges;
+pub mod probe;
 pub mod status;

@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The CO-RE conntracker: records every NAT'd conntrack entry in an LRU hash map keyed
+ * both ways (original tuple -> reply tuple and reply tuple -> original tuple), so that
+ * userspace can translate a connection seen from either end.
+ *
+ * Three hooks feed the same recording function; userspace loads and attaches only the
+ * first that works on the running kernel (src/conntrack/core.rs):
+ *   1. fentry/__nf_conntrack_hash_insert: called once per confirmed entry (cheapest);
+ *   2. kprobe/__nf_conntrack_hash_insert, or the kprobe/kretprobe pair on
+ *      __nf_conntrack_confirm where hash_insert is not a visible symbol;
+ *   3. tp_btf/net_dev_queue: every transmitted skb; skb->_nfct & ~7 is the entry. Seen
+ *      for every packet, so the fast path filters on the NAT status bits first and only
+ *      refreshes a timestamp for entries already recorded.
+ *
+ * The key/value layout is mirrored in src/conntrack/map.rs; keep them in step.
+ */
+#include "common.h"
+#include "conntrack_kernel.h"
+
+#include <linux/bpf.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+/* enum ip_conntrack_status: IPS_SRC_NAT | IPS_DST_NAT. */
+#define IPS_NAT_MASK ((1UL << 4) | (1UL << 5))
+#define NFCT_PTRMASK (~7UL)
+#define NF_ACCEPT 1
+/* A recorded entry's last_seen_ns is refreshed at most once a second per connection. */
+#define REFRESH_NS 1000000000ULL
+
+/* Set by the loader (EbpfLoader::set_global) from [conntrack] tcpv6_enabled/udpv6_enabled. */
+volatile const u8 tcpv6_enabled = 1;
+volatile const u8 udpv6_enabled = 1;
+
+/* One direction of a connection. Explicitly padded: hash keys are compared bytewise. */
+struct ct_tuple {
+	u8 src[16];  /* network byte order; IPv4 uses the first 4 bytes, the rest is zero */
+	u8 dst[16];
+	u16 sport;   /* host byte order */
+	u16 dport;
+	u32 netns;   /* inode of the entry's network namespace */
+	u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	u8 family;   /* 4 or 6 */
+	u8 _pad[2];
+};
+
+#define CT_DIR_ORIGINAL 0
+#define CT_DIR_REPLY 1
+
+struct ct_value {
+	struct ct_tuple other; /* the translation: the tuple of the opposite direction */
+	u8 dir;                /* direction of the KEY: CT_DIR_ORIGINAL or CT_DIR_REPLY */
+	u8 _pad[3];
+	u64 last_seen_ns;      /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last refresh */
+};
+
+/* max_entries is replaced at load time from [conntrack] max_entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct ct_tuple);
+	__type(value, struct ct_value);
+} conntrack SEC(".maps");
+
+/* kprobe/kretprobe pair on __nf_conntrack_confirm: the skb argument, per thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, u64);
+	__type(value, u64);
+} confirm_args SEC(".maps");
+
+static __always_inline int read_tuple(struct nf_conntrack_tuple *tp, u32 netns, struct ct_tuple *t)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	u16 l3 = BPF_CORE_READ(tp, src.l3num);
+	u8 proto = BPF_CORE_READ(tp, dst.protonum);
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return -1;
+	if (l3 == AF_INET) {
+		t->family = 4;
+		bpf_core_read(t->src, 4, &tp->src.u3.ip);
+		bpf_core_read(t->dst, 4, &tp->dst.u3.ip);
+	} else if (l3 == AF_INET6) {
+		if (proto == IPPROTO_TCP && !tcpv6_enabled)
+			return -1;
+		if (proto == IPPROTO_UDP && !udpv6_enabled)
+			return -1;
+		t->family = 6;
+		bpf_core_read(t->src, 16, &tp->src.u3.ip6);
+		bpf_core_read(t->dst, 16, &tp->dst.u3.ip6);
+	} else {
+		return -1;
+	}
+	t->sport = bpf_ntohs(BPF_CORE_READ(tp, src.u.all));
+	t->dport = bpf_ntohs(BPF_CORE_READ(tp, dst.u.all));
+	t->proto = proto;
+	t->netns = netns;
+	return 0;
+}
+
+static __always_inline int same_addr(const u8 *a, const u8 *b)
+{
+	const u64 *x = (const u64 *)a, *y = (const u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* True when the reply tuple is exactly the original one turned around: no NAT. */
+static __always_inline int is_plain_inverse(const struct ct_tuple *orig, const struct ct_tuple *reply)
+{
+	return same_addr(orig->src, reply->dst) && same_addr(orig->dst, reply->src) &&
+	       orig->sport == reply->dport && orig->dport == reply->sport;
+}
+
+static __always_inline int same_tuple(const struct ct_tuple *a, const struct ct_tuple *b)
+{
+	return same_addr(a->src, b->src) && same_addr(a->dst, b->dst) && a->sport == b->sport &&
+	       a->dport == b->dport && a->netns == b->netns && a->proto == b->proto &&
+	       a->family == b->family;
+}
+
+static __always_inline void record(struct nf_conn *ct)
+{
+	struct ct_tuple orig, reply;
+	struct ct_value value = {};
+	struct ct_value *seen;
+	u64 now;
+
+	if (!ct)
+		return;
+	if (!(BPF_CORE_READ(ct, status) & IPS_NAT_MASK))
+		return;
+
+	u32 netns = BPF_CORE_READ(ct, ct_net.net, ns.inum);
+
+	if (read_tuple(&ct->tuplehash[0].tuple, netns, &orig))
+		return;
+	if (read_tuple(&ct->tuplehash[1].tuple, netns, &reply))
+		return;
+	if (is_plain_inverse(&orig, &reply))
+		return;
+
+	now = bpf_ktime_get_ns();
+	seen = bpf_map_lookup_elem(&conntrack, &orig);
+	if (seen && same_tuple(&seen->other, &reply)) {
+		if (now - seen->last_seen_ns > REFRESH_NS)
+			seen->last_seen_ns = now;
+		return;
+	}
+
+	value.other = reply;
+	value.dir = CT_DIR_ORIGINAL;
+	value.last_seen_ns = now;
+	bpf_map_update_elem(&conntrack, &orig, &value, BPF_ANY);
+	value.other = orig;
+	value.dir = CT_DIR_REPLY;
+	bpf_map_update_elem(&conntrack, &reply, &value, BPF_ANY);
+}
+
+static __always_inline struct nf_conn *skb_conn(struct sk_buff *skb)
+{
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+
+	return (struct nf_conn *)(nfct & NFCT_PTRMASK);
+}
+
+/* Strategy 1: once per entry, when conntrack inserts it into its hash table. */
+SEC("fentry/__nf_conntrack_hash_insert")
+int BPF_PROG(ct_fentry_hash_insert, struct nf_conn *ct)
+{
+	record(ct);
+	return 0;
+}
+
+/* Strategy 2a: the same hook as a kprobe, for kernels where fentry is unavailable. */
+/*
+ * The kprobes read the argument registers directly (not through BPF_KPROBE): without a
+ * vmlinux.h, bpf_tracing.h would name them after the userspace pt_regs (rdi, rax), which
+ * the kernel's BTF does not know.
+ */
+SEC("kprobe/__nf_conntrack_hash_insert")
+int ct_kprobe_hash_insert(struct pt_regs *ctx)
+{
+	record((struct nf_conn *)ctx->di);
+	return 0;
+}
+
+/* Strategy 2b: where __nf_conntrack_hash_insert is inlined away, confirm + its return. */
+SEC("kprobe/__nf_conntrack_confirm")
+int ct_kprobe_confirm(struct pt_regs *ctx)
+{
+	u64 tid = bpf_get_current_pid_tgid();
+	u64 arg = ctx->di;
+
+	bpf_map_update_elem(&confirm_args, &tid, &arg, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/__nf_conntrack_confirm")
+int ct_kretprobe_confirm(struct pt_regs *ctx)
+{
+	int ret = (int)ctx->ax;
+	u64 tid = bpf_get_current_pid_tgid();
+	u64 *arg = bpf_map_lookup_elem(&confirm_args, &tid);
+	struct sk_buff *skb;
+
+	if (!arg)
+		return 0;
+	skb = (struct sk_buff *)*arg;
+	bpf_map_delete_elem(&confirm_args, &tid);
+	if (ret == NF_ACCEPT)
+		record(skb_conn(skb));
+	return 0;
+}
+
+/* Strategy 3: every transmitted packet carries its conntrack entry in skb->_nfct. */
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(ct_net_dev_queue, struct sk_buff *skb)
+{
+	record(skb_conn(skb));
+	return 0;
+}
