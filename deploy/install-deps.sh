@@ -15,5 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# Python clients used by the interop tests (grpcio for the health check; python-tuf for
+# TUF metadata made and checked by the reference implementation).
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
 # A Rust toolchain is expected on PATH (rustup); say so clearly if it is not.
 command -v cargo >/dev/null || { echo "install-deps: cargo not found: install Rust 1.95 with rustup" >&2; exit 1; }

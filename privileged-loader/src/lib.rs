@@ -2,6 +2,7 @@
 pub mod api;
 pub mod asset;
 pub mod btf;
+pub mod config;
 pub mod conntrack;
 pub mod objects;
 pub mod offsetguess;

@@ -1,1 +1,4 @@
-//! End-to-end tests live in `tests/tests/`; this crate has no library code.
+//! Shared harness of the end-to-end tests (`tests/tests/*.rs`): real processes, real
+//! network namespaces, the kernel's own conntrack view as the oracle.
+pub mod loader;
+pub mod process;

@@ -68,3 +68,24 @@ fn attempt(a: &StrategyAttempt) -> pb::StrategyAttempt {
 fn map_fill(t: &TableFill) -> pb::MapFill {
     pb::MapFill { name: t.name.clone(), entries: t.entries, max_entries: t.max_entries }
 }
+
+fn feature(f: &crate::probe::Feature) -> pb::Feature {
+    // A "yes" may carry a note (e.g. which program proved it); the API's reason is for "no".
+    pb::Feature { name: f.name.clone(), available: f.available, reason: if f.available { String::new() } else { f.reason.clone() } }
+}
+
+pub fn kernel(k: &crate::probe::KernelReport) -> pb::KernelReport {
+    pb::KernelReport {
+        release: k.release.clone(),
+        arch: k.arch.clone(),
+        btf: Some(pb::BtfInfo {
+            found: k.btf.found,
+            source: k.btf.source.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            path: k.btf.path.clone(),
+            reason: k.btf.reason.clone(),
+        }),
+        attach_kinds: k.attach_kinds.iter().map(feature).collect(),
+        conntrack: Some(feature(&k.conntrack)),
+        lock_contention_tracepoints: Some(feature(&k.lock_contention_tracepoints)),
+    }
+}

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::AllowList;
+pub use convert::kernel as kernel_report;
 pub use service::LoaderApi;
 pub use socket::{SocketError, bind};
 

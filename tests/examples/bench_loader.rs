@@ -1,0 +1,337 @@
+//! Benchmarks of the loader (issue: the loader spine). Run as root:
+//!   cargo build --release --bins && cargo run --release -p e2e-tests --example bench_loader
+//! Prints, for docs/benchmarks.md:
+//! - exec → all modules attached and the socket serving (median of 10 starts)
+//! - loader RSS after start
+//! - LookupTranslation latency (p50/p99) and throughput over the socket
+//! - data-path cost: loopback TCP throughput and connection rate through a DNAT rule with
+//!   and without the conntracker attached, interleaved in one run
+//! - completeness under 2,000 new NAT'd connections/s for 10 s versus `conntrack -L`
+//!
+//! Everything runs inside a private network namespace this program creates and deletes.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use shared_proto::loader::v1 as pb;
+use tonic::transport::Endpoint;
+
+const NS: &str = "bench-loader";
+const VIP: &str = "10.99.0.1";
+const BACKEND_PORT: u16 = 8080;
+
+fn main() -> anyhow::Result<()> {
+    let release = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    let loader_bin = release.join("privileged-loader");
+    anyhow::ensure!(loader_bin.exists(), "{} missing: cargo build --release --bins first", loader_bin.display());
+    let _ns = Netns::create()?;
+    let work = tempfile::tempdir()?;
+
+    let startup = measure_startup(&loader_bin, work.path())?;
+    println!("startup exec->serving: median {:.1} ms, min {:.1} ms, max {:.1} ms (10 starts)", startup.0, startup.1, startup.2);
+
+    let backend = start_backend()?;
+    let (tput_off, rate_off, tput_on, rate_on) = data_path(&loader_bin, work.path())?;
+    println!(
+        "data path: TCP throughput without {:.0} MB/s, with {:.0} MB/s ({:+.1} %); connections/s without {:.0}, with {:.0} ({:+.1} %)",
+        tput_off,
+        tput_on,
+        (tput_on / tput_off - 1.0) * 100.0,
+        rate_off,
+        rate_on,
+        (rate_on / rate_off - 1.0) * 100.0
+    );
+
+    let loader = Loader::start(&loader_bin, work.path())?;
+    println!("loader RSS after start: {:.1} MB", rss_mb(loader.pid)?);
+    completeness(&loader)?;
+    lookups(&loader)?;
+    println!("loader RSS after the runs: {:.1} MB", rss_mb(loader.pid)?);
+    drop(backend);
+    Ok(())
+}
+
+/// A private network namespace entered by this process (and inherited by its children).
+struct Netns;
+
+impl Netns {
+    fn create() -> anyhow::Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", NS]).stderr(Stdio::null()).status();
+        run("ip", &["netns", "add", NS])?;
+        let file = std::fs::File::open(format!("/run/netns/{NS}"))?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+        run("ip", &["link", "set", "lo", "up"])?;
+        run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let rules = format!(
+            "table ip nat {{ chain output {{ type nat hook output priority -100; ip daddr {VIP} tcp dport 80 dnat to 127.0.0.1:{BACKEND_PORT} }} }}"
+        );
+        run("nft", &[&rules])?;
+        // Many short connections: let TIME_WAIT sockets be reused by the client side.
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000")?;
+        Ok(Netns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program).args(args).status()?;
+    anyhow::ensure!(status.success(), "{program} {args:?} failed");
+    Ok(())
+}
+
+struct Loader {
+    child: std::process::Child,
+    pid: u32,
+    socket: PathBuf,
+}
+
+impl Loader {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let socket = dir.join(format!("loader-{}.sock", std::process::id()));
+        let config = dir.join("bench-loader.toml");
+        std::fs::write(&config, format!("[api]\nsocket = {:?}\n", socket.display().to_string()))?;
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        let loader = Loader { child, pid, socket };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&loader.socket).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the loader did not start serving");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(loader)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn measure_startup(bin: &Path, dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let loader = Loader::start(bin, dir)?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        drop(loader);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0], times[times.len() - 1]))
+}
+
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
+    Ok(kb / 1024.0)
+}
+
+/// A TCP backend on 127.0.0.1:8080 that accepts and drains every connection.
+struct Backend(Arc<AtomicBool>);
+
+fn start_backend() -> anyhow::Result<Backend> {
+    let listener = TcpListener::bind(("127.0.0.1", BACKEND_PORT))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Ok(mut stream) = stream {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        }
+    });
+    Ok(Backend(stop))
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", BACKEND_PORT));
+    }
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::from(([10, 99, 0, 1], 80))
+}
+
+/// MB/s pushed through one DNAT'd connection for `secs`.
+fn throughput(secs: f64) -> anyhow::Result<f64> {
+    let mut stream = TcpStream::connect(vip())?;
+    let chunk = vec![7u8; 1 << 16];
+    let (t0, mut sent) = (Instant::now(), 0usize);
+    while t0.elapsed().as_secs_f64() < secs {
+        stream.write_all(&chunk)?;
+        sent += chunk.len();
+    }
+    Ok(sent as f64 / t0.elapsed().as_secs_f64() / 1e6)
+}
+
+/// New DNAT'd connections per second, connect + close, for `secs`.
+fn connection_rate(secs: f64) -> anyhow::Result<f64> {
+    let (t0, mut n) = (Instant::now(), 0u64);
+    while t0.elapsed().as_secs_f64() < secs {
+        drop(TcpStream::connect(vip())?);
+        n += 1;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let (mut off, mut on) = ((0.0, 0.0), (0.0, 0.0));
+    for _ in 0..3 {
+        let sample = |acc: &mut (f64, f64)| -> anyhow::Result<()> {
+            acc.0 += throughput(2.0)? / 3.0;
+            acc.1 += connection_rate(2.0)? / 3.0;
+            Ok(())
+        };
+        sample(&mut off)?;
+        let loader = Loader::start(bin, dir)?;
+        sample(&mut on)?;
+        drop(loader);
+    }
+    Ok((off.0, off.1, on.0, on.1))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+async fn client(socket: &Path) -> anyhow::Result<pb::loader_client::LoaderClient<tonic::transport::Channel>> {
+    let path = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://loader.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await?;
+    Ok(pb::loader_client::LoaderClient::new(channel))
+}
+
+/// Opens 2,000 new DNAT'd connections per second for 10 s, then compares the loader's
+/// list with `conntrack -L`.
+fn completeness(loader: &Loader) -> anyhow::Result<()> {
+    let _ = Command::new("conntrack").arg("-F").stderr(Stdio::null()).status();
+    let (t0, mut opened) = (Instant::now(), 0u64);
+    while t0.elapsed() < Duration::from_secs(10) {
+        let due = (t0.elapsed().as_secs_f64() * 2000.0) as u64;
+        while opened < due {
+            drop(TcpStream::connect(vip())?);
+            opened += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let achieved = opened as f64 / t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let oracle = conntrack_nat_sources()?;
+    let listed = runtime()?.block_on(async {
+        let mut c = client(&loader.socket).await?;
+        let mut stream = c.list_conntrack(pb::ListConntrackRequest { netns: 0 }).await?.into_inner();
+        let mut sources = std::collections::HashSet::new();
+        while let Some(e) = stream.message().await? {
+            if let Some(o) = e.original.filter(|o| o.dst_addr == VIP) {
+                sources.insert(o.src_port as u16);
+            }
+        }
+        anyhow::Ok(sources)
+    })?;
+    let found = oracle.iter().filter(|p| listed.contains(p)).count();
+    let false_entries = listed.iter().filter(|p| !oracle.contains(p)).count();
+    println!(
+        "completeness: {opened} connections at {achieved:.0}/s; conntrack -L shows {}; loader has {found} of them ({:.2} %); false entries: {false_entries}",
+        oracle.len(),
+        found as f64 * 100.0 / oracle.len().max(1) as f64
+    );
+    Ok(())
+}
+
+/// Source ports of the NAT'd TCP entries to the VIP, from the kernel's own table.
+fn conntrack_nat_sources() -> anyhow::Result<std::collections::HashSet<u16>> {
+    let out = Command::new("conntrack").args(["-L", "-p", "tcp", "--orig-dst", VIP]).stderr(Stdio::null()).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok()))
+        .collect())
+}
+
+fn lookups(loader: &Loader) -> anyhow::Result<()> {
+    let out = Command::new("conntrack").args(["-L", "-p", "tcp", "--orig-dst", VIP]).stderr(Stdio::null()).output()?;
+    let sport: u32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok()))
+        .ok_or_else(|| anyhow::anyhow!("no NAT'd entry to look up"))?;
+    let request = pb::LookupTranslationRequest {
+        tuple: Some(pb::Tuple {
+            src_addr: "127.0.0.1".into(),
+            src_port: sport,
+            dst_addr: VIP.into(),
+            dst_port: 80,
+            protocol: pb::Protocol::Tcp.into(),
+        }),
+        netns: 0,
+    };
+    runtime()?.block_on(async {
+        let mut c = client(&loader.socket).await?;
+        let found = c.lookup_translation(request.clone()).await?.into_inner().found;
+        let mut latencies = Vec::with_capacity(20_000);
+        for _ in 0..20_000 {
+            let t = Instant::now();
+            c.lookup_translation(request.clone()).await?;
+            latencies.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        println!("LookupTranslation (found={found}): p50 {:.0} us, p99 {:.0} us (20,000 sequential calls)", pct(0.5), pct(0.99));
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let mut c = c.clone();
+            let request = request.clone();
+            tasks.spawn(async move {
+                let mut n = 0u64;
+                while t0.elapsed() < Duration::from_secs(3) {
+                    if c.lookup_translation(request.clone()).await.is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            });
+        }
+        let mut total = 0;
+        while let Some(n) = tasks.join_next().await {
+            total += n?;
+        }
+        println!("LookupTranslation throughput: {:.0}/s (8 concurrent callers, 3 s)", total as f64 / t0.elapsed().as_secs_f64());
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,177 @@
+//! The loader as a process: its socket, its caller checks, its status, its handling of
+//! BTF sources and bad objects. Real binary, real kernel, real unix socket.
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use e2e_tests::loader::{LoaderOptions, LoaderProcess, loaderctl};
+use e2e_tests::process::binary;
+use serde_json::Value;
+
+const NOBODY: (u32, u32) = (65534, 65534);
+
+/// Opens the socket's directory and file to everyone, as a deployment would for the
+/// controller's group, so that only SO_PEERCRED stands between a caller and the API.
+fn open_socket_to_all(loader: &LoaderProcess) {
+    let dir = loader.socket.parent().expect("socket dir");
+    for (path, mode) in [(loader.dir.path(), 0o755), (dir, 0o755), (loader.socket.as_path(), 0o666)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+}
+
+fn asset<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["assets"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["asset"] == name))
+        .unwrap_or_else(|| panic!("no asset {name} in status: {status:#}"))
+}
+
+#[test]
+fn a_caller_outside_the_allow_list_is_refused_and_named_in_the_log() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    open_socket_to_all(&loader);
+    let out = loaderctl(&loader.socket, &["status"], Some(NOBODY));
+    assert!(!out.status.success(), "uid 65534 must be refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused") && stderr.contains("65534"), "unexpected error: {stderr}");
+    assert!(loader.log_text().contains("uid=65534"), "log must name the uid:\n{}", loader.log_text());
+    // root, on the list, is still served.
+    assert!(loader.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn an_allowed_unprivileged_uid_is_served() {
+    let loader = LoaderProcess::start(LoaderOptions { allowed_uids: &[65534], ..Default::default() });
+    open_socket_to_all(&loader);
+    let out = loaderctl(&loader.socket, &["status", "--json"], Some(NOBODY));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn python_grpcio_passes_the_health_check_over_the_socket() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/health_check.py");
+    for service in ["", "loader.v1.Loader"] {
+        let out = Command::new("python3").arg(&script).arg(&loader.socket).arg(service).output().expect("python3");
+        assert!(
+            out.status.success(),
+            "health check of {service:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    }
+}
+
+#[test]
+fn probe_reports_kprobe_and_fentry_unavailable_with_reasons_here() {
+    let out = Command::new(binary("privileged-loader")).args(["probe", "--json"]).output().expect("probe");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("probe --json prints JSON");
+    let kind = |name: &str| {
+        report["attach_kinds"]
+            .as_array()
+            .and_then(|k| k.iter().find(|k| k["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no attach kind {name}: {report:#}"))
+    };
+    for unavailable in ["fentry", "kprobe"] {
+        let k = kind(unavailable);
+        assert_eq!(k["available"], false, "{unavailable} is not usable on this machine: {k}");
+        assert!(!k["reason"].as_str().unwrap_or("").is_empty(), "{unavailable} needs a reason");
+    }
+    for available in ["tp_btf", "raw_tracepoint", "iter"] {
+        assert_eq!(kind(available)["available"], true, "{available}: {report:#}");
+    }
+    assert_eq!(report["btf"]["found"], true);
+    // The human report says the same in words.
+    let text = Command::new(binary("privileged-loader")).arg("probe").output().expect("probe");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("kprobe") && text.contains("fentry"), "{text}");
+}
+
+#[test]
+fn status_shows_the_conntracker_fallback_chain() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    let module = loader.module("conntrack");
+    assert_eq!(module["state"], "running", "{module:#}");
+    assert!(module["strategy"].as_str().unwrap_or("").contains("tp_btf"), "{module:#}");
+    let attempts = module["attempts"].as_array().expect("attempts");
+    let names: Vec<&str> = attempts.iter().filter_map(|a| a["strategy"].as_str()).collect();
+    assert!(names.len() >= 3, "fentry, kprobe and tp_btf must all be recorded: {module:#}");
+    for failed in attempts.iter().filter(|a| a["ok"] == false) {
+        assert!(!failed["reason"].as_str().unwrap_or("").is_empty(), "a failed attempt needs a reason: {failed}");
+    }
+    assert_eq!(attempts.last().expect("attempt")["ok"], true);
+    let status = loader.status();
+    assert_eq!(asset(&status, "conntrack")["outcome"], "loaded");
+    assert_eq!(asset(&status, "conntrack")["btf_source"], "sysfs");
+    let caps = status["capabilities"].as_array().expect("capabilities").len();
+    assert!(caps <= 3, "the loader must have dropped to at most 3 capabilities: {status:#}");
+}
+
+/// A copy of this kernel's BTF laid out as BTFHub does.
+fn btfhub_dir(root: &Path, compress: bool) {
+    let os = std::fs::read_to_string("/etc/os-release").expect("os-release");
+    let field = |key: &str| {
+        os.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim_matches('"').to_string())
+            .expect("os-release field")
+    };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("release");
+    let dir = root.join(field("ID")).join(field("VERSION_ID")).join(std::env::consts::ARCH);
+    std::fs::create_dir_all(&dir).expect("hub dir");
+    let name = format!("{}.btf", release.trim());
+    std::fs::copy("/sys/kernel/btf/vmlinux", dir.join(&name)).expect("copy BTF");
+    if compress {
+        let ok = Command::new("tar").arg("-C").arg(&dir).args(["-cJf", &format!("{name}.tar.xz"), &name]).status();
+        assert!(ok.expect("tar").success());
+        std::fs::remove_file(dir.join(&name)).expect("remove plain copy");
+    }
+}
+
+#[test]
+fn btf_from_a_btfhub_directory_loads_when_sysfs_is_disabled() {
+    for compress in [false, true] {
+        let hub = tempfile::tempdir().expect("hub");
+        btfhub_dir(hub.path(), compress);
+        let hub_arg = hub.path().to_str().expect("utf-8 path");
+        let loader = LoaderProcess::start(LoaderOptions {
+            args: &["--no-sysfs-btf", "--btf-hub-dir", hub_arg],
+            ..Default::default()
+        });
+        let status = loader.status();
+        assert_eq!(status["kernel"]["btf"]["source"], "btfhub", "{status:#}");
+        assert_eq!(asset(&status, "conntrack")["outcome"], "loaded", "{status:#}");
+        assert_eq!(asset(&status, "conntrack")["btf_source"], "btfhub");
+    }
+}
+
+#[test]
+fn without_any_btf_the_result_is_btf_not_found_and_the_loader_keeps_serving() {
+    let empty = tempfile::tempdir().expect("empty hub");
+    let hub_arg = empty.path().to_str().expect("utf-8 path");
+    let loader = LoaderProcess::start(LoaderOptions {
+        args: &["--no-sysfs-btf", "--btf-hub-dir", hub_arg],
+        ..Default::default()
+    });
+    let status = loader.status();
+    assert_eq!(status["kernel"]["btf"]["found"], false, "{status:#}");
+    assert!(status["kernel"]["btf"]["reason"].as_str().unwrap_or("").contains("not found"), "{status:#}");
+    assert_eq!(asset(&status, "conntrack")["outcome"], "btf-not-found", "{status:#}");
+    assert!(loader.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn a_corrupt_object_in_bpf_dir_is_an_asset_read_error_and_the_loader_keeps_serving() {
+    let objects = tempfile::tempdir().expect("bpf dir");
+    std::fs::write(objects.path().join("conntrack.bpf.o"), b"\x7fELF this is not a valid object").expect("write");
+    let dir_arg = objects.path().to_str().expect("utf-8 path");
+    let loader = LoaderProcess::start(LoaderOptions { args: &["--bpf-dir", dir_arg], ..Default::default() });
+    let status = loader.status();
+    let outcome = asset(&status, "conntrack")["outcome"].as_str().unwrap_or("").to_string();
+    assert!(outcome == "asset-read-error" || outcome == "verifier-error", "{status:#}");
+    assert!(!asset(&status, "conntrack")["detail"].as_str().unwrap_or("").is_empty());
+    // Still serving, and says so.
+    assert!(loader.ctl(&["status"]).status.success());
+}
