@@ -2,6 +2,8 @@
 //!
 //! Every implementation (CO-RE eBPF, prebuilt eBPF with guessed offsets, netlink) answers
 //! through the same [`Conntracker`] trait, so the API, the CLI and the sweep are shared.
+pub mod nat_table;
+pub mod prebuilt;
 mod tuple;
 
 pub use tuple::{Entry, Protocol, Tuple, TupleError};
