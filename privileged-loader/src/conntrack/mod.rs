@@ -2,7 +2,9 @@
 //!
 //! Every implementation (CO-RE eBPF, prebuilt eBPF with guessed offsets, netlink) answers
 //! through the same [`Conntracker`] trait, so the API, the CLI and the sweep are shared.
+pub mod chain;
 pub mod nat_table;
+pub mod netlink_tracker;
 pub mod prebuilt;
 mod tuple;
 

@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use aya::programs::{KProbe, RawTracePoint};
 
+use tokio_util::sync::CancellationToken;
+
+use super::{ConntrackConfig, ConntrackError, RunningConntracker};
 use crate::asset::{AssetError, AssetLoader};
 use crate::offsetguess::{self, GuessError, GuessReport, OffsetGuessConfig};
 use crate::status::{AssetOutcome, Registry, StrategyAttempt};
@@ -174,4 +177,39 @@ where
         reason: format!("program {name} not found in the object"),
     })?;
     program.try_into().map_err(|e| AssetError::from_program_load(ASSET, name, e))
+}
+
+/// Settings of the prebuilt object, from the `[conntrack]` section.
+impl From<&ConntrackConfig> for PrebuiltSettings {
+    fn from(cfg: &ConntrackConfig) -> Self {
+        PrebuiltSettings {
+            max_entries: cfg.max_entries,
+            tcpv6_enabled: cfg.tcpv6_enabled,
+            udpv6_enabled: cfg.udpv6_enabled,
+            offsetguess: cfg.offsetguess.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] PrebuiltError),
+    #[error(transparent)]
+    Serve(#[from] ConntrackError),
+}
+
+/// Loads the prebuilt conntracker and hands its map to the same machinery that serves
+/// the CO-RE conntracker's map (initial dump, destroy events, sweep, answers).
+pub async fn start(
+    cfg: &ConntrackConfig,
+    assets: &AssetLoader,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<RunningConntracker, StartError> {
+    // Blocks for the guessing run (about 0.1 s here, bounded by offsetguess.timeout_ms),
+    // once, at start, before the API serves: not worth a blocking-pool hop.
+    let loaded = load(&PrebuiltSettings::from(cfg), assets, registry, super::chain::MODULE)?;
+    let strategy = loaded.hook.strategy().to_string();
+    Ok(super::serve_map(loaded.ebpf, strategy, cfg, registry, shutdown).await?)
 }

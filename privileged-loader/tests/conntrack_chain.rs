@@ -1,0 +1,263 @@
+//! The conntracker chain on the real kernel: which strategy is chosen, why the others were
+//! skipped, and that the chosen one answers exactly what `conntrack -L` shows.
+//!
+//! In-process: the test drives `conntrack::chain::start` on a thread inside a throwaway
+//! network namespace (ctnetlink sockets belong to the namespace of the thread that opens
+//! them), and compares `Conntracker::entries()` with `conntrack -L` run in that namespace.
+//! Needs root.
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use privileged_loader::asset::AssetLoader;
+use privileged_loader::btf::BtfError;
+use privileged_loader::conntrack::chain::{self, Strategies};
+use privileged_loader::conntrack::{ConntrackConfig, Conntracker, Entry, RunningConntracker};
+use privileged_loader::status::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// A named network namespace with loopback up, 10.99.0.1 on lo and DNAT rules for TCP 80
+/// → 8080 and UDP 53 → 5353; deleted on drop, even when the test fails.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("chain-{tag}-{}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.exec(&["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        let rules = "table ip nat {\n chain output {\n  type nat hook output priority -100;\n  \
+                     ip daddr 10.99.0.1 tcp dport 80 dnat to 127.0.0.1:8080\n  \
+                     ip daddr 10.99.0.1 udp dport 53 dnat to 127.0.0.1:5353\n }\n}\n";
+        let path = std::env::temp_dir().join(format!("{}.nft", ns.0));
+        std::fs::write(&path, rules).unwrap();
+        ns.exec(&["nft", "-f", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(path);
+        ns
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    fn inode(&self) -> u32 {
+        std::fs::metadata(format!("/run/netns/{}", self.0)).unwrap().ino() as u32
+    }
+
+    /// `count` TCP and `count` UDP connections through the DNAT rules.
+    fn make_connections(&self, count: usize) {
+        self.run(|| {
+            let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 8080)).unwrap();
+            let _udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 5353)).unwrap();
+            for _ in 0..count {
+                let _client = TcpStream::connect((Ipv4Addr::new(10, 99, 0, 1), 80)).unwrap();
+                let _ = tcp.accept().unwrap();
+                let u = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                u.send_to(b"x", (Ipv4Addr::new(10, 99, 0, 1), 53)).unwrap();
+            }
+        });
+    }
+
+    /// NAT'd entries of `conntrack -L` in this namespace (the oracle).
+    fn conntrack_nat_entries(&self) -> BTreeSet<String> {
+        let text = self.exec(&["conntrack", "-L"]);
+        let mut out = BTreeSet::new();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(&proto) = words.first().filter(|p| ["tcp", "udp"].contains(p)) else { continue };
+            let all = |key: &str| -> Vec<&str> { words.iter().filter_map(|w| w.strip_prefix(key)).collect() };
+            let (src, dst, sport, dport) = (all("src="), all("dst="), all("sport="), all("dport="));
+            let tuple = |i: usize| format!("{}:{}>{}:{}", src[i], sport[i], dst[i], dport[i]);
+            let inverse =
+                src[1] == dst[0] && dst[1] == src[0] && sport[1] == dport[0] && dport[1] == sport[0];
+            if !inverse {
+                out.insert(format!("{proto} {} reply {}", tuple(0), tuple(1)));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn render(entries: &[Entry], netns: u32) -> BTreeSet<String> {
+    let t = |t: &privileged_loader::conntrack::Tuple| {
+        format!("{}:{}>{}:{}", t.src, t.src_port, t.dst, t.dst_port)
+    };
+    entries
+        .iter()
+        .filter(|e| e.netns == netns)
+        .map(|e| format!("{:?} {} reply {}", e.original.protocol, t(&e.original), t(&e.reply)).to_lowercase())
+        .collect()
+}
+
+/// A chain started on a thread inside `ns`, with its own runtime; stopped on drop.
+struct RunningChain {
+    tracker: Arc<dyn Conntracker>,
+    registry: Registry,
+    shutdown: CancellationToken,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl RunningChain {
+    fn start(ns: &Netns, cfg: ConntrackConfig) -> Result<Self, String> {
+        let registry = Registry::default();
+        let shutdown = CancellationToken::new();
+        let file = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (reg, stop) = (registry.clone(), shutdown.clone());
+        let thread = thread::spawn(move || {
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                // BTF hidden: the CO-RE strategy cannot load, whatever the list says.
+                let assets = AssetLoader::new(
+                    Err(BtfError::NotFound { tried: vec!["hidden by the test".into()] }),
+                    None,
+                    reg.clone(),
+                );
+                match chain::start(&cfg, &assets, &reg, stop.clone()).await {
+                    Ok(RunningConntracker { tracker, mut tasks }) => {
+                        tx.send(Ok(tracker)).unwrap();
+                        stop.cancelled().await;
+                        while tasks.join_next().await.is_some() {}
+                    }
+                    Err(e) => tx.send(Err(e.to_string())).unwrap(),
+                }
+            });
+        });
+        let tracker = rx.recv().unwrap()?;
+        Ok(RunningChain { tracker, registry, shutdown, thread: Some(thread) })
+    }
+
+    fn attempt(&self, strategy: &str) -> Option<(bool, String)> {
+        let module = self.registry.modules().into_iter().find(|m| m.name == chain::MODULE)?;
+        module.attempts.into_iter().find(|a| a.strategy == strategy).map(|a| (a.ok, a.reason))
+    }
+
+    /// Waits (up to 3 s: one sweep period plus margin) until the tracker's entries in `netns` equal `want`.
+    fn assert_matches(&self, netns: u32, want: &BTreeSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let seen = render(&self.tracker.entries().unwrap(), netns);
+            if &seen == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracker {} has\n{seen:#?}\nconntrack -L has\n{want:#?}",
+                self.tracker.strategy()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningChain {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn config(strategies: &str) -> ConntrackConfig {
+    ConntrackConfig { strategies: strategies.parse::<Strategies>().unwrap(), ..Default::default() }
+}
+
+#[test]
+fn without_btf_the_prebuilt_conntracker_is_chosen_and_matches_conntrack() {
+    let ns = Netns::new("pre");
+    ns.make_connections(2); // before start: found by the initial dump
+    let running = RunningChain::start(&ns, config("core,prebuilt,netlink")).expect("a strategy starts");
+    assert_eq!(running.tracker.strategy(), "prebuilt/raw_tracepoint");
+    let (ok, reason) = running.attempt("core").expect("core was tried first");
+    assert!(!ok && reason.contains("BTF"), "core skipped because BTF is hidden: {reason}");
+    let (ok, guess) = running.attempt("prebuilt/offsetguess").expect("guessing recorded");
+    assert!(ok && guess.contains("sk_buff._nfct=") && guess.contains("offsets guessed in"), "{guess}");
+    ns.make_connections(5);
+    let want = ns.conntrack_nat_entries();
+    assert_eq!(want.len(), 14, "7 TCP + 7 UDP NAT entries in conntrack -L: {want:#?}");
+    running.assert_matches(ns.inode(), &want);
+}
+
+#[test]
+fn with_ebpf_disabled_the_netlink_conntracker_matches_conntrack() {
+    let ns = Netns::new("nl");
+    ns.make_connections(2);
+    // A 1 s sweep: entries made before the subscription get no DESTROY event (the kernel
+    // gives them no event extension), the periodic resync removes them.
+    let cfg = ConntrackConfig { sweep_interval_secs: 1, ..config("netlink") };
+    let running = RunningChain::start(&ns, cfg).expect("netlink starts");
+    assert_eq!(running.tracker.strategy(), "netlink");
+    ns.make_connections(5);
+    let want = ns.conntrack_nat_entries();
+    assert_eq!(want.len(), 14, "{want:#?}");
+    running.assert_matches(ns.inode(), &want);
+    // Deleted entries go: by DESTROY events (entries made after start), by the sweep
+    // (the two made before).
+    ns.exec(&["conntrack", "-D", "-p", "udp"]);
+    let want = ns.conntrack_nat_entries();
+    assert_eq!(want.len(), 7, "only TCP left: {want:#?}");
+    running.assert_matches(ns.inode(), &want);
+}
+
+#[test]
+fn a_guessing_overflow_moves_the_chain_to_netlink_with_the_reason() {
+    let ns = Netns::new("ovf");
+    let mut cfg = config("prebuilt,netlink");
+    cfg.offsetguess.threshold = 8;
+    let running = RunningChain::start(&ns, cfg).expect("netlink starts");
+    assert_eq!(running.tracker.strategy(), "netlink");
+    let (ok, reason) = running.attempt("prebuilt").expect("prebuilt was tried");
+    assert!(!ok, "prebuilt must have failed");
+    assert!(reason.contains("offset guessing overflow on sk_buff._nfct at 8"), "{reason}");
+    let skipped = chain::skipped_reasons(&running.registry);
+    assert!(
+        skipped.iter().any(|s| s.starts_with("prebuilt: offset guessing overflow on sk_buff._nfct at 8")),
+        "{skipped:?}"
+    );
+    ns.make_connections(3);
+    running.assert_matches(ns.inode(), &ns.conntrack_nat_entries());
+}
+
+#[test]
+fn a_pinned_strategy_that_cannot_start_is_not_replaced() {
+    let ns = Netns::new("pin");
+    let mut cfg = config("prebuilt");
+    cfg.offsetguess.threshold = 8;
+    let err = RunningChain::start(&ns, cfg).err().expect("pinned prebuilt fails, no fallback");
+    assert!(err.contains("prebuilt: offset guessing overflow on sk_buff._nfct at 8"), "{err}");
+}
