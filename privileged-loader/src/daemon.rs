@@ -106,7 +106,7 @@ async fn start_conntrack(
         registry.update_module("conntrack", |m| m.state = ModuleState::Disabled);
         return None;
     }
-    match conntrack::start(&config.conntrack, assets, registry, shutdown.clone()).await {
+    match conntrack::chain::start(&config.conntrack, assets, registry, shutdown.clone()).await {
         Ok(running) => {
             let mut owned = running.tasks;
             tasks.spawn(async move { while owned.join_next().await.is_some() {} });

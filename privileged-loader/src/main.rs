@@ -25,6 +25,10 @@ struct Cli {
     /// Ignore /sys/kernel/btf/vmlinux (forces the external BTF sources).
     #[arg(long, global = true)]
     no_sysfs_btf: bool,
+    /// Conntracker strategies to try, in order (conntrack.strategies), e.g. `prebuilt,netlink`;
+    /// one name pins that strategy.
+    #[arg(long, global = true)]
+    conntrack_strategies: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +75,9 @@ impl Cli {
         }
         if self.no_sysfs_btf {
             set(&["btf", "no_sysfs"], true.into());
+        }
+        if let Some(strategies) = &self.conntrack_strategies {
+            set(&["conntrack", "strategies"], strategies.as_str().into());
         }
         if let Command::Run { socket: Some(socket) } = &self.command {
             set(&["api", "socket"], socket.to_string_lossy().into());

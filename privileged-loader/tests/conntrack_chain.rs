@@ -5,6 +5,8 @@
 //! network namespace (ctnetlink sockets belong to the namespace of the thread that opens
 //! them), and compares `Conntracker::entries()` with `conntrack -L` run in that namespace.
 //! Needs root.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
@@ -148,7 +150,7 @@ impl RunningChain {
                     reg.clone(),
                 );
                 match chain::start(&cfg, &assets, &reg, stop.clone()).await {
-                    Ok(RunningConntracker { tracker, mut tasks }) => {
+                    Ok(RunningConntracker { tracker, mut tasks, .. }) => {
                         tx.send(Ok(tracker)).unwrap();
                         stop.cancelled().await;
                         while tasks.join_next().await.is_some() {}

@@ -2,6 +2,8 @@
 //!
 //! The oracle reads /sys/kernel/btf/vmlinux through `bpftool btf dump -j` (a tool this
 //! project did not write); the guesser itself never touches BTF. Needs root.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::collections::HashMap;
 use std::process::Command;
 

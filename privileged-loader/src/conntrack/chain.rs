@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConntrackConfig, RunningConntracker, netlink_tracker, prebuilt};
 use crate::asset::AssetLoader;
-use crate::status::{ModuleState, Registry, StrategyAttempt};
+use crate::status::{ModuleRecord, ModuleState, Registry, StrategyAttempt};
 
 /// Registry module the chain (and every strategy in it) records into.
 pub const MODULE: &str = "conntrack";
@@ -153,11 +153,21 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ChainError> {
     let mut reasons = Vec::new();
+    registry.update_module(MODULE, |m| *m = ModuleRecord::new(MODULE));
     for strategy in cfg.strategies.iter() {
         let started = std::time::Instant::now();
         let result = match strategy {
             Strategy::Core => {
-                super::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string())
+                // The CO-RE start resets the module record: keep what the chain recorded.
+                let earlier = registry.modules().into_iter().find(|m| m.name == MODULE).map(|m| m.attempts);
+                let result =
+                    super::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string());
+                registry.update_module(MODULE, |m| {
+                    let mut attempts = earlier.unwrap_or_default();
+                    attempts.append(&mut m.attempts);
+                    m.attempts = attempts;
+                });
+                result
             }
             Strategy::Prebuilt => {
                 prebuilt::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string())
@@ -205,6 +215,7 @@ pub fn skipped_reasons(registry: &Registry) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 mod tests {
     use super::*;
 

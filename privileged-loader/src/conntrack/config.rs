@@ -24,6 +24,10 @@ pub struct ConntrackConfig {
     /// Entries of *other* network namespaces not seen for this long are dropped by the
     /// sweep (their destroy events are invisible to the loader). 0 disables that rule.
     pub stale_after_secs: u64,
+    /// Ordered conntracker strategies to try (`conntrack::chain`), default core, prebuilt, netlink.
+    pub strategies: super::chain::Strategies,
+    /// `[conntrack.offsetguess]`: bounds of offset guessing for the prebuilt strategy.
+    pub offsetguess: crate::offsetguess::OffsetGuessConfig,
 }
 
 impl Default for ConntrackConfig {
@@ -36,6 +40,8 @@ impl Default for ConntrackConfig {
             initial_dump_timeout_secs: 10,
             sweep_interval_secs: 60,
             stale_after_secs: 3600,
+            strategies: Default::default(),
+            offsetguess: Default::default(),
         }
     }
 }

@@ -42,6 +42,10 @@ pub enum Strategy {
     KProbeConfirm,
     /// `tp_btf/net_dev_queue`: every transmitted packet's `skb->_nfct`.
     TpBtf,
+    /// The prebuilt object's kprobe (attached by `prebuilt.rs`, never in [`Self::ORDER`]).
+    PrebuiltKprobe,
+    /// The prebuilt object's `raw_tracepoint/net_dev_queue` (attached by `prebuilt.rs`).
+    PrebuiltRawTracepoint,
 }
 
 impl Strategy {
@@ -55,6 +59,8 @@ impl Strategy {
             Strategy::KProbeHashInsert => "kprobe/__nf_conntrack_hash_insert",
             Strategy::KProbeConfirm => "kprobe+kretprobe/__nf_conntrack_confirm",
             Strategy::TpBtf => "tp_btf/net_dev_queue",
+            Strategy::PrebuiltKprobe => "prebuilt kprobe/__nf_conntrack_hash_insert",
+            Strategy::PrebuiltRawTracepoint => "prebuilt raw_tracepoint/net_dev_queue",
         }
     }
 
@@ -64,13 +70,15 @@ impl Strategy {
             Strategy::FEntry => "core/fentry",
             Strategy::KProbeHashInsert | Strategy::KProbeConfirm => "core/kprobe",
             Strategy::TpBtf => "core/tp_btf",
+            Strategy::PrebuiltKprobe => "prebuilt/kprobe",
+            Strategy::PrebuiltRawTracepoint => "prebuilt/raw_tracepoint",
         }
     }
 
     /// Whether the program refreshes `last_seen_ns` while a connection is active (only
     /// the per-packet hook does); the sweep's age rule is meaningless otherwise.
     pub fn refreshes_last_seen(self) -> bool {
-        self == Strategy::TpBtf
+        matches!(self, Strategy::TpBtf | Strategy::PrebuiltRawTracepoint)
     }
 }
 
@@ -152,6 +160,31 @@ async fn start_enabled(
     cfg.validate()?;
     let tracker = Arc::new(CoreConntracker::load(cfg, assets, registry)?);
     let strategy = tracker.strategy;
+    Ok((serve(tracker, cfg, registry, shutdown).await, strategy))
+}
+
+/// Serves the map of an object loaded and attached elsewhere (the prebuilt conntracker,
+/// whose map has this same layout): the same seeding, destroy events and sweep as
+/// [`start`]. Records nothing in the module's attempts; the caller does.
+pub async fn serve_loaded(
+    ebpf: Ebpf,
+    strategy: Strategy,
+    cfg: &ConntrackConfig,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<RunningConntracker, ConntrackError> {
+    cfg.validate()?;
+    let tracker = Arc::new(CoreConntracker::from_loaded(ebpf, strategy, cfg.max_entries)?);
+    Ok(serve(tracker, cfg, registry, shutdown).await)
+}
+
+async fn serve(
+    tracker: Arc<CoreConntracker>,
+    cfg: &ConntrackConfig,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> RunningConntracker {
+    let strategy = tracker.strategy;
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
     match open_netlink() {
@@ -182,7 +215,7 @@ async fn start_enabled(
         }
     }
     let tracker: Arc<dyn Conntracker> = tracker;
-    Ok((RunningConntracker { tracker, tasks, stats }, strategy))
+    RunningConntracker { tracker, tasks, stats }
 }
 
 /// The DESTROY event socket first, then the dump socket: an entry destroyed between the
@@ -221,7 +254,7 @@ impl CoreConntracker {
     /// Loads the object with the configured constants and map size, and attaches the
     /// first strategy that works.
     fn load(cfg: &ConntrackConfig, assets: &AssetLoader, registry: &Registry) -> Result<Self, ConntrackError> {
-        let (mut ebpf, strategy) = assets.load_core_asset(ASSET, |bytes, loader| {
+        let (ebpf, strategy) = assets.load_core_asset(ASSET, |bytes, loader| {
             loader.map_max_entries(map::MAP_NAME, cfg.max_entries);
             loader.override_global("tcpv6_enabled", flag(cfg.tcpv6_enabled), true);
             loader.override_global("udpv6_enabled", flag(cfg.udpv6_enabled), true);
@@ -230,6 +263,11 @@ impl CoreConntracker {
             let strategy = attach_first(&mut ebpf, &btf.btf, registry)?;
             Ok((ebpf, strategy))
         })?;
+        Self::from_loaded(ebpf, strategy, cfg.max_entries)
+    }
+
+    /// Takes the `conntrack` map of a loaded object (CO-RE or prebuilt).
+    fn from_loaded(mut ebpf: Ebpf, strategy: Strategy, max_entries: u32) -> Result<Self, ConntrackError> {
         let missing = || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
         let map = ebpf.take_map(map::MAP_NAME).ok_or_else(missing)?;
         let map = HashMap::try_from(map).map_err(|e| map_error(&e))?;
@@ -238,7 +276,7 @@ impl CoreConntracker {
             _ebpf: Mutex::new(ebpf),
             strategy,
             root_netns: root_netns(),
-            max_entries: cfg.max_entries,
+            max_entries,
         })
     }
 
@@ -381,6 +419,11 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetErr
             prog.load("net_dev_queue", btf).map_err(|e| load_error("ct_net_dev_queue", e))?;
             prog.attach().map(drop).map_err(|e| attach_error("ct_net_dev_queue", e))
         }
+        Strategy::PrebuiltKprobe | Strategy::PrebuiltRawTracepoint => Err(AssetError::Attach {
+            asset: ASSET.into(),
+            program: strategy.hook().into(),
+            reason: "a prebuilt hook: attached by conntrack::prebuilt, not the CO-RE object".into(),
+        }),
     }
 }
 

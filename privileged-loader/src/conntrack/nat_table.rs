@@ -104,6 +104,7 @@ impl NatTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 mod tests {
     use super::*;
     use crate::conntrack::Protocol;

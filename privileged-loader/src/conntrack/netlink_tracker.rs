@@ -7,58 +7,41 @@
 //! `last_error`, [`NetlinkStats`]) and resyncs the table from a fresh dump, so a loss
 //! costs a dump, not wrong answers for the life of the process.
 //!
-//! Scope: the loader's own network namespace (ctnetlink sockets see only their own).
-//! Message parsing is the conntrack module's (`ctnetlink::wire`), shared with the CO-RE
-//! conntracker's dump; this file owns only the sockets and the table policy.
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+//! Scope: the network namespace of the thread that starts it (ctnetlink sockets see only
+//! their own). The sockets and the message parsing are the conntrack module's
+//! ([`CtNetlink`]), shared with the CO-RE conntracker; this file owns the table policy.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send, setsockopt,
-    socket, sockopt,
-};
-use tokio::io::unix::AsyncFd;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::ctnetlink::wire::{self, Kind, Message};
+use super::core::ConntrackStats;
+use super::ctnetlink::{CtNetlink, Event, Groups, NetlinkError};
 use super::nat_table::NatTable;
 use super::{ConntrackConfig, ConntrackError, Conntracker, Entry, RunningConntracker, TableFill, Tuple};
 use crate::status::Registry;
 
 /// Strategy name reported by this conntracker.
 pub const STRATEGY: &str = "netlink";
-/// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY` as `nl_groups` bits.
-const EVENT_GROUPS: u32 = (1 << (1 - 1)) | (1 << (3 - 1));
-/// Receive buffer of the event socket. Bigger absorbs longer bursts before ENOBUFS.
-pub const EVENT_BUFFER_BYTES: usize = 4 << 20;
-const READ_BUFFER_BYTES: usize = 1 << 16;
+/// Pause after an unexpected socket error, so a broken socket cannot spin a core.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
+pub enum NetlinkTrackerError {
+    #[error("netlink conntracker: {0}")]
+    Netlink(#[from] NetlinkError),
     #[error(
-        "netlink conntracker: {what}: {errno}; the loader needs CAP_NET_ADMIN and ctnetlink (CONFIG_NF_CT_NETLINK)"
-    )]
-    Socket { what: &'static str, errno: Errno },
-    #[error(
-        "netlink conntracker: ctnetlink dump did not finish within {0:?}; raise conntrack.initial_dump_timeout_secs"
+        "netlink conntracker: the initial ctnetlink dump did not finish within {0:?}; raise conntrack.initial_dump_timeout_secs"
     )]
     DumpTimeout(Duration),
-    #[error("netlink conntracker: malformed ctnetlink message: {0}")]
-    Wire(#[from] wire::WireError),
-    #[error("netlink conntracker: the kernel refused the dump: errno {0}")]
-    Refused(i32),
-    #[error("netlink conntracker: reading the loader's network namespace: {0}")]
-    Netns(io::Error),
+    #[error("netlink conntracker: {0}")]
+    Config(#[from] super::config::ConfigError),
 }
 
-/// Counters a user (and the benchmark) can read: how many events were applied, how
-/// often the kernel dropped events (ENOBUFS), how many resyncs followed.
+/// Counters a user (and the benchmark) can read: events applied, times the kernel dropped
+/// events (ENOBUFS), resyncs that followed, connections evicted because the table was full.
 #[derive(Debug, Default)]
 pub struct NetlinkStats {
     pub events: AtomicU64,
@@ -82,18 +65,34 @@ impl NetlinkConntracker {
         &self.stats
     }
 
-    /// Applies one decoded message; returns true when it was a conntrack event.
-    fn apply(&self, message: &Message) -> bool {
-        let Message::Conntrack { kind, flow } = message else { return false };
-        self.stats.events.fetch_add(1, Ordering::Relaxed);
-        let Some(flow) = flow.filter(|f| f.is_nat()) else { return true };
-        let mut table = self.table();
-        match kind {
-            Kind::New => table.insert(flow.into_entry(self.netns)),
-            Kind::Destroy => table.remove(&flow.original, self.netns),
-        }
-        true
+    /// Connections dropped because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.table().evicted()
     }
+
+    fn apply(&self, event: &Event) {
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let mut table = self.table();
+        match event {
+            Event::New(entry) if is_nat(entry) => table.insert(*entry),
+            Event::Destroy(entry) => table.remove(&entry.original, entry.netns),
+            Event::New(_) => {}
+        }
+    }
+
+    /// Replaces the table with a fresh dump's NAT'd entries.
+    async fn resync(&self, dump: &mut CtNetlink, timeout: Duration) -> Result<(), NetlinkTrackerError> {
+        let entries = tokio::time::timeout(timeout, dump.dump())
+            .await
+            .map_err(|_| NetlinkTrackerError::DumpTimeout(timeout))??;
+        self.table().replace_all(entries.into_iter().filter(is_nat));
+        Ok(())
+    }
+}
+
+fn is_nat(entry: &Entry) -> bool {
+    let (o, r) = (&entry.original, &entry.reply);
+    !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port)
 }
 
 impl Conntracker for NetlinkConntracker {
@@ -105,8 +104,8 @@ impl Conntracker for NetlinkConntracker {
         Ok(self.table().entries())
     }
 
-    /// The table holds one namespace, the loader's; a lookup in another falls back to it
-    /// (the root-namespace-first rule of the eBPF conntrackers, with one namespace).
+    /// The table holds one namespace (the tracker's); a lookup naming another falls back
+    /// to it, as the eBPF conntrackers look in the root namespace first.
     fn lookup(&self, tuple: &Tuple, netns: u32) -> Result<Option<(Tuple, u32)>, ConntrackError> {
         let table = self.table();
         Ok([self.netns, netns].into_iter().find_map(|ns| table.translate(tuple, ns).map(|t| (t, ns))))
@@ -122,178 +121,94 @@ impl Conntracker for NetlinkConntracker {
     }
 }
 
-/// Starts the netlink conntracker: subscribes to events first (so nothing between the
-/// dump and the subscription is missed), dumps, then applies events until `shutdown`.
+/// Starts the netlink conntracker: subscribes to NEW and DESTROY first (so nothing
+/// between the dump and the subscription is missed), dumps, then follows events and
+/// resyncs every `sweep_interval_secs` until `shutdown`.
 pub async fn start(
     cfg: &ConntrackConfig,
     registry: &Registry,
     shutdown: CancellationToken,
-) -> Result<RunningConntracker, NetlinkError> {
+) -> Result<RunningConntracker, NetlinkTrackerError> {
     let (tracker, tasks) = start_tracker(cfg, registry, shutdown).await?;
-    Ok(RunningConntracker { tracker, tasks })
+    Ok(RunningConntracker { tracker, tasks, stats: Arc::new(ConntrackStats::default()) })
 }
 
-/// [`start`], returning the concrete tracker (its [`NetlinkStats`]).
+/// [`start`], returning the concrete tracker (for its [`NetlinkStats`]).
 pub async fn start_tracker(
     cfg: &ConntrackConfig,
     registry: &Registry,
     shutdown: CancellationToken,
-) -> Result<(Arc<NetlinkConntracker>, JoinSet<()>), NetlinkError> {
-    let netns = std::fs::metadata("/proc/thread-self/ns/net").map_err(NetlinkError::Netns)?.ino() as u32;
-    let events = register(open(EVENT_GROUPS)?, "register the event socket")?;
-    let timeout = Duration::from_secs(cfg.initial_dump_timeout_secs);
+) -> Result<(Arc<NetlinkConntracker>, JoinSet<()>), NetlinkTrackerError> {
+    cfg.validate()?;
+    let events = CtNetlink::event_socket(Groups::NewAndDestroy)?;
+    let mut dump = CtNetlink::dump_socket()?;
+    let timeout = cfg.initial_dump_timeout();
     let tracker = Arc::new(NetlinkConntracker {
-        table: Mutex::new(NatTable::new(cfg.max_entries as usize / 2)),
-        netns,
+        // Two map slots per connection in the eBPF conntrackers: the same number of
+        // connections fits here.
+        table: Mutex::new(NatTable::new((cfg.max_entries / 2).max(1) as usize)),
+        netns: dump.netns(),
         stats: NetlinkStats::default(),
     });
-    resync(&tracker, timeout).await?;
+    tracker.resync(&mut dump, timeout).await?;
+    let follower = Follower { tracker: tracker.clone(), registry: registry.clone(), dump, timeout };
     let mut tasks = JoinSet::new();
-    let (task_tracker, task_registry, stop) = (tracker.clone(), registry.clone(), shutdown.clone());
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = follow_events(events, task_tracker, task_registry, timeout) => {}
-        }
-    });
-    if let Some(every) = cfg.sweep_interval() {
-        let (task_tracker, task_registry) = (tracker.clone(), registry.clone());
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = sweep(task_tracker, task_registry, every, timeout) => {}
-            }
-        });
-    }
+    tasks.spawn(follower.run(events, cfg.sweep_interval(), shutdown));
     Ok((tracker, tasks))
 }
 
-/// Entries that existed before the event subscription carry no event extension in the
-/// kernel, so their DESTROY is never sent: a periodic resync (`sweep_interval_secs`)
-/// removes them, and repairs anything else events missed.
-async fn sweep(tracker: Arc<NetlinkConntracker>, registry: Registry, every: Duration, timeout: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        ticks.tick().await;
-        if let Err(e) = resync(&tracker, timeout).await {
-            tracing::warn!(%e, "netlink conntracker sweep failed; keeping the current table");
-            registry
-                .update_module(super::chain::MODULE, |m| m.last_error = Some(format!("netlink: sweep: {e}")));
-        }
-    }
-}
-
-/// Replaces the table with a fresh dump of NAT'd entries.
-async fn resync(tracker: &NetlinkConntracker, timeout: Duration) -> Result<(), NetlinkError> {
-    let entries = tokio::time::timeout(timeout, dump(tracker.netns))
-        .await
-        .map_err(|_| NetlinkError::DumpTimeout(timeout))??;
-    tracker.table().replace_all(entries);
-    Ok(())
-}
-
-async fn dump(netns: u32) -> Result<Vec<Entry>, NetlinkError> {
-    let socket = register(open(0)?, "register the dump socket")?;
-    send(socket.get_ref().as_raw_fd(), &wire::dump_request(1), MsgFlags::empty())
-        .map_err(|errno| NetlinkError::Socket { what: "send the dump request", errno })?;
-    let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    let mut entries = Vec::new();
-    loop {
-        let n = read(&socket, &mut buf)
-            .await
-            .map_err(|errno| NetlinkError::Socket { what: "read the dump", errno })?;
-        for message in wire::parse(&buf[..n])? {
-            match message {
-                Message::Conntrack { flow: Some(flow), .. } if flow.is_nat() => {
-                    entries.push(flow.into_entry(netns))
-                }
-                Message::Done => return Ok(entries),
-                Message::Error { errno } if errno != 0 => return Err(NetlinkError::Refused(errno)),
-                _ => {}
-            }
-        }
-    }
-}
-
-async fn follow_events(
-    socket: AsyncFd<OwnedFd>,
+/// The task that applies events, and resyncs on loss and on the sweep period.
+struct Follower {
     tracker: Arc<NetlinkConntracker>,
     registry: Registry,
+    dump: CtNetlink,
     timeout: Duration,
-) {
-    let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    loop {
-        match read(&socket, &mut buf).await {
-            Ok(n) => match wire::parse(&buf[..n]) {
-                Ok(messages) => messages.iter().for_each(|m| {
-                    tracker.apply(m);
-                }),
-                Err(e) => tracing::warn!(%e, "skipping a malformed ctnetlink event datagram"),
-            },
-            Err(Errno::ENOBUFS) => on_lost_events(&tracker, &registry, timeout).await,
-            Err(errno) => {
-                tracing::error!(%errno, "ctnetlink event socket failed; the netlink conntracker stops following");
-                registry.update_module(super::chain::MODULE, |m| {
-                    m.last_error = Some(format!("netlink: event socket failed: {errno}"))
-                });
-                return;
+}
+
+impl Follower {
+    async fn run(mut self, mut events: CtNetlink, sweep: Option<Duration>, shutdown: CancellationToken) {
+        // Entries made before the subscription carry no event extension in the kernel, so
+        // their DESTROY never comes: the periodic resync removes them.
+        let period = sweep.unwrap_or(Duration::MAX / 4);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick(), if sweep.is_some() => self.resync("sweep").await,
+                batch = events.next_events() => match batch {
+                    Ok(batch) => batch.iter().for_each(|e| self.tracker.apply(e)),
+                    Err(NetlinkError::Overrun) => self.on_lost_events().await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ctnetlink event socket error; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                },
             }
         }
     }
-}
 
-/// ENOBUFS: the kernel dropped events. Count it, say so, and rebuild from a dump.
-async fn on_lost_events(tracker: &NetlinkConntracker, registry: &Registry, timeout: Duration) {
-    let lost = tracker.stats.enobufs.fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::warn!(times = lost, "ctnetlink events lost (ENOBUFS); resyncing the table from a dump");
-    let outcome = match resync(tracker, timeout).await {
-        Ok(()) => {
-            let resyncs = tracker.stats.resyncs.fetch_add(1, Ordering::Relaxed) + 1;
-            format!("netlink: events lost {lost} time(s) (ENOBUFS); {resyncs} resync(s) from a dump")
-        }
-        Err(e) => format!("netlink: events lost {lost} time(s) (ENOBUFS) and the resync failed: {e}"),
-    };
-    registry.update_module(super::chain::MODULE, |m| m.last_error = Some(outcome));
-}
+    /// ENOBUFS: the kernel dropped events. Count it, say so, rebuild from a dump.
+    async fn on_lost_events(&mut self) {
+        let lost = self.tracker.stats.enobufs.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(times = lost, "ctnetlink events lost (ENOBUFS); resyncing the table from a dump");
+        self.resync("events lost (ENOBUFS)").await;
+        let resyncs = self.tracker.stats.resyncs.load(Ordering::Relaxed);
+        let message = format!(
+            "netlink: events lost {lost} time(s) (ENOBUFS); table resynced from a dump {resyncs} time(s)"
+        );
+        self.registry.update_module(super::chain::MODULE, |m| m.last_error = Some(message));
+    }
 
-/// One datagram from a non-blocking netlink socket.
-async fn read(socket: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> Result<usize, Errno> {
-    loop {
-        let mut guard =
-            socket.readable().await.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
-        match recv(socket.get_ref().as_raw_fd(), buf, MsgFlags::empty()) {
-            Err(Errno::EAGAIN) => guard.clear_ready(),
-            other => return other,
+    async fn resync(&mut self, why: &str) {
+        match self.tracker.resync(&mut self.dump, self.timeout).await {
+            Ok(()) => {
+                self.tracker.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, why, "netlink conntracker resync failed; keeping the current table");
+                let message = format!("netlink: resync after {why} failed: {e}");
+                self.registry.update_module(super::chain::MODULE, |m| m.last_error = Some(message));
+            }
         }
     }
-}
-
-/// A non-blocking NETLINK_NETFILTER socket bound to `groups`.
-fn open(groups: u32) -> Result<OwnedFd, NetlinkError> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        SockProtocol::NetlinkNetFilter,
-    )
-    .map_err(|errno| NetlinkError::Socket { what: "open a NETLINK_NETFILTER socket", errno })?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))
-        .map_err(|errno| NetlinkError::Socket { what: "bind the ctnetlink socket", errno })?;
-    if groups != 0 {
-        // Root may exceed net.core.rmem_max; otherwise take what the sysctl allows.
-        if setsockopt(&fd, sockopt::RcvBufForce, &EVENT_BUFFER_BYTES).is_err() {
-            let _ = setsockopt(&fd, sockopt::RcvBuf, &EVENT_BUFFER_BYTES);
-        }
-    }
-    Ok(fd)
-}
-
-fn register(fd: OwnedFd, what: &'static str) -> Result<AsyncFd<OwnedFd>, NetlinkError> {
-    // SAFETY: an OwnedFd is a valid open descriptor, owned by the AsyncFd until it is
-    // dropped, and its as_raw_fd() always returns that same descriptor.
-    unsafe { AsyncFd::register(fd) }.map_err(|e| io_error(what, io::Error::from(e)))
-}
-
-fn io_error(what: &'static str, e: io::Error) -> NetlinkError {
-    NetlinkError::Socket { what, errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)) }
 }

@@ -6,13 +6,13 @@
 //! sweep) is the CO-RE conntracker's code, not a copy. Only loading differs: no BTF at
 //! all, guessed offsets as load-time constants, and two hooks that need no BTF, tried in
 //! order — kprobe on `__nf_conntrack_hash_insert`, else `raw_tracepoint/net_dev_queue`.
-use std::borrow::Cow;
 use std::time::Instant;
 
 use aya::programs::{KProbe, RawTracePoint};
 
 use tokio_util::sync::CancellationToken;
 
+use super::core::Strategy;
 use super::{ConntrackConfig, ConntrackError, RunningConntracker};
 use crate::asset::{AssetError, AssetLoader};
 use crate::offsetguess::{self, GuessError, GuessReport, OffsetGuessConfig};
@@ -23,23 +23,6 @@ const KPROBE: &str = "prebuilt_kprobe_hash_insert";
 const KPROBE_TARGET: &str = "__nf_conntrack_hash_insert";
 const RAW_TP: &str = "prebuilt_net_dev_queue";
 const RAW_TP_TARGET: &str = "net_dev_queue";
-
-/// The hook a loaded prebuilt conntracker runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Kprobe,
-    RawTracepoint,
-}
-
-impl Hook {
-    /// `prebuilt/kprobe` or `prebuilt/raw_tracepoint`: the conntracker's strategy name.
-    pub fn strategy(self) -> &'static str {
-        match self {
-            Hook::Kprobe => "prebuilt/kprobe",
-            Hook::RawTracepoint => "prebuilt/raw_tracepoint",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrebuiltError {
@@ -61,7 +44,8 @@ pub struct PrebuiltSettings {
 /// A loaded and attached prebuilt object; its map `conntrack` is filled from now on.
 pub struct LoadedPrebuilt {
     pub ebpf: aya::Ebpf,
-    pub hook: Hook,
+    /// [`Strategy::PrebuiltKprobe`] or [`Strategy::PrebuiltRawTracepoint`].
+    pub hook: Strategy,
     pub guess: GuessReport,
 }
 
@@ -111,7 +95,7 @@ pub fn load(
 
 /// Loads without kernel BTF: the object has no CO-RE relocation to resolve.
 fn load_object(
-    object: &Cow<'static, [u8]>,
+    object: &[u8],
     settings: &PrebuiltSettings,
     guess: &GuessReport,
 ) -> Result<aya::Ebpf, AssetError> {
@@ -128,29 +112,29 @@ fn load_object(
     let mut loader = aya::EbpfLoader::new();
     loader.btf(None).map_max_entries("conntrack", settings.max_entries);
     for (name, value) in &offsets {
-        loader.override_global(*name, value, true);
+        loader.override_global(name, value, true);
     }
     loader.override_global("tcpv6_enabled", &tcpv6, true).override_global("udpv6_enabled", &udpv6, true);
     loader.load(object).map_err(|e| AssetError::from_ebpf(ASSET, e))
 }
 
 /// Tries the kprobe, then the raw tracepoint; records each attempt.
-fn attach(ebpf: &mut aya::Ebpf, registry: &Registry, module: &str) -> Result<Hook, AssetError> {
-    let record = |hook: Hook, result: &Result<(), AssetError>| {
+fn attach(ebpf: &mut aya::Ebpf, registry: &Registry, module: &str) -> Result<Strategy, AssetError> {
+    let record = |hook: Strategy, result: &Result<(), AssetError>| {
         let attempt = match result {
-            Ok(()) => StrategyAttempt::ok(hook.strategy()),
-            Err(e) => StrategyAttempt::failed(hook.strategy(), e.to_string()),
+            Ok(()) => StrategyAttempt::ok(hook.name()),
+            Err(e) => StrategyAttempt::failed(hook.name(), e.to_string()),
         };
         registry.update_module(module, |m| m.attempts.push(attempt));
     };
     let kprobe = attach_kprobe(ebpf);
-    record(Hook::Kprobe, &kprobe);
+    record(Strategy::PrebuiltKprobe, &kprobe);
     if kprobe.is_ok() {
-        return Ok(Hook::Kprobe);
+        return Ok(Strategy::PrebuiltKprobe);
     }
     let raw = attach_raw_tracepoint(ebpf);
-    record(Hook::RawTracepoint, &raw);
-    raw.map(|()| Hook::RawTracepoint)
+    record(Strategy::PrebuiltRawTracepoint, &raw);
+    raw.map(|()| Strategy::PrebuiltRawTracepoint)
 }
 
 fn attach_kprobe(ebpf: &mut aya::Ebpf) -> Result<(), AssetError> {
@@ -210,6 +194,5 @@ pub async fn start(
     // Blocks for the guessing run (about 0.1 s here, bounded by offsetguess.timeout_ms),
     // once, at start, before the API serves: not worth a blocking-pool hop.
     let loaded = load(&PrebuiltSettings::from(cfg), assets, registry, super::chain::MODULE)?;
-    let strategy = loaded.hook.strategy().to_string();
-    Ok(super::serve_map(loaded.ebpf, strategy, cfg, registry, shutdown).await?)
+    Ok(super::core::serve_loaded(loaded.ebpf, loaded.hook, cfg, registry, shutdown).await?)
 }

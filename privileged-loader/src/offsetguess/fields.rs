@@ -182,6 +182,7 @@ fn find_u32(w: &[u8], value: u32) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 pub(crate) mod tests {
     use super::*;
 

@@ -198,6 +198,7 @@ impl Machine {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 mod tests {
     use super::*;
     use crate::offsetguess::fields::tests::{encode, known};
