@@ -263,3 +263,69 @@ fn a_pinned_strategy_that_cannot_start_is_not_replaced() {
     let err = RunningChain::start(&ns, cfg).err().expect("pinned prebuilt fails, no fallback");
     assert!(err.contains("prebuilt: offset guessing overflow on sk_buff._nfct at 8"), "{err}");
 }
+
+/// Events the kernel could not queue are not silently lost: with the tracker stalled
+/// while 40,000 entries appear, its event queue overflows; when it runs again it reads
+/// ENOBUFS, counts it, says so in the status, and resyncs to exactly `conntrack -L`.
+#[test]
+fn lost_netlink_events_are_counted_reported_and_resynced() {
+    use privileged_loader::conntrack::netlink_tracker;
+    use std::sync::atomic::Ordering;
+
+    let ns = Netns::new("enobufs");
+    ns.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "nat",
+        "output",
+        "ip",
+        "daddr",
+        "10.99.0.1",
+        "meta",
+        "l4proto",
+        "udp",
+        "dnat",
+        "to",
+        "127.0.0.1:5353",
+    ]);
+    let registry = Registry::default();
+    let file = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
+    let (tracker_tx, tracker_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let reg = registry.clone();
+    let worker = thread::spawn(move || {
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let shutdown = CancellationToken::new();
+        let cfg = ConntrackConfig { sweep_interval_secs: 0, ..Default::default() };
+        let (tracker, _tasks) =
+            runtime.block_on(netlink_tracker::start_tracker(&cfg, &reg, shutdown.clone())).unwrap();
+        tracker_tx.send(tracker).unwrap();
+        // Stalled: nothing polls the event socket until the test says go.
+        go_rx.recv().unwrap();
+        runtime.block_on(async { tokio::time::sleep(Duration::from_secs(3)).await });
+        shutdown.cancel();
+    });
+    let tracker = tracker_rx.recv().unwrap();
+    ns.run(|| {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        for port in 1..=40_000u16 {
+            let _ = socket.send_to(b"x", (Ipv4Addr::new(10, 99, 0, 1), port));
+        }
+    });
+    go_tx.send(()).unwrap();
+    worker.join().unwrap();
+
+    assert!(tracker.stats().enobufs.load(Ordering::Relaxed) >= 1, "the overflow must be counted");
+    assert!(tracker.stats().resyncs.load(Ordering::Relaxed) >= 1, "and followed by a resync");
+    let module = registry.modules().into_iter().find(|m| m.name == chain::MODULE).expect("module recorded");
+    let said = module.last_error.unwrap_or_default();
+    assert!(said.contains("ENOBUFS") && said.contains("resynced"), "surfaced in status: {said}");
+    let entries = tracker.entries().unwrap();
+    let udp =
+        entries.iter().filter(|e| e.original.protocol == privileged_loader::conntrack::Protocol::Udp).count();
+    let oracle = ns.exec(&["conntrack", "-L", "-p", "udp"]).lines().count();
+    assert_eq!(udp, oracle, "after the resync the table holds exactly what conntrack -L shows");
+}

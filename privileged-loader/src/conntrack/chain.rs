@@ -252,6 +252,27 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_form_reaches_the_conntrack_section() {
+        use figment::providers::{Env, Serialized};
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LOADER_CONNTRACK__STRATEGIES", "prebuilt,netlink");
+            jail.set_env("LOADER_CONNTRACK__OFFSETGUESS__THRESHOLD", "8");
+            #[derive(serde::Deserialize)]
+            struct Doc {
+                conntrack: ConntrackConfig,
+            }
+            let doc: Doc = figment::Figment::from(Serialized::defaults(serde_json::json!({"conntrack": {}})))
+                .merge(Env::prefixed("LOADER_").split("__"))
+                .extract()
+                .expect("valid environment");
+            let want = Strategies::new(vec![Strategy::Prebuilt, Strategy::Netlink]).expect("valid list");
+            assert_eq!(doc.conntrack.strategies, want);
+            assert_eq!(doc.conntrack.offsetguess.threshold, 8);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn skipped_reasons_lists_only_the_chains_failures() {
         let registry = Registry::default();
         registry.update_module(MODULE, |m| {
