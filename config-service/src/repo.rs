@@ -139,7 +139,9 @@ pub async fn publish(
     }
     write_atomic(&file, content)?;
     targets.signed.add_target(name, metadata::target_for(content, config_version));
-    resign_targets(layout, &root, targets.signed, expires_days, refresh_interval_secs).await?;
+    // A suggested interval stays until a publish sets another one.
+    let interval = refresh_interval_secs.or_else(|| metadata::refresh_interval(&targets.signed));
+    resign_targets(layout, &root, targets.signed, expires_days, interval).await?;
     Ok(config_version)
 }
 
@@ -344,6 +346,7 @@ mod tests {
         publish(&layout, &cfg, b"[]", 30, None).await.unwrap();
         let targets: Signed<Targets> = read_json(&layout.targets_meta()).unwrap();
         signed2.signed.verify_role(&targets).unwrap();
+        assert_eq!(metadata::refresh_interval(&targets.signed), Some(3), "interval is kept");
 
         assert_eq!(remove(&layout, "2", "P", "c", 30).await.unwrap(), vec!["2/P/c/config.json"]);
         assert!(!dir.path().join("targets/2/P/c/config.json").exists());
