@@ -440,7 +440,7 @@ fn token_rotation_is_used_and_a_refused_token_backs_off() {
 }
 
 #[test]
-fn service_outage_backs_off_then_recovers_on_the_first_poll_after_return() {
+fn outage_backs_off_then_recovers_on_the_first_poll_after_return() {
     let work = scratch_dir();
     let repo = Repo::init(work.path());
     repo.publish("cfg1", "{}");

@@ -4,8 +4,9 @@
 //! Binaries: cargo does not expose another crate's binaries to this crate's tests
 //! (`CARGO_BIN_EXE_*` is per-crate), so build them first —
 //! `cargo build -p config-service -p controller` — and they are found in
-//! `$CARGO_TARGET_DIR/debug` (else `<workspace>/target/debug`). `REMOTE_CONFIG_BIN_DIR`
-//! overrides the directory (e.g. `target/release` for the benchmark).
+//! `$CARGO_TARGET_DIR/debug` (else `<workspace>/target/debug`; `release` when this code
+//! is itself built with `--release`, as the benchmark is). `REMOTE_CONFIG_BIN_DIR`
+//! overrides the directory.
 //!
 //! Every process and directory is owned by a guard whose `Drop` kills/removes it, and on a
 //! failing test the guards print the processes' logs.
@@ -39,7 +40,8 @@ pub fn bin_dir() -> PathBuf {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    target.join("debug")
+    // The benchmark is built with --release and measures release binaries.
+    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
 }
 
 /// Path of a built binary, with the command to build it when missing.
