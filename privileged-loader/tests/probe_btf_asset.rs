@@ -252,6 +252,7 @@ fn a_valid_object_in_bpf_dir_loads_with_its_btf_source() {
     let rec = record(&registry, PROBE_ASSET);
     assert_eq!(rec.outcome, AssetOutcome::Loaded { btf_source: Some(BtfSource::Sysfs) });
     assert!(!rec.load_time.is_zero());
+    assert!(rec.detail.contains(SYSFS_VMLINUX), "the status names the BTF used: {}", rec.detail);
 }
 
 /// A program the verifier must reject: it dereferences a scalar (the raw tracepoint's
