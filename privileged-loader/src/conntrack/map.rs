@@ -151,7 +151,13 @@ mod tests {
     use super::*;
 
     fn tuple(src: &str, sport: u16, dst: &str, dport: u16, protocol: Protocol) -> Tuple {
-        Tuple { src: src.parse().unwrap(), src_port: sport, dst: dst.parse().unwrap(), dst_port: dport, protocol }
+        Tuple {
+            src: src.parse().unwrap(),
+            src_port: sport,
+            dst: dst.parse().unwrap(),
+            dst_port: dport,
+            protocol,
+        }
     }
 
     fn dnat_entry() -> Entry {

@@ -110,7 +110,11 @@ mod tests {
             dst_port: dp,
             protocol: Protocol::Tcp,
         };
-        Entry { original: t("10.0.0.1", port, "10.0.0.9", 80), reply: t("127.0.0.1", 8080, "10.0.0.1", port), netns }
+        Entry {
+            original: t("10.0.0.1", port, "10.0.0.9", 80),
+            reply: t("127.0.0.1", 8080, "10.0.0.1", port),
+            netns,
+        }
     }
 
     fn policy() -> SweepPolicy {
