@@ -166,7 +166,8 @@ async fn start_enabled(
                     .filter(|_| strategy.refreshes_last_seen())
                     .map(|d| d.as_nanos() as u64),
             };
-            let listener = DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
+            let listener =
+                DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
             tasks.spawn(listener.run(events, shutdown.clone()));
             let sweeper = Sweeper { tracker: tracker.clone(), stats: stats.clone(), policy, resync };
             tasks.spawn(sweeper.run(dump, cfg.sweep_interval(), shutdown));
@@ -206,7 +207,11 @@ async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, timeout: Duration
             0
         }
         Err(_) => {
-            tracing::warn!(module = MODULE, ?timeout, "initial conntrack dump timed out; continuing without it");
+            tracing::warn!(
+                module = MODULE,
+                ?timeout,
+                "initial conntrack dump timed out; continuing without it"
+            );
             0
         }
     }
@@ -220,7 +225,11 @@ fn is_nat(entry: &Entry) -> bool {
 impl CoreConntracker {
     /// Loads the object with the configured constants and map size, and attaches the
     /// first strategy that works.
-    fn load(cfg: &ConntrackConfig, assets: &AssetLoader, registry: &Registry) -> Result<Self, ConntrackError> {
+    fn load(
+        cfg: &ConntrackConfig,
+        assets: &AssetLoader,
+        registry: &Registry,
+    ) -> Result<Self, ConntrackError> {
         let (mut ebpf, strategy) = assets.load_core_asset(ASSET, |bytes, loader| {
             loader.map_max_entries(map::MAP_NAME, cfg.max_entries);
             loader.override_global("tcpv6_enabled", flag(cfg.tcpv6_enabled), true);
@@ -230,7 +239,8 @@ impl CoreConntracker {
             let strategy = attach_first(&mut ebpf, &btf.btf, registry)?;
             Ok((ebpf, strategy))
         })?;
-        let missing = || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
+        let missing =
+            || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
         let map = ebpf.take_map(map::MAP_NAME).ok_or_else(missing)?;
         let map = HashMap::try_from(map).map_err(|e| map_error(&e))?;
         Ok(Self {
@@ -245,7 +255,8 @@ impl CoreConntracker {
     /// Writes both slots of `entry`; false (and a log line) if the kernel refused.
     pub fn insert(&self, entry: &Entry, now_ns: u64) -> bool {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        let result = map::slots_of(entry, now_ns).iter().try_for_each(|(key, value)| map.insert(key, value, 0));
+        let result =
+            map::slots_of(entry, now_ns).iter().try_for_each(|(key, value)| map.insert(key, value, 0));
         if let Err(e) = &result {
             tracing::warn!(module = MODULE, ?entry, error = %e, "cannot insert conntrack entry");
         }
@@ -337,7 +348,9 @@ fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strat
             Err(e) => {
                 let reason = attempt_reason(&e);
                 tracing::info!(module = MODULE, hook = strategy.hook(), %reason, "attach strategy unavailable");
-                registry.update_module(MODULE, |m| m.attempts.push(StrategyAttempt::failed(strategy.hook(), reason)));
+                registry.update_module(MODULE, |m| {
+                    m.attempts.push(StrategyAttempt::failed(strategy.hook(), reason))
+                });
                 last_error = Some(e);
             }
         }
@@ -350,10 +363,25 @@ fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strat
 }
 
 fn attempt_reason(err: &AssetError) -> String {
-    match err {
+    let raw = match err {
         AssetError::Verifier { log_tail, .. } => format!("load failed: {log_tail}"),
         AssetError::Attach { reason, .. } => format!("attach failed: {reason}"),
         other => other.to_string(),
+    };
+    match likely_cause(&raw) {
+        Some(cause) => format!("{cause} ({raw})"),
+        None => raw,
+    }
+}
+
+/// The usual cause behind a raw attach/load error, in words an operator can act on.
+fn likely_cause(raw: &str) -> Option<&'static str> {
+    if raw.contains("devices/kprobe/type") {
+        Some("kprobes unavailable: the kernel has no kprobe PMU (CONFIG_KPROBES not set)")
+    } else if raw.contains("load failed") && raw.contains("Operation not permitted") {
+        Some("EPERM on load: tracing trampolines are blocked here (lockdown or ftrace disabled)")
+    } else {
+        None
     }
 }
 
@@ -361,7 +389,8 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetErr
     match strategy {
         Strategy::FEntry => {
             let prog: &mut FEntry = program(ebpf, "ct_fentry_hash_insert")?;
-            prog.load("__nf_conntrack_hash_insert", btf).map_err(|e| load_error("ct_fentry_hash_insert", e))?;
+            prog.load("__nf_conntrack_hash_insert", btf)
+                .map_err(|e| load_error("ct_fentry_hash_insert", e))?;
             prog.attach().map(drop).map_err(|e| attach_error("ct_fentry_hash_insert", e))
         }
         Strategy::KProbeHashInsert => kprobe(ebpf, "ct_kprobe_hash_insert", "__nf_conntrack_hash_insert"),
@@ -463,7 +492,10 @@ impl DestroyListener {
                 Ok(events) => self.apply(&events),
                 Err(NetlinkError::Overrun) => {
                     self.stats.enobufs.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(module = MODULE, "conntrack destroy events were lost (ENOBUFS); resynchronising");
+                    tracing::warn!(
+                        module = MODULE,
+                        "conntrack destroy events were lost (ENOBUFS); resynchronising"
+                    );
                     self.resync.notify_one();
                 }
                 Err(e) => {
@@ -550,5 +582,36 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
             ticker.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_reasons_name_the_likely_cause_and_keep_the_raw_error() {
+        let no_pmu = AssetError::Attach {
+            asset: ASSET.into(),
+            program: "p".into(),
+            reason: "`/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2)"
+                .into(),
+        };
+        let reason = attempt_reason(&no_pmu);
+        assert!(reason.starts_with("kprobes unavailable"), "{reason}");
+        assert!(reason.contains("os error 2"), "{reason}");
+        let eperm = AssetError::Verifier {
+            asset: ASSET.into(),
+            program: "p".into(),
+            log_tail: "Operation not permitted (os error 1)".into(),
+        };
+        assert!(attempt_reason(&eperm).starts_with("EPERM on load"));
+    }
+
+    #[test]
+    fn only_the_per_packet_hook_refreshes_last_seen() {
+        let refreshing: Vec<_> = Strategy::ORDER.into_iter().filter(|s| s.refreshes_last_seen()).collect();
+        assert_eq!(refreshing, vec![Strategy::TpBtf]);
+        assert_eq!(Strategy::TpBtf.name(), "core/tp_btf");
     }
 }
