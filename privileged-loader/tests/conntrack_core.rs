@@ -257,3 +257,22 @@ fn on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not() {
     let asset = ct.registry.assets().into_iter().find(|a| a.asset == "conntrack").unwrap();
     assert_eq!(asset.outcome, AssetOutcome::Loaded { btf_source: Some(BtfSource::Sysfs) });
 }
+
+#[test]
+fn an_entry_whose_destroy_event_never_comes_is_removed_by_the_sweep() {
+    let lab = NatLab::new("ct-sweep").unwrap();
+    // Created before any ctnetlink listener exists: with the default
+    // net.netfilter.nf_conntrack_events=2 such entries carry no event cache, so deleting
+    // them sends no DESTROY event. Only the sweep's recheck can notice they are gone.
+    let conn = lab.connect(L4::Tcp, false).unwrap();
+    let doomed = tuple(&conn.original_tuple().unwrap());
+    let ct = NsConntracker::start(&lab.netns, ConntrackConfig { sweep_interval_secs: 1, ..test_config() });
+    let netns = lab.netns.inode().unwrap();
+    assert!(ct.tracker.lookup(&doomed, netns).unwrap().is_some(), "loaded by the initial dump");
+
+    oracle::delete(&lab.netns, &conn.original_tuple().unwrap()).unwrap();
+    let gone = eventually(Duration::from_secs(4), || ct.tracker.lookup(&doomed, netns).unwrap().is_none());
+    assert!(gone, "stale entry still in the map after two sweep intervals");
+    assert!(ct.stats.swept_slots.load(Ordering::Relaxed) >= 2, "both slots swept");
+    assert!(ct.entries_in(netns).is_empty());
+}
