@@ -66,7 +66,7 @@ impl AssetError {
             E::BtfError(aya::BtfError::LoadError { io_error, verifier_log }) => {
                 verifier("(object BTF)", format_rejection(&io_error, &verifier_log.to_string()))
             }
-            E::BtfRelocationError(ref e) => verifier(&e.section.clone(), error_chain(&err)),
+            E::BtfRelocationError(ref e) => verifier(&e.section, error_chain(&err)),
             E::RelocationError(_) => verifier("(relocation)", error_chain(&err)),
             E::MapError(_) => verifier("(maps)", error_chain(&err)),
             E::FileError { .. }

@@ -363,10 +363,25 @@ fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strat
 }
 
 fn attempt_reason(err: &AssetError) -> String {
-    match err {
+    let raw = match err {
         AssetError::Verifier { log_tail, .. } => format!("load failed: {log_tail}"),
         AssetError::Attach { reason, .. } => format!("attach failed: {reason}"),
         other => other.to_string(),
+    };
+    match likely_cause(&raw) {
+        Some(cause) => format!("{cause} ({raw})"),
+        None => raw,
+    }
+}
+
+/// The usual cause behind a raw attach/load error, in words an operator can act on.
+fn likely_cause(raw: &str) -> Option<&'static str> {
+    if raw.contains("devices/kprobe/type") {
+        Some("kprobes unavailable: the kernel has no kprobe PMU (CONFIG_KPROBES not set)")
+    } else if raw.contains("load failed") && raw.contains("Operation not permitted") {
+        Some("EPERM on load: tracing trampolines are blocked here (lockdown or ftrace disabled)")
+    } else {
+        None
     }
 }
 
@@ -567,5 +582,36 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
             ticker.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_reasons_name_the_likely_cause_and_keep_the_raw_error() {
+        let no_pmu = AssetError::Attach {
+            asset: ASSET.into(),
+            program: "p".into(),
+            reason: "`/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2)"
+                .into(),
+        };
+        let reason = attempt_reason(&no_pmu);
+        assert!(reason.starts_with("kprobes unavailable"), "{reason}");
+        assert!(reason.contains("os error 2"), "{reason}");
+        let eperm = AssetError::Verifier {
+            asset: ASSET.into(),
+            program: "p".into(),
+            log_tail: "Operation not permitted (os error 1)".into(),
+        };
+        assert!(attempt_reason(&eperm).starts_with("EPERM on load"));
+    }
+
+    #[test]
+    fn only_the_per_packet_hook_refreshes_last_seen() {
+        let refreshing: Vec<_> = Strategy::ORDER.into_iter().filter(|s| s.refreshes_last_seen()).collect();
+        assert_eq!(refreshing, vec![Strategy::TpBtf]);
+        assert_eq!(Strategy::TpBtf.name(), "core/tp_btf");
     }
 }

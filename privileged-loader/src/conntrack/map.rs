@@ -147,6 +147,7 @@ fn bytes_addr(bytes: &[u8; 16], family: u8) -> Result<IpAddr, LayoutError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 

@@ -93,6 +93,7 @@ fn connection_gone(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
     use crate::conntrack::map::slots_of;
