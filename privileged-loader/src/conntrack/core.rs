@@ -105,6 +105,8 @@ pub struct CoreConntracker {
     strategy: Strategy,
     root_netns: u32,
     max_entries: u32,
+    tcpv6_enabled: bool,
+    udpv6_enabled: bool,
 }
 
 /// Loads the CO-RE conntracker, trying fentry → kprobe → tp_btf and recording each
@@ -199,7 +201,9 @@ async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, timeout: Duration
     match tokio::time::timeout(timeout, dump.dump()).await {
         Ok(Ok(entries)) => {
             let now = monotonic_ns();
-            let nat: Vec<Entry> = entries.into_iter().filter(is_nat).collect();
+            // The same filter the eBPF side applies (tcpv6/udpv6_enabled), so a seeded map
+            // never holds what the live hook would not have recorded.
+            let nat: Vec<Entry> = entries.into_iter().filter(is_nat).filter(|e| tracker.records(e)).collect();
             nat.iter().filter(|e| tracker.insert(e, now)).count()
         }
         Ok(Err(e)) => {
@@ -249,7 +253,18 @@ impl CoreConntracker {
             strategy,
             root_netns: root_netns(),
             max_entries: cfg.max_entries,
+            tcpv6_enabled: cfg.tcpv6_enabled,
+            udpv6_enabled: cfg.udpv6_enabled,
         })
+    }
+
+    /// Whether the configuration asks for entries of this family and protocol.
+    fn records(&self, entry: &Entry) -> bool {
+        let ipv6 = entry.original.src.is_ipv6();
+        match entry.original.protocol {
+            super::Protocol::Tcp => !ipv6 || self.tcpv6_enabled,
+            super::Protocol::Udp => !ipv6 || self.udpv6_enabled,
+        }
     }
 
     /// Writes both slots of `entry`; false (and a log line) if the kernel refused.
@@ -456,14 +471,22 @@ fn flag(on: bool) -> &'static u8 {
 /// Inode of the root network namespace (that of pid 1), where the original system looks
 /// first; falls back to the calling thread's namespace when /proc/1 is not visible.
 fn root_netns() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata("/proc/1/ns/net") {
-        Ok(meta) => meta.ino() as u32,
-        Err(e) => {
+    // readlink, not stat: stat of another process's namespace file needs ptrace access,
+    // which sandboxes deny even to root; the link text `net:[<inode>]` does not.
+    let link = std::fs::read_link("/proc/1/ns/net").map(|l| l.to_string_lossy().into_owned());
+    match link.as_deref().map(parse_ns_link) {
+        Ok(Some(inode)) => inode,
+        other => {
+            let e = format!("{other:?}");
             tracing::warn!(module = MODULE, error = %e, "cannot read /proc/1/ns/net; using the own namespace as root");
             super::ctnetlink::current_netns().unwrap_or(0)
         }
     }
+}
+
+/// The inode in a namespace link's text, `net:[4026531840]`.
+fn parse_ns_link(text: &str) -> Option<u32> {
+    text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -606,6 +629,13 @@ mod tests {
             log_tail: "Operation not permitted (os error 1)".into(),
         };
         assert!(attempt_reason(&eperm).starts_with("EPERM on load"));
+    }
+
+    #[test]
+    fn namespace_links_give_their_inode() {
+        assert_eq!(parse_ns_link("net:[4026531833]"), Some(4026531833));
+        assert_eq!(parse_ns_link("mnt:[1]"), None);
+        assert_eq!(parse_ns_link("net:[x]"), None);
     }
 
     #[test]
