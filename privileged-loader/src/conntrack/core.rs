@@ -105,8 +105,6 @@ pub struct CoreConntracker {
     strategy: Strategy,
     root_netns: u32,
     max_entries: u32,
-    tcpv6_enabled: bool,
-    udpv6_enabled: bool,
 }
 
 /// Loads the CO-RE conntracker, trying fentry → kprobe → tp_btf and recording each
@@ -158,7 +156,7 @@ async fn start_enabled(
     let mut tasks = JoinSet::new();
     match open_netlink() {
         Ok((events, mut dump)) => {
-            let seeded = seed(&tracker, &mut dump, cfg.initial_dump_timeout()).await;
+            let seeded = seed(&tracker, &mut dump, cfg).await;
             stats.initial_entries.store(seeded as u64, Ordering::Relaxed);
             let resync = Arc::new(Notify::new());
             let policy = SweepPolicy {
@@ -171,7 +169,8 @@ async fn start_enabled(
             let listener =
                 DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
             tasks.spawn(listener.run(events, shutdown.clone()));
-            let sweeper = Sweeper { tracker: tracker.clone(), stats: stats.clone(), policy, resync };
+            let sweeper =
+                Sweeper { tracker: tracker.clone(), stats: stats.clone(), policy, resync, cfg: cfg.clone() };
             tasks.spawn(sweeper.run(dump, cfg.sweep_interval(), shutdown));
         }
         Err(e) => {
@@ -196,15 +195,14 @@ fn open_netlink() -> Result<(CtNetlink, CtNetlink), NetlinkError> {
     Ok((events, dump))
 }
 
-/// Inserts the NAT'd entries of a dump of the own namespace; returns how many.
-async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, timeout: Duration) -> usize {
+/// Inserts the entries of a dump of the own namespace that the configuration records
+/// (NAT'd, enabled families); returns how many.
+async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, cfg: &ConntrackConfig) -> usize {
+    let timeout = cfg.initial_dump_timeout();
     match tokio::time::timeout(timeout, dump.dump()).await {
         Ok(Ok(entries)) => {
             let now = monotonic_ns();
-            // The same filter the eBPF side applies (tcpv6/udpv6_enabled), so a seeded map
-            // never holds what the live hook would not have recorded.
-            let nat: Vec<Entry> = entries.into_iter().filter(is_nat).filter(|e| tracker.records(e)).collect();
-            nat.iter().filter(|e| tracker.insert(e, now)).count()
+            entries.iter().filter(|e| cfg.records(e)).filter(|e| tracker.insert(e, now)).count()
         }
         Ok(Err(e)) => {
             tracing::warn!(module = MODULE, error = %e, "initial conntrack dump failed; continuing without it");
@@ -253,18 +251,7 @@ impl CoreConntracker {
             strategy,
             root_netns: root_netns(),
             max_entries: cfg.max_entries,
-            tcpv6_enabled: cfg.tcpv6_enabled,
-            udpv6_enabled: cfg.udpv6_enabled,
         })
-    }
-
-    /// Whether the configuration asks for entries of this family and protocol.
-    fn records(&self, entry: &Entry) -> bool {
-        let ipv6 = entry.original.src.is_ipv6();
-        match entry.original.protocol {
-            super::Protocol::Tcp => !ipv6 || self.tcpv6_enabled,
-            super::Protocol::Udp => !ipv6 || self.udpv6_enabled,
-        }
     }
 
     /// Writes both slots of `entry`; false (and a log line) if the kernel refused.
@@ -550,6 +537,8 @@ struct Sweeper {
     stats: Arc<ConntrackStats>,
     policy: SweepPolicy,
     resync: Arc<Notify>,
+    /// Decides which dumped entries belong in the map (the families the program records).
+    cfg: ConntrackConfig,
 }
 
 impl Sweeper {
@@ -572,7 +561,7 @@ impl Sweeper {
     async fn sweep_once(&self, dump: &mut CtNetlink) {
         let started_ns = monotonic_ns();
         let entries = match tokio::time::timeout(SWEEP_DUMP_TIMEOUT, dump.dump()).await {
-            Ok(Ok(entries)) => Some(entries.into_iter().filter(is_nat).collect::<Vec<_>>()),
+            Ok(Ok(entries)) => Some(entries.into_iter().filter(|e| self.cfg.records(e)).collect::<Vec<_>>()),
             Ok(Err(e)) => {
                 tracing::warn!(module = MODULE, error = %e, "sweep: conntrack dump failed; own namespace not checked");
                 None

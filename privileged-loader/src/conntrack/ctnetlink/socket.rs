@@ -107,6 +107,14 @@ impl CtNetlink {
         Ok(Self { fd, netns, seq: 0, buf: vec![0; RECV_BUFFER] })
     }
 
+    /// Sets the kernel receive queue of this socket to about `bytes` (the kernel doubles
+    /// it for bookkeeping). Event sockets get [`EVENT_RCVBUF`] already; a smaller queue
+    /// overruns sooner, which is how the tests provoke [`NetlinkError::Overrun`].
+    pub fn set_receive_buffer(&self, bytes: usize) -> Result<(), NetlinkError> {
+        setsockopt(self.fd.get_ref(), sockopt::RcvBufForce, &bytes)
+            .map_err(|errno| NetlinkError::Io { op: "set receive buffer", errno })
+    }
+
     /// Inode of the network namespace this socket sees.
     pub fn netns(&self) -> u32 {
         self.netns
