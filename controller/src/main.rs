@@ -1,1 +1,167 @@
-fn main() {}
+//! `controller`: run the remote-config client, or print its status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use controller::config::{Config, Overrides, RemoteOverrides};
+use controller::remote::poll::Poller;
+use controller::status::Status;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(version, about = "The unprivileged controller: remote-config client with TUF verification")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Poll the remote-config service until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Print the status the running (or last) controller wrote to its state directory.
+    Status {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Print the raw status.json document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration file (then CONTROLLER_* environment variables, then these flags).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long)]
+    root_file: Option<PathBuf>,
+    #[arg(long)]
+    poll_interval_secs: Option<u64>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            state_dir: self.state_dir.clone(),
+            remote_config: RemoteOverrides {
+                endpoint: self.endpoint.clone(),
+                token_file: self.token_file.clone(),
+                root_file: self.root_file.clone(),
+                poll_interval_secs: self.poll_interval_secs,
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Status { state_dir, json } => print_status(&state_dir, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("controller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let config = Config::load(args.config.as_deref(), &args.overrides())?;
+    refuse_root(&config)?;
+    warn_on_capabilities();
+    // One thread is plenty for one poll loop, and keeps the resident set small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let poller = Poller::prepare(&config)?;
+    let cancel = CancellationToken::new();
+    let poll = tokio::spawn(poller.run(cancel.clone()));
+    shutdown_signal().await?;
+    info!("shutting down");
+    cancel.cancel();
+    poll.await.context("the poll loop panicked")?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// The controller talks to the network; it must not also hold root's powers.
+fn refuse_root(config: &Config) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        if !config.allow_root {
+            bail!(
+                "refusing to run as uid 0: the controller is the network-facing half and must run unprivileged \
+                 (set allow_root = true only for development)"
+            );
+        }
+        warn!("running as uid 0 because allow_root = true: development only");
+    }
+    Ok(())
+}
+
+fn warn_on_capabilities() {
+    match caps::read(None, caps::CapSet::Effective) {
+        Ok(set) if !set.is_empty() => {
+            let names: Vec<String> = set.iter().map(ToString::to_string).collect();
+            warn!(capabilities = ?names, "the controller holds capabilities it does not need; drop them");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read this process's capabilities"),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let status = Status::read(state_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(())
+}

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Entry, Protocol};
+
 /// Settings of the conntracker. Every key has a default; `docs/conntrack.md` explains the
 /// stale-entry policy the last three keys tune.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -62,6 +64,19 @@ impl ConntrackConfig {
         Ok(())
     }
 
+    /// Whether an entry from ctnetlink (dump or sweep) belongs in the map: the same rule
+    /// the eBPF program applies — NAT'd, and IPv6 only when enabled for its protocol.
+    pub fn records(&self, entry: &Entry) -> bool {
+        let (o, r) = (&entry.original, &entry.reply);
+        let nat = !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port);
+        let family_enabled = o.src.is_ipv4()
+            || match o.protocol {
+                Protocol::Tcp => self.tcpv6_enabled,
+                Protocol::Udp => self.udpv6_enabled,
+            };
+        nat && family_enabled
+    }
+
     pub fn initial_dump_timeout(&self) -> Duration {
         Duration::from_secs(self.initial_dump_timeout_secs)
     }
@@ -78,6 +93,7 @@ impl ConntrackConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 
@@ -95,6 +111,28 @@ mod tests {
         let cfg = ConntrackConfig { sweep_interval_secs: 0, stale_after_secs: 0, ..Default::default() };
         assert_eq!(cfg.sweep_interval(), None);
         assert_eq!(cfg.stale_after(), None);
+    }
+
+    fn entry(src: &str, dst: &str, backend: &str, protocol: Protocol) -> Entry {
+        let t = |src: &str, sp, dst: &str, dp| super::super::Tuple {
+            src: src.parse().unwrap(),
+            src_port: sp,
+            dst: dst.parse().unwrap(),
+            dst_port: dp,
+            protocol,
+        };
+        Entry { original: t(src, 40000, dst, 80), reply: t(backend, 8080, src, 40000), netns: 1 }
+    }
+
+    #[test]
+    fn records_only_nat_entries_of_enabled_families() {
+        let cfg = ConntrackConfig { udpv6_enabled: false, ..Default::default() };
+        assert!(cfg.records(&entry("10.0.0.1", "10.0.0.9", "127.0.0.1", Protocol::Udp)));
+        assert!(cfg.records(&entry("fd99::1", "fd99::1", "::1", Protocol::Tcp)));
+        assert!(!cfg.records(&entry("fd99::1", "fd99::1", "::1", Protocol::Udp)));
+        let mut plain = entry("10.0.0.1", "10.0.0.9", "10.0.0.9", Protocol::Tcp);
+        plain.reply.src_port = 80;
+        assert!(!cfg.records(&plain), "a reply that is the original turned around is not NAT");
     }
 
     #[test]

@@ -1,0 +1,326 @@
+//! The poll loop: started once, in its own task, until its cancellation token fires.
+//!
+//! Each tick builds a request from the trusted state, fetches, verifies and commits the
+//! response, tells the listeners of changed products, and writes `status.json`. Timing:
+//! - first poll immediately;
+//! - until a first success, a service that cannot be reached is retried every second
+//!   (the controller often starts before the service); logs stay at info level for the
+//!   first failures, then turn to rate-limited errors;
+//! - otherwise the next poll is `interval + backoff`, where `interval` is the configured
+//!   poll interval or the service's suggestion if inside [1 s, 60 s], and backoff grows
+//!   (jittered, ×2, capped) with consecutive errors and steps down on success;
+//! - `UNIMPLEMENTED` means remote config is off on the service: said once, recorded in
+//!   the status as `disabled`, and polling stops.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shared_proto::remoteconfig::v1::ClientGetConfigsResponse;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::backoff::{Backoff, BackoffPolicy};
+use super::fetch::{FailureKind, FetchError, FetchSettings, Fetcher};
+use super::request::{ClientIdentity, build_request};
+use crate::config::Config;
+use crate::listeners::Listeners;
+use crate::status::Status;
+use crate::store::{Store, StoreError};
+use crate::tuf::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
+
+/// Retry delay while the service has never been reached.
+const STARTUP_RETRY: Duration = Duration::from_secs(1);
+/// Failures logged quietly before logs turn to errors.
+const QUIET_FAILURES: u64 = 5;
+/// At most one error log per this period while failures continue.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Bounds inside which a server-suggested interval is honoured.
+const SUGGESTED_MIN_SECS: u64 = 1;
+const SUGGESTED_MAX_SECS: u64 = 60;
+/// Unit of the exponential backoff (the delay after the first error).
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+/// Why the controller could not start polling.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the pinned root remote_config.root_file {path}: {source}")]
+    RootFile { path: PathBuf, source: std::io::Error },
+    #[error("the pinned root {path} cannot be trusted: {source}")]
+    PinnedRoot { path: PathBuf, source: VerifyError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+/// Why one poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("update rejected: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("update verified but not stored: {0}")]
+    Store(#[from] StoreError),
+    #[error("the store task stopped: {0}")]
+    StoreTask(String),
+}
+
+impl PollError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            Self::Fetch(e) => e.kind(),
+            _ => FailureKind::Rejected,
+        }
+    }
+
+    /// Errors about the response itself, which the service should hear about.
+    fn is_update_error(&self) -> bool {
+        matches!(self, Self::Verify(_) | Self::Store(_) | Self::StoreTask(_))
+    }
+}
+
+/// The loop's timing knobs.
+#[derive(Debug, Clone)]
+pub struct PollSettings {
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+    pub clock_skew_secs: i64,
+}
+
+/// Everything the loop owns.
+pub struct Poller {
+    fetcher: Fetcher,
+    store: Store,
+    identity: ClientIdentity,
+    listeners: Listeners,
+    settings: PollSettings,
+    state: TrustedState,
+    backoff: Backoff,
+    status: Status,
+    last_update_error: Option<String>,
+    ever_succeeded: bool,
+    last_error_log: Option<Instant>,
+    warned_interval: Option<u64>,
+}
+
+impl Poller {
+    /// Reads the pinned root, loads (and re-verifies) the stored state, and hands what was
+    /// loaded to the listeners once, so they start from the last verified configs.
+    pub fn prepare(config: &Config) -> Result<Self, StartError> {
+        let rc = &config.remote_config;
+        let root_raw = std::fs::read(&rc.root_file)
+            .map_err(|source| StartError::RootFile { path: rc.root_file.clone(), source })?;
+        let pinned = TrustedState::from_pinned_root(&root_raw)
+            .map_err(|source| StartError::PinnedRoot { path: rc.root_file.clone(), source })?;
+        let store = Store::open(&config.state_dir, Duration::from_secs(rc.store_lock_timeout_secs))?;
+        let loaded = store.load(&pinned)?;
+        if let Some((aside, reason)) = &loaded.quarantined {
+            error!(moved_to = %aside.display(), %reason, "stored remote-config state refused and quarantined; starting from the pinned root");
+        }
+        let id = match rc.client_id.is_empty() {
+            true => store.client_id()?,
+            false => rc.client_id.clone(),
+        };
+        let fetcher = Fetcher::new(FetchSettings {
+            endpoint: rc.endpoint.clone(),
+            token_file: rc.token_file.clone(),
+            ca_file: rc.ca_file(),
+            max_message_bytes: rc.max_message_bytes,
+            request_timeout: Duration::from_secs(30),
+        })?;
+        let mut state = loaded.state;
+        let mut listeners = Listeners::json_for(&rc.products);
+        let held: BTreeSet<String> = state.configs().values().map(|c| c.parsed.product.clone()).collect();
+        listeners.notify(&mut state, &held);
+        info!(
+            client_id = %id, root_version = state.root_version(), targets_version = state.targets_version(),
+            configs = state.configs().len(), endpoint = %rc.endpoint, "remote-config state loaded"
+        );
+        let settings = PollSettings {
+            poll_interval: rc.poll_interval(),
+            max_backoff: Duration::from_secs(rc.max_backoff_secs),
+            clock_skew_secs: i64::try_from(rc.clock_skew_secs).unwrap_or(i64::MAX),
+        };
+        Ok(Self {
+            fetcher,
+            store,
+            identity: ClientIdentity { id: id.clone(), products: rc.products.clone() },
+            listeners,
+            backoff: Backoff::new(BackoffPolicy { base: BACKOFF_BASE, max: settings.max_backoff }),
+            settings,
+            state,
+            status: Status { client_id: id, ..Status::default() },
+            last_update_error: None,
+            ever_succeeded: false,
+            last_error_log: None,
+            warned_interval: None,
+        })
+    }
+
+    /// Polls until `cancel` fires or the service disables remote config.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            let span = info_span!("poll", client_id = %self.identity.id, targets_version = self.state.targets_version());
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => break,
+                outcome = self.poll_once().instrument(span) => outcome,
+            };
+            let next = self.after_poll(outcome);
+            self.write_status();
+            let Some(delay) = next else { break };
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One request/verify/commit/notify round.
+    async fn poll_once(&mut self) -> Result<(), PollError> {
+        let request = build_request(&self.identity, &self.state, self.last_update_error.as_deref());
+        let response = self.fetcher.get_configs(request).await?;
+        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let expiry = ExpiryCheck::At { now_unix, clock_skew_secs: self.settings.clock_skew_secs };
+        let (state, changed) = match apply_update(&self.state, &update_from(&response), expiry)? {
+            Applied::Unchanged => return Ok(()),
+            Applied::Changed { state, changed_products } => (state, changed_products),
+        };
+        self.commit(&state).await?;
+        info!(
+            root_version = state.root_version(), targets_version = state.targets_version(),
+            configs = state.configs().len(), products = ?changed, "remote-config update verified and stored"
+        );
+        self.state = state;
+        self.listeners.notify(&mut self.state, &changed);
+        Ok(())
+    }
+
+    /// Writes `state` durably, off the async threads (fsync can take a while).
+    async fn commit(&self, state: &TrustedState) -> Result<(), PollError> {
+        let encoded = Store::encode(state)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write(&encoded))
+            .await
+            .map_err(|e| PollError::StoreTask(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Books the outcome and returns the delay before the next poll (`None`: stop).
+    fn after_poll(&mut self, outcome: Result<(), PollError>) -> Option<Duration> {
+        let delay = match outcome {
+            Ok(()) => self.on_success(),
+            Err(e) if e.kind() == FailureKind::Disabled => {
+                self.on_disabled(&e);
+                return None;
+            }
+            Err(e) => self.on_failure(&e),
+        };
+        self.status.next_poll_delay_ms = millis(delay);
+        Some(delay)
+    }
+
+    fn on_success(&mut self) -> Duration {
+        if self.status.consecutive_errors > 0 {
+            info!(failures = self.status.consecutive_errors, "remote-config poll succeeded again");
+        }
+        self.ever_succeeded = true;
+        self.last_update_error = None;
+        self.last_error_log = None;
+        self.backoff.on_success();
+        self.status.polls_ok += 1;
+        self.status.consecutive_errors = 0;
+        self.status.last_error = None;
+        self.status.last_success_unix_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| millis(d));
+        self.interval() + self.backoff.delay(rand::random::<f64>())
+    }
+
+    fn on_failure(&mut self, e: &PollError) -> Duration {
+        self.status.polls_failed += 1;
+        self.status.consecutive_errors += 1;
+        self.status.last_error = Some(e.to_string());
+        if e.is_update_error() {
+            self.last_update_error = Some(e.to_string());
+        }
+        let starting_up = !self.ever_succeeded && e.kind() == FailureKind::Unreachable;
+        let delay = if starting_up {
+            STARTUP_RETRY
+        } else {
+            self.backoff.on_error();
+            self.interval() + self.backoff.delay(rand::random::<f64>())
+        };
+        self.log_failure(e, delay);
+        self.status.record_retry_delay(millis(delay));
+        delay
+    }
+
+    fn on_disabled(&mut self, e: &PollError) {
+        warn!(error = %e, "remote configuration is disabled on the service (UNIMPLEMENTED): polling stopped");
+        self.status.polls_failed += 1;
+        self.status.disabled = true;
+        self.status.disabled_reason = format!("the service answered UNIMPLEMENTED: {e}");
+        self.status.last_error = Some(e.to_string());
+        self.status.next_poll_delay_ms = 0;
+    }
+
+    /// Quiet for the first failures (they are expected while things start), then errors
+    /// at most once per [`ERROR_LOG_EVERY`] so a long outage does not flood the logs.
+    fn log_failure(&mut self, e: &PollError, delay: Duration) {
+        let n = self.status.consecutive_errors;
+        if n <= QUIET_FAILURES {
+            match self.ever_succeeded {
+                false => info!(error = %e, failures = n, retry_in = ?delay, "remote-config poll failed"),
+                true => warn!(error = %e, failures = n, retry_in = ?delay, "remote-config poll failed"),
+            }
+            return;
+        }
+        if self.last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
+            self.last_error_log = Some(Instant::now());
+            error!(error = %e, failures = n, retry_in = ?delay, "remote-config polls keep failing");
+        } else {
+            debug!(error = %e, failures = n, retry_in = ?delay, "remote-config poll failed");
+        }
+    }
+
+    /// The configured interval, or the service's suggestion when inside local bounds.
+    fn interval(&mut self) -> Duration {
+        match self.state.suggested_interval_secs() {
+            Some(s) if (SUGGESTED_MIN_SECS..=SUGGESTED_MAX_SECS).contains(&s) => Duration::from_secs(s),
+            Some(s) => {
+                if self.warned_interval != Some(s) {
+                    self.warned_interval = Some(s);
+                    warn!(
+                        suggested_secs = s,
+                        "ignoring the service's suggested poll interval: outside [1, 60] s"
+                    );
+                }
+                self.settings.poll_interval
+            }
+            None => self.settings.poll_interval,
+        }
+    }
+
+    fn write_status(&mut self) {
+        let products: Vec<String> = self.listeners.products().cloned().collect();
+        self.status.observe(&self.state, &products);
+        if let Err(e) = self.status.write(self.store.dir()) {
+            warn!(error = %e, "cannot write status.json");
+        }
+    }
+}
+
+/// Borrowed view of a response, as the verifier takes it.
+fn update_from(response: &ClientGetConfigsResponse) -> Update<'_> {
+    Update {
+        roots: response.roots.iter().map(Vec::as_slice).collect(),
+        targets: &response.targets,
+        target_files: response.target_files.iter().map(|f| (f.path.as_str(), f.raw.as_slice())).collect(),
+        client_configs: response.client_configs.iter().map(String::as_str).collect(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,168 @@
+//! `status.json`: the controller's state as data, rewritten atomically after every poll,
+//! and the `controller status` printer that reads it. Tests and operators read this
+//! instead of scraping logs.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{StoreError, write_atomic};
+use crate::tuf::{ConfigEntry, TrustedState};
+
+pub const STATUS_FILE: &str = "status.json";
+
+/// How many retry delays `recent_retry_delays_ms` keeps.
+pub const RECENT_DELAYS: usize = 16;
+
+/// The document, field for field as in the controller contract.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub client_id: String,
+    pub disabled: bool,
+    pub disabled_reason: String,
+    pub root_version: u64,
+    pub targets_version: u64,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+    pub consecutive_errors: u64,
+    pub last_error: Option<String>,
+    pub last_success_unix_ms: u64,
+    pub next_poll_delay_ms: u64,
+    pub recent_retry_delays_ms: VecDeque<u64>,
+    pub configs: Vec<ConfigStatus>,
+}
+
+/// One config a product listener holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigStatus {
+    pub path: String,
+    pub product: String,
+    pub id: String,
+    pub version: u64,
+    pub sha256: String,
+    pub length: u64,
+    pub apply_state: u64,
+    pub apply_error: String,
+}
+
+impl From<&ConfigEntry> for ConfigStatus {
+    fn from(c: &ConfigEntry) -> Self {
+        Self {
+            path: c.path.clone(),
+            product: c.parsed.product.clone(),
+            id: c.parsed.config_id.clone(),
+            version: c.version,
+            sha256: c.sha256().to_owned(),
+            length: c.length,
+            apply_state: c.apply_state.into(),
+            apply_error: c.apply_error.clone(),
+        }
+    }
+}
+
+/// A status read back from disk failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot read {path}: {source} (has the controller run with this --state-dir?)")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a controller status document: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Write(#[from] StoreError),
+}
+
+impl Status {
+    /// Refreshes the versions and held configs from `state` (only listened products).
+    pub fn observe(&mut self, state: &TrustedState, products: &[String]) {
+        self.root_version = state.root_version();
+        self.targets_version = state.targets_version();
+        self.configs = state
+            .configs()
+            .values()
+            .filter(|c| products.contains(&c.parsed.product))
+            .map(ConfigStatus::from)
+            .collect();
+    }
+
+    /// Remembers a delay chosen after a failed poll, keeping the last [`RECENT_DELAYS`].
+    pub fn record_retry_delay(&mut self, ms: u64) {
+        if self.recent_retry_delays_ms.len() == RECENT_DELAYS {
+            self.recent_retry_delays_ms.pop_front();
+        }
+        self.recent_retry_delays_ms.push_back(ms);
+    }
+
+    pub fn write(&self, state_dir: &Path) -> Result<(), StatusError> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(StoreError::from)?;
+        Ok(write_atomic(&state_dir.join(STATUS_FILE), &bytes)?)
+    }
+
+    pub fn read(state_dir: &Path) -> Result<Self, StatusError> {
+        let path = state_dir.join(STATUS_FILE);
+        let bytes =
+            std::fs::read(&path).map_err(|source| StatusError::Read { path: path.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|source| StatusError::Parse { path, source })
+    }
+
+    /// The human-readable form printed by `controller status`.
+    pub fn render(&self) -> String {
+        let mut out = format!("client id:        {}\n", self.client_id);
+        if self.disabled {
+            out += &format!("remote config:    DISABLED ({})\n", self.disabled_reason);
+        }
+        out +=
+            &format!("root version:     {}\ntargets version:  {}\n", self.root_version, self.targets_version);
+        out += &format!(
+            "polls:            {} ok, {} failed, {} consecutive errors\n",
+            self.polls_ok, self.polls_failed, self.consecutive_errors
+        );
+        out += &format!("last error:       {}\n", self.last_error.as_deref().unwrap_or("none"));
+        out += &format!("next poll in:     {} ms\n", self.next_poll_delay_ms);
+        out += &format!("configs:          {}\n", self.configs.len());
+        for c in &self.configs {
+            let verdict = match c.apply_state {
+                2 => "acknowledged".to_owned(),
+                3 => format!("error: {}", c.apply_error),
+                1 => "unacknowledged".to_owned(),
+                _ => "unknown".to_owned(),
+            };
+            out += &format!("  {} v{} ({} bytes) {}\n", c.path, c.version, c.length, verdict);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn writes_atomically_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut status = Status { client_id: "c1".into(), polls_ok: 3, ..Default::default() };
+        for ms in 0..20 {
+            status.record_retry_delay(ms);
+        }
+        status.write(dir.path()).unwrap();
+        let back = Status::read(dir.path()).unwrap();
+        assert_eq!(back, status);
+        assert_eq!(back.recent_retry_delays_ms.len(), RECENT_DELAYS);
+        assert_eq!(back.recent_retry_delays_ms.front(), Some(&4), "oldest kept first");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(STATUS_FILE)).unwrap()).unwrap();
+        for key in
+            ["client_id", "disabled", "last_error", "next_poll_delay_ms", "recent_retry_delays_ms", "configs"]
+        {
+            assert!(json.get(key).is_some(), "{key} missing");
+        }
+    }
+
+    #[test]
+    fn missing_status_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Status::read(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("status.json"));
+    }
+}

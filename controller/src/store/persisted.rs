@@ -1,0 +1,100 @@
+//! The state file's format, and its re-verification from the pinned root.
+//!
+//! Only raw, signed material is stored (roots, targets, config bytes), plus the listener
+//! verdicts. Decoding replays it through [`apply_update`] exactly like a response, so a
+//! tampered file fails verification like a tampered response would.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::CorruptState;
+use crate::tuf::{Applied, ApplyState, ExpiryCheck, TrustedState, Update, apply_update};
+
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct PersistedState {
+    format: u32,
+    /// Hex of the raw roots newer than the pinned root, oldest first.
+    roots: Vec<String>,
+    /// Hex of the raw signed targets.
+    targets: Option<String>,
+    configs: Vec<PersistedConfig>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedConfig {
+    path: String,
+    content: String,
+    apply_state: ApplyState,
+    apply_error: String,
+}
+
+/// Just enough of a root to read its version.
+#[derive(Deserialize)]
+struct RootVersion {
+    signed: VersionField,
+}
+#[derive(Deserialize)]
+struct VersionField {
+    version: u64,
+}
+
+pub(super) fn encode(state: &TrustedState) -> Result<Vec<u8>, serde_json::Error> {
+    let persisted = PersistedState {
+        format: FORMAT,
+        roots: state.roots_raw().iter().map(hex::encode).collect(),
+        targets: state.targets().map(|t| hex::encode(&t.raw)),
+        configs: state
+            .configs()
+            .values()
+            .map(|c| PersistedConfig {
+                path: c.path.clone(),
+                content: hex::encode(&c.raw),
+                apply_state: c.apply_state,
+                apply_error: c.apply_error.clone(),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&persisted)
+}
+
+pub(super) fn decode(bytes: &[u8], pinned: &TrustedState) -> Result<TrustedState, CorruptState> {
+    let p: PersistedState = serde_json::from_slice(bytes).map_err(|e| CorruptState::Format(e.to_string()))?;
+    if p.format != FORMAT {
+        return Err(CorruptState::Format(format!("format {} (expected {FORMAT})", p.format)));
+    }
+    let unhex = |s: &String| hex::decode(s).map_err(|e| CorruptState::Format(e.to_string()));
+    let roots = p.roots.iter().map(unhex).collect::<Result<Vec<_>, _>>()?;
+    // Roots at or below the pinned version were superseded by the operator's pin.
+    let roots: Vec<&[u8]> = roots
+        .iter()
+        .filter(|raw| {
+            serde_json::from_slice::<RootVersion>(raw)
+                .map_or(true, |r| r.signed.version > pinned.root_version())
+        })
+        .map(Vec::as_slice)
+        .collect();
+    let targets = p.targets.as_ref().map(unhex).transpose()?.unwrap_or_default();
+    let contents = p.configs.iter().map(|c| unhex(&c.content)).collect::<Result<Vec<_>, _>>()?;
+    let update = Update {
+        roots,
+        targets: &targets,
+        target_files: p
+            .configs
+            .iter()
+            .zip(&contents)
+            .map(|(c, raw)| (c.path.as_str(), raw.as_slice()))
+            .collect::<HashMap<_, _>>(),
+        client_configs: p.configs.iter().map(|c| c.path.as_str()).collect(),
+    };
+    let mut state = match apply_update(pinned, &update, ExpiryCheck::Skip)? {
+        Applied::Changed { state, .. } => state,
+        Applied::Unchanged => pinned.clone(),
+    };
+    for c in &p.configs {
+        state.set_apply_state(&c.path, c.apply_state, c.apply_error.clone());
+    }
+    Ok(state)
+}
