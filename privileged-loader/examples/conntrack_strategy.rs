@@ -9,7 +9,8 @@
 //! Also useful on other kernels (e.g. a Debian 6.1 kernel under qemu, where nf_conntrack
 //! is a module and kprobes exist) to check that the object loads there. With
 //! `--hold SECS` it keeps the conntracker attached that long (make NAT'd connections
-//! meanwhile) and then prints the entries it recorded.
+//! meanwhile) and then prints the entries it recorded; `--strategies kprobe_confirm,tp_btf`
+//! restricts the strategies tried (names as in `[conntrack] strategies`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a diagnostic program: a panic is its report
 
 use privileged_loader::asset::AssetLoader;
@@ -25,7 +26,13 @@ fn main() {
     let assets = AssetLoader::new(btf::discover(&BtfConfig::default()), None, registry.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let shutdown = CancellationToken::new();
-    let result = runtime.block_on(start(&ConntrackConfig::default(), &assets, &registry, shutdown.clone()));
+    let mut cfg = ConntrackConfig::default();
+    if let Some(names) = std::env::args().skip_while(|a| a != "--strategies").nth(1) {
+        let quoted: Vec<String> = names.split(',').map(|n| format!("{n:?}")).collect();
+        cfg.strategies =
+            serde_json::from_str(&format!("[{}]", quoted.join(","))).expect("known strategy names");
+    }
+    let result = runtime.block_on(start(&cfg, &assets, &registry, shutdown.clone()));
 
     for asset in registry.assets() {
         println!("asset {}: {:?} in {:?} {}", asset.asset, asset.outcome, asset.load_time, asset.detail);

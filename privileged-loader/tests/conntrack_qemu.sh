@@ -3,7 +3,9 @@
 # where nf_conntrack is a module, kprobes exist and fentry cannot reach module functions.
 # Boots an initramfs (busybox-static, nft, the conntrack_strategy example), sets up a
 # DNAT rule on the guest's loopback, makes one connection through it, and checks that
-# the conntracker chose kprobe and recorded the translation. Run as root from the repo:
+# the conntracker chose kprobe and recorded the translation; then boots again allowing
+# only the kprobe/kretprobe pair on __nf_conntrack_confirm, then only tp_btf, and checks
+# the same each time. Run as root from the repo:
 #   sh privileged-loader/tests/conntrack_qemu.sh
 # Needs: qemu-system-x86, busybox-static, nftables, cpio (apt); ~30 MB download.
 set -eu
@@ -37,7 +39,7 @@ for m in $MODS; do insmod /mods/\$m.ko || echo "insmod \$m failed"; done
 ip link set lo up; ip addr add 10.99.0.1/32 dev lo
 /usr/sbin/nft -f /rules.nft
 echo GUEST-START
-/conntrack_strategy --hold 6 &
+/conntrack_strategy --hold 6 \$(cat /proc/cmdline | tr ' ' '\\n' | sed -n 's/^ct_strategies=/--strategies /p') &
 sleep 4
 nc -l -p 8080 127.0.0.1 >/dev/null &
 sleep 0.5
@@ -49,11 +51,17 @@ INIT
 chmod +x "$I/init"
 (cd "$I" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$WORK/initrd.gz")
 
-timeout 300 qemu-system-x86_64 -m 1024 -smp 1 -nographic -no-reboot \
-  -kernel "$WORK/root/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1" 2>&1 | sed -n '/GUEST-START/,/GUEST-EXIT/p' | tee "$WORK/out"
-
-grep -q 'strategy "core/kprobe"' "$WORK/out" || { echo "FAIL: kprobe strategy not chosen"; exit 1; }
-grep -q 'entry Entry { original: Tuple { src: 10.99.0.1, .*dst_port: 80, protocol: Tcp }, reply: Tuple { src: 127.0.0.1, src_port: 8080' "$WORK/out" \
-  || { echo "FAIL: the DNAT'd connection was not recorded"; exit 1; }
-echo "PASS: $KVER: kprobe strategy recorded the DNAT translation"
+# boot <strategies or "default"> <attempt line that must say yes>
+boot() {
+  extra=""; [ "$1" = default ] || extra="ct_strategies=$1"
+  timeout 300 qemu-system-x86_64 -m 1024 -smp 1 -nographic -no-reboot \
+    -kernel "$WORK/root/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
+    -append "console=ttyS0 quiet panic=-1 $extra" 2>&1 | sed -n '/GUEST-START/,/GUEST-EXIT/p' | tee "$WORK/out"
+  grep -q "yes $2" "$WORK/out" || { echo "FAIL ($1): $2 did not attach"; exit 1; }
+  grep -q 'entry Entry { original: Tuple { src: 10.99.0.1, .*dst_port: 80, protocol: Tcp }, reply: Tuple { src: 127.0.0.1, src_port: 8080' "$WORK/out" \
+    || { echo "FAIL ($1): the DNAT'd connection was not recorded"; exit 1; }
+  echo "PASS: $KVER, strategies $1: $2 recorded the DNAT translation"
+}
+boot default "kprobe/__nf_conntrack_hash_insert"
+boot kprobe_confirm "kprobe+kretprobe/__nf_conntrack_confirm"
+boot tp_btf "tp_btf/net_dev_queue"

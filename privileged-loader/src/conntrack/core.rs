@@ -31,16 +31,21 @@ const SWEEP_DUMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an unexpected netlink error, so a broken socket cannot spin a core.
 const NETLINK_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// How the eBPF program is hooked into the kernel, in the order they are tried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the eBPF program is hooked into the kernel, in the order they are tried. The
+/// serde names are those of `[conntrack] strategies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum Strategy {
     /// fentry on `__nf_conntrack_hash_insert`: once per new entry.
+    #[serde(rename = "fentry")]
     FEntry,
     /// kprobe on `__nf_conntrack_hash_insert`.
+    #[serde(rename = "kprobe")]
     KProbeHashInsert,
     /// kprobe + kretprobe on `__nf_conntrack_confirm`.
+    #[serde(rename = "kprobe_confirm")]
     KProbeConfirm,
     /// `tp_btf/net_dev_queue`: every transmitted packet's `skb->_nfct`.
+    #[serde(rename = "tp_btf")]
     TpBtf,
 }
 
@@ -238,7 +243,7 @@ impl CoreConntracker {
             loader.override_global("udpv6_enabled", flag(cfg.udpv6_enabled), true);
             let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
             let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
-            let strategy = attach_first(&mut ebpf, &btf.btf, registry)?;
+            let strategy = attach_first(&mut ebpf, &btf.btf, registry, &cfg.strategies)?;
             Ok((ebpf, strategy))
         })?;
         let missing =
@@ -336,11 +341,16 @@ impl Conntracker for CoreConntracker {
     }
 }
 
-/// Tries each [`Strategy`] in order; records every attempt; returns the first that
-/// attached, or the last failure.
-fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strategy, AssetError> {
+/// Tries each allowed [`Strategy`] in the fixed order; records every attempt; returns
+/// the first that attached, or the last failure.
+fn attach_first(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    registry: &Registry,
+    allowed: &[Strategy],
+) -> Result<Strategy, AssetError> {
     let mut last_error = None;
-    for strategy in Strategy::ORDER {
+    for strategy in Strategy::ORDER.into_iter().filter(|s| allowed.contains(s)) {
         match attach(ebpf, btf, strategy) {
             Ok(()) => {
                 tracing::info!(module = MODULE, hook = strategy.hook(), "conntracker attached");
@@ -360,7 +370,7 @@ fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strat
     Err(last_error.unwrap_or_else(|| AssetError::Attach {
         asset: ASSET.into(),
         program: "(none)".into(),
-        reason: "no attach strategy is defined".into(),
+        reason: "no attach strategy allowed: conntrack.strategies is empty".into(),
     }))
 }
 
