@@ -4,6 +4,7 @@
 //! [`start`] also seeds the map with the entries that existed before the program was
 //! attached (a ctnetlink dump), and starts the tasks that keep it clean: the DESTROY
 //! event listener and the sweep (`sweep.rs`). `docs/conntrack.md` states the policy.
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -174,8 +175,14 @@ async fn start_enabled(
             let listener =
                 DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
             tasks.spawn(listener.run(events, shutdown.clone()));
-            let sweeper =
-                Sweeper { tracker: tracker.clone(), stats: stats.clone(), policy, resync, cfg: cfg.clone() };
+            let sweeper = Sweeper {
+                tracker: tracker.clone(),
+                stats: stats.clone(),
+                policy,
+                resync,
+                cfg: cfg.clone(),
+                suspects: HashSet::new(),
+            };
             tasks.spawn(sweeper.run(dump, cfg.sweep_interval(), shutdown));
         }
         Err(e) => {
@@ -541,10 +548,12 @@ struct Sweeper {
     resync: Arc<Notify>,
     /// Decides which dumped entries belong in the map (the families the program records).
     cfg: ConntrackConfig,
+    /// Own-namespace connections the last dump did not list (see `sweep.rs`).
+    suspects: HashSet<CtKey>,
 }
 
 impl Sweeper {
-    async fn run(self, mut dump: CtNetlink, interval: Option<Duration>, shutdown: CancellationToken) {
+    async fn run(mut self, mut dump: CtNetlink, interval: Option<Duration>, shutdown: CancellationToken) {
         let mut ticker = interval.map(|every| {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -560,7 +569,7 @@ impl Sweeper {
         }
     }
 
-    async fn sweep_once(&self, dump: &mut CtNetlink) {
+    async fn sweep_once(&mut self, dump: &mut CtNetlink) {
         let started_ns = monotonic_ns();
         let entries = match tokio::time::timeout(SWEEP_DUMP_TIMEOUT, dump.dump()).await {
             Ok(Ok(entries)) => Some(entries.into_iter().filter(|e| self.cfg.records(e)).collect::<Vec<_>>()),
@@ -580,7 +589,8 @@ impl Sweeper {
                 return;
             }
         };
-        let plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns);
+        let plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns, &self.suspects);
+        self.suspects = plan.suspects;
         let deleted = self.tracker.remove_keys(&plan.delete);
         let now = monotonic_ns();
         let inserted = plan.insert.iter().filter(|e| self.tracker.insert(e, now)).count();
