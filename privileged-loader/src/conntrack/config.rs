@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::core::Strategy;
 use super::{Entry, Protocol};
 
 /// Settings of the conntracker. Every key has a default; `docs/conntrack.md` explains the
@@ -26,9 +27,14 @@ pub struct ConntrackConfig {
     /// Entries of *other* network namespaces not seen for this long are dropped by the
     /// sweep (their destroy events are invisible to the loader). 0 disables that rule.
     pub stale_after_secs: u64,
-    /// Ordered conntracker strategies to try (`conntrack::chain`), default core, prebuilt, netlink.
+    /// Attach strategies the CO-RE conntracker may use, among `fentry`, `kprobe`,
+    /// `kprobe_confirm`, `tp_btf`. They are always tried in that order; leaving one out
+    /// skips it (e.g. to avoid the per-packet `tp_btf` hook, or to test a fallback).
+    pub attach_strategies: Vec<Strategy>,
+    /// Conntrackers to try, in order (`conntrack::chain`): `core`, `prebuilt`, `netlink`.
+    /// One name pins that conntracker.
     pub strategies: super::chain::Strategies,
-    /// `[conntrack.offsetguess]`: bounds of offset guessing for the prebuilt strategy.
+    /// `[conntrack.offsetguess]`: bounds of offset guessing for the prebuilt conntracker.
     pub offsetguess: crate::offsetguess::OffsetGuessConfig,
 }
 
@@ -42,6 +48,7 @@ impl Default for ConntrackConfig {
             initial_dump_timeout_secs: 10,
             sweep_interval_secs: 60,
             stale_after_secs: 3600,
+            attach_strategies: Strategy::ORDER.to_vec(),
             strategies: Default::default(),
             offsetguess: Default::default(),
         }
@@ -53,6 +60,8 @@ impl Default for ConntrackConfig {
 pub enum ConfigError {
     #[error("conntrack.max_entries = {0}: must be at least 2 (one slot per direction)")]
     MaxEntries(u32),
+    #[error("conntrack.attach_strategies is empty: allow at least one attach strategy")]
+    NoStrategy,
 }
 
 impl ConntrackConfig {
@@ -60,6 +69,9 @@ impl ConntrackConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_entries < 2 {
             return Err(ConfigError::MaxEntries(self.max_entries));
+        }
+        if self.attach_strategies.is_empty() {
+            return Err(ConfigError::NoStrategy);
         }
         Ok(())
     }
@@ -133,6 +145,17 @@ mod tests {
         let mut plain = entry("10.0.0.1", "10.0.0.9", "10.0.0.9", Protocol::Tcp);
         plain.reply.src_port = 80;
         assert!(!cfg.records(&plain), "a reply that is the original turned around is not NAT");
+    }
+
+    #[test]
+    fn strategies_are_named_as_in_the_docs_and_cannot_all_be_removed() {
+        let names: Vec<String> = Strategy::ORDER
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["fentry", "kprobe", "kprobe_confirm", "tp_btf"]);
+        let cfg = ConntrackConfig { attach_strategies: Vec::new(), ..Default::default() };
+        assert_eq!(cfg.validate(), Err(ConfigError::NoStrategy));
     }
 
     #[test]
