@@ -1,0 +1,129 @@
+//! The conntracker chain through the real loader binary, checked with the conntrack
+//! helper's harness (`e2e-tests`: throwaway namespace with DNAT rules, `conntrack -L`
+//! oracle) exactly as the CO-RE conntracker is in `tests/tests/loader_conntrack.rs`:
+//! every NAT entry the kernel shows is listed by `loaderctl conntrack list --json` with the
+//! same reply tuple, and nothing else. Needs root and `cargo build --workspace --bins`.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use e2e_tests::loader::{LoaderOptions, LoaderProcess};
+use e2e_tests::{L4, NatLab, Tuple, oracle};
+use serde_json::Value;
+
+fn tuple(v: &Value) -> Tuple {
+    let protocol = match v["proto"].as_str() {
+        Some("tcp") => L4::Tcp,
+        Some("udp") => L4::Udp,
+        other => panic!("unexpected protocol {other:?} in {v}"),
+    };
+    let addr = |k: &str| v[k].as_str().and_then(|s| s.parse::<IpAddr>().ok()).expect("address");
+    let port = |k: &str| v[k].as_u64().and_then(|p| u16::try_from(p).ok()).expect("port");
+    Tuple { protocol, src: addr("src"), sport: port("sport"), dst: addr("dst"), dport: port("dport") }
+}
+
+fn listed(loader: &LoaderProcess, lab: &NatLab) -> BTreeSet<(Tuple, Tuple)> {
+    let netns = lab.netns.inode().expect("inode").to_string();
+    let list = loader.ctl_json(&["conntrack", "list", "--netns", &netns]);
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|e| (tuple(&e["original"]), tuple(&e["reply"])))
+        .collect()
+}
+
+fn kernel_nat(lab: &NatLab) -> BTreeSet<(Tuple, Tuple)> {
+    oracle::nat_entries(&lab.netns)
+        .expect("conntrack -L")
+        .into_iter()
+        .map(|e| (e.original, e.reply))
+        .collect()
+}
+
+/// Waits up to 2 s for the loader's list to equal the kernel's, then asserts it.
+fn assert_matches_kernel(loader: &LoaderProcess, lab: &NatLab) {
+    let expected = kernel_nat(lab);
+    assert!(!expected.is_empty(), "the test made no NAT'd connection");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut got = listed(loader, lab);
+    while got != expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        got = listed(loader, lab);
+    }
+    let missing: Vec<_> = expected.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "loader vs conntrack -L: missing {missing:#?}\nextra {extra:#?}\nloader log:\n{}",
+        loader.log_text()
+    );
+}
+
+/// (strategy, ok, reason) of every attempt of module `conntrack`.
+fn attempts(loader: &LoaderProcess) -> Vec<(String, bool, String)> {
+    let module = loader.module("conntrack");
+    module["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            let text = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+            (text("strategy"), a["ok"] == true, text("reason"))
+        })
+        .collect()
+}
+
+#[test]
+fn with_btf_hidden_the_loader_runs_the_prebuilt_conntracker_and_matches_conntrack() {
+    let lab = NatLab::new("pb-e2e").expect("lab");
+    let _before = lab.connect_all().expect("connections before start");
+    let loader = LoaderProcess::start(LoaderOptions {
+        netns: Some(lab.netns.name()),
+        args: &["--no-sysfs-btf"],
+        ..Default::default()
+    });
+    let module = loader.module("conntrack");
+    assert_eq!(module["strategy"], "prebuilt/raw_tracepoint", "{module:#}");
+    let tried = attempts(&loader);
+    assert!(tried.iter().any(|(s, ok, why)| s == "core" && !ok && why.contains("BTF")), "{tried:#?}");
+    assert!(
+        tried.iter().any(|(s, ok, why)| s == "prebuilt/offsetguess" && *ok && why.contains("sk_buff._nfct="))
+    );
+    let _after = lab.connect_all().expect("connections after start");
+    assert_matches_kernel(&loader, &lab);
+}
+
+#[test]
+fn with_ebpf_strategies_disabled_the_netlink_conntracker_matches_conntrack() {
+    let lab = NatLab::new("nl-e2e").expect("lab");
+    let _before = lab.connect_all().expect("connections before start");
+    let loader = LoaderProcess::start(LoaderOptions {
+        netns: Some(lab.netns.name()),
+        args: &["--conntrack-strategies", "netlink"],
+        ..Default::default()
+    });
+    assert_eq!(loader.module("conntrack")["strategy"], "netlink");
+    let _after = lab.connect_all().expect("connections after start");
+    assert_matches_kernel(&loader, &lab);
+}
+
+#[test]
+fn a_guessing_overflow_moves_the_loader_to_netlink_and_says_why() {
+    let lab = NatLab::new("ovf-e2e").expect("lab");
+    let loader = LoaderProcess::start(LoaderOptions {
+        netns: Some(lab.netns.name()),
+        extra_toml: "[conntrack]\nstrategies = [\"prebuilt\", \"netlink\"]\n\n[conntrack.offsetguess]\nthreshold = 8\n",
+        ..Default::default()
+    });
+    assert_eq!(loader.module("conntrack")["strategy"], "netlink");
+    let tried = attempts(&loader);
+    assert!(
+        tried.iter().any(|(s, ok, why)| s == "prebuilt"
+            && !ok
+            && why.contains("offset guessing overflow on sk_buff._nfct at 8")),
+        "{tried:#?}"
+    );
+    let _connections = lab.connect_all().expect("connections");
+    assert_matches_kernel(&loader, &lab);
+}
