@@ -12,6 +12,10 @@
 //!   table resynced
 //!
 //! Everything runs inside a private network namespace this program creates and deletes.
+//!
+//! `--guest SECS` instead runs the cross-kernel check of `tests/offsetguess_qemu.sh`:
+//! guess, start the prebuilt conntracker (kprobe where the kernel has kprobes), wait SECS
+//! while the script makes a DNAT'd connection, print what was recorded, exit.
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic is the report")]
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -36,6 +40,9 @@ const VIP: &str = "10.99.0.1";
 const BACKEND_PORT: u16 = 8080;
 
 fn main() -> anyhow::Result<()> {
+    if let Some(secs) = std::env::args().skip_while(|a| a != "--guest").nth(1) {
+        return guest(Duration::from_secs(secs.parse()?));
+    }
     let _ns = Netns::create()?;
     let registry = Registry::default();
     let assets =
@@ -47,6 +54,33 @@ fn main() -> anyhow::Result<()> {
     prebuilt_completeness(&assets, &registry)?;
     core_completeness(&registry)?;
     netlink_events(&registry)?;
+    Ok(())
+}
+
+/// One guess and one prebuilt conntracker on whatever kernel this runs on (a qemu guest).
+fn guest(hold: Duration) -> anyhow::Result<()> {
+    let registry = Registry::default();
+    let assets =
+        AssetLoader::new(Err(BtfError::NotFound { tried: vec!["not used".into()] }), None, registry.clone());
+    let cfg = ConntrackConfig { strategies: Strategies::pinned(Strategy::Prebuilt), ..Default::default() };
+    let runtime = runtime()?;
+    let shutdown = CancellationToken::new();
+    let running = runtime.block_on(prebuilt::start(&cfg, &assets, &registry, shutdown.clone()))?;
+    for module in registry.modules() {
+        for a in module.attempts {
+            println!("attempt {} {} {}", a.strategy, if a.ok { "yes" } else { "no" }, a.reason);
+        }
+    }
+    println!("strategy {}", running.tracker.strategy());
+    println!(
+        "own netns {}",
+        std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m))?
+    );
+    std::thread::sleep(hold);
+    for entry in running.tracker.entries()? {
+        println!("entry {entry:?}");
+    }
+    shutdown.cancel();
     Ok(())
 }
 
