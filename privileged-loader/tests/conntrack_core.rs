@@ -103,7 +103,10 @@ impl Conntracker for Unstarted {
 }
 
 fn test_config() -> ConntrackConfig {
-    ConntrackConfig { max_entries: 4096, ..ConntrackConfig::default() }
+    // Big enough that NAT traffic of other tests on the machine (the map sees every
+    // namespace) cannot make the LRU evict this test's entries; not the default, so the
+    // configured size is checked.
+    ConntrackConfig { max_entries: 65_536, ..ConntrackConfig::default() }
 }
 
 fn tuple(t: &oracle::Tuple) -> Tuple {
@@ -155,7 +158,7 @@ fn every_nat_entry_of_conntrack_l_is_listed_with_its_reply_and_nothing_else() {
     assert!(listed, "map {:#?}\n!= conntrack -L {want:#?}", ct.entries_in(netns));
 
     let fill = ct.tracker.tables();
-    assert_eq!(fill[0].max_entries, 4096);
+    assert_eq!(fill[0].max_entries, 65_536);
     assert!(fill[0].entries >= 8, "two slots per connection: {fill:?}");
 }
 

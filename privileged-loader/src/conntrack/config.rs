@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::core::Strategy;
 use super::{Entry, Protocol};
 
 /// Settings of the conntracker. Every key has a default; `docs/conntrack.md` explains the
@@ -26,6 +27,10 @@ pub struct ConntrackConfig {
     /// Entries of *other* network namespaces not seen for this long are dropped by the
     /// sweep (their destroy events are invisible to the loader). 0 disables that rule.
     pub stale_after_secs: u64,
+    /// Attach strategies the loader may use, among `fentry`, `kprobe`, `kprobe_confirm`,
+    /// `tp_btf`. They are always tried in that order; leaving one out
+    /// skips it (e.g. to avoid the per-packet `tp_btf` hook, or to test a fallback).
+    pub strategies: Vec<Strategy>,
 }
 
 impl Default for ConntrackConfig {
@@ -38,6 +43,7 @@ impl Default for ConntrackConfig {
             initial_dump_timeout_secs: 10,
             sweep_interval_secs: 60,
             stale_after_secs: 3600,
+            strategies: Strategy::ORDER.to_vec(),
         }
     }
 }
@@ -47,6 +53,8 @@ impl Default for ConntrackConfig {
 pub enum ConfigError {
     #[error("conntrack.max_entries = {0}: must be at least 2 (one slot per direction)")]
     MaxEntries(u32),
+    #[error("conntrack.strategies is empty: allow at least one attach strategy")]
+    NoStrategy,
 }
 
 impl ConntrackConfig {
@@ -54,6 +62,9 @@ impl ConntrackConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_entries < 2 {
             return Err(ConfigError::MaxEntries(self.max_entries));
+        }
+        if self.strategies.is_empty() {
+            return Err(ConfigError::NoStrategy);
         }
         Ok(())
     }
@@ -127,6 +138,17 @@ mod tests {
         let mut plain = entry("10.0.0.1", "10.0.0.9", "10.0.0.9", Protocol::Tcp);
         plain.reply.src_port = 80;
         assert!(!cfg.records(&plain), "a reply that is the original turned around is not NAT");
+    }
+
+    #[test]
+    fn strategies_are_named_as_in_the_docs_and_cannot_all_be_removed() {
+        let names: Vec<String> = Strategy::ORDER
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["fentry", "kprobe", "kprobe_confirm", "tp_btf"]);
+        let cfg = ConntrackConfig { strategies: Vec::new(), ..Default::default() };
+        assert_eq!(cfg.validate(), Err(ConfigError::NoStrategy));
     }
 
     #[test]
