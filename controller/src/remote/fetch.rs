@@ -107,11 +107,18 @@ impl Fetcher {
         call.set_timeout(self.settings.request_timeout);
         match self.client.client_get_configs(call).await {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(FetchError::Status {
-                endpoint: self.settings.endpoint.clone(),
-                code: status.code(),
-                message: describe(&status),
-            }),
+            Err(status) => {
+                let mut message = describe(&status);
+                if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) {
+                    let path = self.settings.token_file.display();
+                    message.push_str(&format!(" (the service refused the bearer token read from {path})"));
+                }
+                Err(FetchError::Status {
+                    endpoint: self.settings.endpoint.clone(),
+                    code: status.code(),
+                    message,
+                })
+            }
         }
     }
 }

@@ -232,8 +232,7 @@ impl Poller {
         self.status.polls_ok += 1;
         self.status.consecutive_errors = 0;
         self.status.last_error = None;
-        self.status.last_success_unix_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| millis(d));
+        self.status.last_success_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis);
         self.interval() + self.backoff.delay(rand::random::<f64>())
     }
 
