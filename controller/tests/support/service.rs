@@ -3,6 +3,7 @@
 //! the reference service (newer roots, targets when the version differs, only the files
 //! the client lacks, empty in the steady state). Tests can also make it answer with a
 //! fixed gRPC status, require a token, and inspect every request it received.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
