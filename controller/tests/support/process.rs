@@ -94,10 +94,15 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(ws: &Workspace, config: &Path) -> Self {
+        Self::start_with_env(ws, config, &[])
+    }
+
+    /// Starts with extra `CONTROLLER_*` environment settings.
+    pub fn start_with_env(ws: &Workspace, config: &Path, env: &[(&str, &str)]) -> Self {
         let log = std::fs::File::create(ws.path("controller.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_controller"));
         cmd.arg("run").arg("--config").arg(config).stdout(Stdio::null()).stderr(log);
-        cmd.env("RUST_LOG", "info").env_remove("CONTROLLER_STATE_DIR");
+        cmd.env("RUST_LOG", "info").env_remove("CONTROLLER_STATE_DIR").envs(env.iter().copied());
         if is_root() {
             cmd.uid(NOBODY).gid(NOBODY);
         }

@@ -52,6 +52,23 @@ impl TestService {
         self.start_on("127.0.0.1:0".parse().unwrap()).await
     }
 
+    /// Serves TLS with the PEM certificate chain and key on an ephemeral 127.0.0.1 port.
+    pub async fn start_tls(self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> SocketAddr {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(ConfigServiceServer::new(self))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
     /// Serves on `addr` (a loopback address).
     pub async fn start_on(self, addr: SocketAddr) -> SocketAddr {
         let listener = TcpListener::bind(addr).await.unwrap();
