@@ -222,3 +222,32 @@ fn refuses_to_run_as_root_without_the_override() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_root = true"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_root_rotation_and_keeps_it_across_restarts() {
+    use support::repo::{TestKey, expires_in_days, root, sign};
+    let repo = Repo::new();
+    let (service, endpoint) = service_with(published(&repo, 1, &[(PATH, b"{}", 1)])).await;
+    let ws = Workspace::new(&repo.root_v1, "t");
+    let config = ws.config(&endpoint, 1);
+    let first = Controller::start(&ws, &config);
+    ws.wait_status(WAIT, |s| s.targets_version == 1).await;
+
+    // Root v2 replaces the root key; signed by the old and the new key, as rotation requires.
+    let new_root_key = TestKey::generate();
+    let v2 = root(2, expires_in_days(30), &[&new_root_key], 1, &[&repo.targets_key], 1);
+    let mut next = published(&repo, 2, &[(PATH, b"{\"r\":2}", 2)]);
+    next.roots.push(sign(&v2, &[&repo.root_key, &new_root_key]));
+    service.publish(next);
+    let status = ws.wait_status(WAIT, |s| s.root_version == 2 && s.targets_version == 2).await;
+    assert_eq!(status.configs[0].version, 2);
+    first.stop();
+
+    // After a restart the rotated root is re-walked from the pinned v1 and still trusted.
+    let before = service.seen().len();
+    std::fs::remove_file(ws.state_dir().join("status.json")).unwrap();
+    let _second = Controller::start(&ws, &config);
+    ws.wait_status(WAIT, |s| s.polls_ok >= 1 && s.root_version == 2).await;
+    let state = service.seen()[before].request.client.clone().unwrap().state.unwrap();
+    assert_eq!((state.root_version, state.targets_version), (2, 2));
+}
