@@ -43,6 +43,13 @@ async fn verified_configs_reach_the_listener_and_verdicts_go_back() {
     let status = ws.wait_status(WAIT, |s| s.targets_version == 1).await;
     assert_eq!(status.configs.len(), 1);
     assert_eq!((status.configs[0].version, status.configs[0].apply_state), (1, 2), "JSON is acknowledged");
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["status", "--state-dir"])
+        .arg(ws.state_dir())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    assert!(printed.contains(&format!("{PATH} v1 (7 bytes) acknowledged")), "{printed}");
 
     // Republish: v2 of the config, which is not JSON: the listener rejects it.
     service.publish(published(&repo, 2, &[(PATH, b"not json", 2)]));
