@@ -258,3 +258,18 @@ async fn follows_a_root_rotation_and_keeps_it_across_restarts() {
     let state = service.seen()[before].request.client.clone().unwrap().state.unwrap();
     assert_eq!((state.root_version, state.targets_version), (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_above_the_receive_limit_are_refused() {
+    let repo = Repo::new();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(8192));
+    let (_service, endpoint) = service_with(published(&repo, 1, &[(PATH, big.as_bytes(), 1)])).await;
+    let ws = Workspace::new(&repo.root_v1, "t");
+    let config = ws.config(&endpoint, 1);
+    let _controller =
+        Controller::start_with_env(&ws, &config, &[("CONTROLLER_REMOTE_CONFIG__MAX_MESSAGE_BYTES", "4096")]);
+    let status = ws.wait_status(WAIT, |s| s.polls_failed >= 1).await;
+    assert_eq!(status.targets_version, 0);
+    let error = status.last_error.unwrap();
+    assert!(error.contains("OutOfRange") || error.contains("too large"), "{error}");
+}
