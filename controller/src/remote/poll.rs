@@ -71,21 +71,14 @@ impl PollError {
     }
 }
 
-/// The loop's timing knobs.
-#[derive(Debug, Clone)]
-pub struct PollSettings {
-    pub poll_interval: Duration,
-    pub max_backoff: Duration,
-    pub clock_skew_secs: i64,
-}
-
 /// Everything the loop owns.
 pub struct Poller {
     fetcher: Fetcher,
     store: Store,
     identity: ClientIdentity,
     listeners: Listeners,
-    settings: PollSettings,
+    /// Allowed clock skew when checking metadata expiry.
+    clock_skew_secs: i64,
     state: TrustedState,
     schedule: Schedule,
     status: Status,
@@ -127,18 +120,13 @@ impl Poller {
             client_id = %id, root_version = state.root_version(), targets_version = state.targets_version(),
             configs = state.configs().len(), endpoint = %rc.endpoint, "remote-config state loaded"
         );
-        let settings = PollSettings {
-            poll_interval: rc.poll_interval(),
-            max_backoff: Duration::from_secs(rc.max_backoff_secs),
-            clock_skew_secs: i64::try_from(rc.clock_skew_secs).unwrap_or(i64::MAX),
-        };
         Ok(Self {
             fetcher,
             store,
             identity: ClientIdentity { id: id.clone(), products: rc.products.clone() },
             listeners,
-            schedule: Schedule::new(settings.poll_interval, settings.max_backoff),
-            settings,
+            schedule: Schedule::new(rc.poll_interval(), Duration::from_secs(rc.max_backoff_secs)),
+            clock_skew_secs: i64::try_from(rc.clock_skew_secs).unwrap_or(i64::MAX),
             state,
             status: Status { client_id: id, ..Status::default() },
             last_update_error: None,
@@ -170,7 +158,7 @@ impl Poller {
         let request = build_request(&self.identity, &self.state, self.last_update_error.as_deref());
         let response = self.fetcher.get_configs(request).await?;
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let expiry = ExpiryCheck::At { now_unix, clock_skew_secs: self.settings.clock_skew_secs };
+        let expiry = ExpiryCheck::At { now_unix, clock_skew_secs: self.clock_skew_secs };
         let (state, changed) = match apply_update(&self.state, &update_from(&response), expiry)? {
             Applied::Unchanged => return Ok(()),
             Applied::Changed { state, changed_products } => (state, changed_products),
