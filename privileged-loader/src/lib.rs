@@ -2,5 +2,6 @@
 pub mod asset;
 pub mod btf;
 pub mod conntrack;
+pub mod lockstats;
 pub mod objects;
 pub mod status;
