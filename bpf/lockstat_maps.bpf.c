@@ -16,10 +16,21 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Address of __per_cpu_offset (from iter/ksym or /proc/kallsyms) and how many possible
- * CPUs to read from it. Set by the loader before load. */
+/* Address of __per_cpu_offset (from iter/ksym or /proc/kallsyms; 0 when the kernel does
+ * not expose it, e.g. without CONFIG_KALLSYMS_ALL) and how many possible CPUs there are.
+ * Set by the loader before load. */
 const volatile __u64 per_cpu_offset_addr = 0;
 const volatile __u32 nr_cpus = 0;
+
+/* Without __per_cpu_offset, per-CPU offsets are measured on this map instead: the
+ * kernel hands out per_cpu_ptr(pptr, cpu) for its element, and the iterator reads its
+ * pptr when it visits it, so offset[cpu] = address[cpu] - pptr (done in user space). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pcpu_probe SEC(".maps");
 
 static __always_inline bool is_hash(__u32 type)
 {
@@ -36,14 +47,19 @@ static __always_inline bool is_lru(__u32 type)
 static __always_inline void write_header(struct seq_file *seq)
 {
 	struct lockstat_header hdr = { .magic = LOCKSTAT_HEADER_MAGIC, .nr_cpus = nr_cpus };
-	__u64 offset;
+	__u32 zero = 0;
+	__u64 value;
 
+	hdr.kind = per_cpu_offset_addr ? LOCKSTAT_PCPU_OFFSETS : LOCKSTAT_PCPU_PROBE_ADDRS;
 	bpf_seq_write(seq, &hdr, sizeof(hdr));
 	for (__u32 cpu = 0; cpu < LOCKSTAT_MAX_CPUS && cpu < nr_cpus; cpu++) {
-		offset = 0;
-		bpf_probe_read_kernel(&offset, sizeof(offset),
-				      (void *)(per_cpu_offset_addr + cpu * sizeof(__u64)));
-		bpf_seq_write(seq, &offset, sizeof(offset));
+		value = 0;
+		if (per_cpu_offset_addr)
+			bpf_probe_read_kernel(&value, sizeof(value),
+					      (void *)(per_cpu_offset_addr + cpu * sizeof(__u64)));
+		else
+			value = (__u64)bpf_map_lookup_percpu_elem(&pcpu_probe, &zero, cpu);
+		bpf_seq_write(seq, &value, sizeof(value));
 	}
 }
 
@@ -109,6 +125,9 @@ int lockstat_maps(struct bpf_iter__bpf_map *ctx)
 
 	if (is_hash(rec.map_type))
 		fill_hash(&rec, (struct bpf_htab *)(addr - bpf_core_field_offset(struct bpf_htab, map)));
+	else if (rec.map_type == BPF_MAP_TYPE_PERCPU_ARRAY)
+		bpf_probe_read_kernel(&rec.pcpu_base, sizeof(rec.pcpu_base),
+				      (void *)(addr + bpf_core_type_size(struct bpf_array)));
 	else if (rec.map_type == BPF_MAP_TYPE_RINGBUF || rec.map_type == BPF_MAP_TYPE_USER_RINGBUF)
 		fill_ringbuf(&rec, (struct bpf_ringbuf_map *)(addr - bpf_core_field_offset(struct bpf_ringbuf_map, map)));
 

@@ -113,6 +113,12 @@ struct bpf_ringbuf {
 	struct lockstat_lock_word { int val; } spinlock;
 };
 
+/* kernel/bpf/arraymap.c: the element pointers follow the struct (a flexible union
+ * member at offset sizeof(struct bpf_array)). */
+struct bpf_array {
+	struct bpf_map map;
+};
+
 struct bpf_ringbuf_map {
 	struct bpf_map map;
 	struct bpf_ringbuf *rb;
@@ -126,11 +132,16 @@ struct bpf_ringbuf_map {
 #define LOCKSTAT_HEADER_MAGIC 0x4c4b5354u /* "LKST" */
 #define LOCKSTAT_MAP_MAGIC 0x4c4b4d50u    /* "LKMP" */
 
-/* Written once, before the first map: per-CPU offsets for per-CPU lock addresses. */
+#define LOCKSTAT_PCPU_OFFSETS 0     /* values are __per_cpu_offset[cpu] */
+#define LOCKSTAT_PCPU_PROBE_ADDRS 1 /* values are the probe map's per-CPU value addresses */
+
+/* Written once, before the first map: what per-CPU lock addresses are computed from. */
 struct lockstat_header {
 	__u32 magic;
 	__u32 nr_cpus;
-	/* followed by nr_cpus __u64 values of __per_cpu_offset[cpu] */
+	__u32 kind; /* LOCKSTAT_PCPU_* */
+	__u32 _pad;
+	/* followed by nr_cpus __u64 values */
 };
 
 /* One per map. Addresses are 0 where the map type has no such lock. */
@@ -150,6 +161,7 @@ struct lockstat_map_record {
 	__u64 lru_pcpu;           /* LRU: __percpu local lists, or per-CPU lists if percpu */
 	__u64 rb_waitq;           /* ringbuf: wait queue head (its spinlock) */
 	__u64 rb_spinlock;        /* ringbuf: the producer spinlock */
+	__u64 pcpu_base;          /* per-CPU array: the __percpu pointer of element 0 */
 	__u32 bucket_size;
 	__u32 freelist_head_size;
 	__u32 lru_list_size;

@@ -6,7 +6,9 @@ use crate::asset::AssetError;
 pub enum LockStatsError {
     /// A symbol the range computation needs was not found by the ksym iterator nor in
     /// /proc/kallsyms.
-    #[error("kernel symbol {symbol} not found (tried: {tried}); lock ranges of per-CPU locks cannot be computed")]
+    #[error(
+        "kernel symbol {symbol} not found (looked up last in {tried}); data symbols are listed only with CONFIG_KALLSYMS_ALL"
+    )]
     SymbolMissing { symbol: String, tried: String },
     /// The symbol exists but its address reads as 0: kptr_restrict hides it from us.
     #[error(

@@ -16,10 +16,11 @@ const MAPS_PROGRAM: &str = "lockstat_maps";
 /// Mirrors LOCKSTAT_MAX_CPUS in the object.
 const MAX_CPUS: u32 = 512;
 
-/// Runs the map iterator once. `per_cpu_offset_addr` is the address of `__per_cpu_offset`
-/// (0 when unknown: then no per-CPU offsets are read and per-CPU locks are not tracked).
+/// Runs the map iterator once. `per_cpu_offset_addr` is the address of `__per_cpu_offset`,
+/// or 0 when the kernel does not expose it: then the per-CPU offsets are measured on the
+/// object's own per-CPU probe map (see `bpf/lockstat_maps.bpf.c`).
 pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSnapshot, LockStatsError> {
-    let nr_cpus = if per_cpu_offset_addr == 0 { 0 } else { possible_cpus()? };
+    let nr_cpus = possible_cpus()?;
     let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
     let output = assets.load_core_asset(MAPS_ASSET, |bytes, loader| {
         loader.override_global("per_cpu_offset_addr", &per_cpu_offset_addr, true);
@@ -30,9 +31,11 @@ pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSn
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| missing_program(MAPS_ASSET, MAPS_PROGRAM))?;
         program.load("bpf_map", &btf.btf).map_err(|e| AssetError::from_program_load(MAPS_ASSET, MAPS_PROGRAM, e))?;
-        run_iterator(program, MAPS_ASSET, MAPS_PROGRAM)
+        let output = run_iterator(program, MAPS_ASSET, MAPS_PROGRAM)?;
+        Ok((output, probe_map_id(&ebpf)))
     })?;
-    layout::decode(&output).map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
+    let (output, probe_id) = output;
+    layout::decode(&output, probe_id).map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
 }
 
 /// Number of possible CPUs (ids 0..n), bounded by what the object can read.
@@ -42,4 +45,12 @@ fn possible_cpus() -> Result<u32, LockStatsError> {
         reason: format!("reading {path}: {e}"),
     })?;
     Ok(u32::try_from(n).unwrap_or(MAX_CPUS).min(MAX_CPUS))
+}
+
+/// The kernel id of the object's `pcpu_probe` map, if it can be read.
+fn probe_map_id(ebpf: &aya::Ebpf) -> Option<u32> {
+    match ebpf.map("pcpu_probe")? {
+        aya::maps::Map::PerCpuArray(data) => data.info().ok().map(|info| info.id()),
+        _ => None,
+    }
 }

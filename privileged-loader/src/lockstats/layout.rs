@@ -7,7 +7,11 @@
 const HEADER_MAGIC: u32 = 0x4c4b_5354;
 const MAP_MAGIC: u32 = 0x4c4b_4d50;
 /// `sizeof(struct lockstat_map_record)`.
-pub const MAP_RECORD_SIZE: usize = 136;
+pub const MAP_RECORD_SIZE: usize = 144;
+/// Header `kind`: the values are `__per_cpu_offset[cpu]`.
+const KIND_OFFSETS: u32 = 0;
+/// Header `kind`: the values are the probe map's per-CPU value addresses.
+const KIND_PROBE_ADDRS: u32 = 1;
 
 /// Where one map's locks live in kernel memory, as the iterator read it. An address of 0
 /// means the map type has no such lock.
@@ -35,6 +39,8 @@ pub struct MapLayout {
     pub waitq_size: u32,
     pub rb_spinlock: u64,
     pub rb_spinlock_size: u32,
+    /// Per-CPU arrays: the `__percpu` pointer of element 0.
+    pub pcpu_base: u64,
 }
 
 /// Everything one run of the iterator produced.
@@ -51,6 +57,14 @@ pub enum LayoutError {
     Truncated(usize),
     #[error("unexpected record magic {magic:#x} at byte {at}")]
     BadMagic { magic: u32, at: usize },
+    #[error("per-CPU offsets: {0}")]
+    PerCpu(String),
+}
+
+/// The header as written: what its per-CPU values are.
+enum PerCpuValues {
+    Offsets(Vec<u64>),
+    ProbeAddresses(Vec<u64>),
 }
 
 /// Little cursor over the iterator's bytes.
@@ -82,27 +96,50 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes the whole output of one iterator run.
-pub fn decode(bytes: &[u8]) -> Result<MapsSnapshot, LayoutError> {
+/// Decodes the whole output of one iterator run. `probe_map_id` is the id of the
+/// object's `pcpu_probe` map: when the kernel hides `__per_cpu_offset`, the per-CPU
+/// offsets are its per-CPU value addresses minus its `__percpu` pointer.
+pub fn decode(bytes: &[u8], probe_map_id: Option<u32>) -> Result<MapsSnapshot, LayoutError> {
     let mut reader = Reader { bytes, at: 0 };
-    let mut snapshot = MapsSnapshot::default();
+    let mut per_cpu = PerCpuValues::Offsets(Vec::new());
+    let mut maps = Vec::new();
     while let Some(magic) = reader.peek_u32() {
         match magic {
-            HEADER_MAGIC => snapshot.per_cpu_offsets = decode_header(&mut reader)?,
-            MAP_MAGIC => snapshot.maps.push(decode_map(&mut reader)?),
+            HEADER_MAGIC => per_cpu = decode_header(&mut reader)?,
+            MAP_MAGIC => maps.push(decode_map(&mut reader)?),
             other => return Err(LayoutError::BadMagic { magic: other, at: reader.at }),
         }
     }
-    if reader.at != bytes.len() {
-        return Err(LayoutError::Truncated(reader.at));
-    }
-    Ok(snapshot)
+    let per_cpu_offsets = match per_cpu {
+        PerCpuValues::Offsets(offsets) => offsets,
+        PerCpuValues::ProbeAddresses(addrs) => offsets_from_probe(&addrs, &maps, probe_map_id)?,
+    };
+    Ok(MapsSnapshot { per_cpu_offsets, maps })
 }
 
-fn decode_header(reader: &mut Reader<'_>) -> Result<Vec<u64>, LayoutError> {
+fn decode_header(reader: &mut Reader<'_>) -> Result<PerCpuValues, LayoutError> {
     reader.take(4)?; // magic
     let nr_cpus = reader.u32()? as usize;
-    (0..nr_cpus).map(|_| reader.u64()).collect()
+    let kind = reader.u32()?;
+    reader.take(4)?; // padding
+    let values = (0..nr_cpus).map(|_| reader.u64()).collect::<Result<Vec<_>, _>>()?;
+    match kind {
+        KIND_OFFSETS => Ok(PerCpuValues::Offsets(values)),
+        KIND_PROBE_ADDRS => Ok(PerCpuValues::ProbeAddresses(values)),
+        other => Err(LayoutError::PerCpu(format!("unknown header kind {other}"))),
+    }
+}
+
+/// `per_cpu_ptr(p, cpu) = p + offset[cpu]`, so `offset[cpu] = address[cpu] - p` for the
+/// probe map's element pointer `p` (wrapping: offsets are "negative" on x86-64).
+fn offsets_from_probe(addrs: &[u64], maps: &[MapLayout], probe_map_id: Option<u32>) -> Result<Vec<u64>, LayoutError> {
+    let probe = probe_map_id
+        .and_then(|id| maps.iter().find(|m| m.id == id))
+        .ok_or_else(|| LayoutError::PerCpu("the iterator did not visit the pcpu_probe map".into()))?;
+    if probe.pcpu_base == 0 || addrs.contains(&0) {
+        return Err(LayoutError::PerCpu("the pcpu_probe map gave no per-CPU address".into()));
+    }
+    Ok(addrs.iter().map(|a| a.wrapping_sub(probe.pcpu_base)).collect())
 }
 
 fn decode_map(reader: &mut Reader<'_>) -> Result<MapLayout, LayoutError> {
@@ -124,6 +161,7 @@ fn decode_map(reader: &mut Reader<'_>) -> Result<MapLayout, LayoutError> {
     m.lru_pcpu = reader.u64()?;
     m.rb_waitq = reader.u64()?;
     m.rb_spinlock = reader.u64()?;
+    m.pcpu_base = reader.u64()?;
     m.bucket_size = reader.u32()?;
     m.freelist_head_size = reader.u32()?;
     m.lru_list_size = reader.u32()?;
@@ -154,7 +192,7 @@ pub(crate) mod tests {
         let mut name = [0u8; 16];
         name[..m.name.len()].copy_from_slice(m.name.as_bytes());
         out.extend_from_slice(&name);
-        for v in [m.map_addr, m.buckets, m.freelist_pcpu, m.extralist, m.lru_global, m.lru_pcpu, m.rb_waitq, m.rb_spinlock]
+        for v in [m.map_addr, m.buckets, m.freelist_pcpu, m.extralist, m.lru_global, m.lru_pcpu, m.rb_waitq, m.rb_spinlock, m.pcpu_base]
         {
             out.extend_from_slice(&v.to_ne_bytes());
         }
@@ -174,9 +212,11 @@ pub(crate) mod tests {
         out
     }
 
-    fn encode_header(offsets: &[u64]) -> Vec<u8> {
+    fn encode_header(kind: u32, offsets: &[u64]) -> Vec<u8> {
         let mut out = HEADER_MAGIC.to_ne_bytes().to_vec();
         out.extend_from_slice(&(offsets.len() as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
         offsets.iter().for_each(|o| out.extend_from_slice(&o.to_ne_bytes()));
         out
     }
@@ -193,26 +233,36 @@ pub(crate) mod tests {
             lru_percpu: true,
             ..MapLayout::default()
         };
-        let mut bytes = encode_header(&[0x100, 0x200]);
+        let mut bytes = encode_header(KIND_OFFSETS, &[0x100, 0x200]);
         bytes.extend(encode_map(&map));
-        let snapshot = decode(&bytes).expect("valid output");
+        let snapshot = decode(&bytes, None).expect("valid output");
         assert_eq!(snapshot.per_cpu_offsets, vec![0x100, 0x200]);
         assert_eq!(snapshot.maps, vec![map]);
     }
 
     #[test]
+    fn offsets_are_measured_on_the_probe_map_when_the_symbol_is_hidden() {
+        let probe = MapLayout { id: 42, map_type: 6, pcpu_base: 0x3_1000, ..MapLayout::default() };
+        let mut bytes = encode_header(KIND_PROBE_ADDRS, &[0xffff_8880_7fa3_1000, 0xffff_8880_7fb3_1000]);
+        bytes.extend(encode_map(&probe));
+        let snapshot = decode(&bytes, Some(42)).expect("valid output");
+        assert_eq!(snapshot.per_cpu_offsets, vec![0xffff_8880_7fa0_0000, 0xffff_8880_7fb0_0000]);
+        assert!(matches!(decode(&bytes, Some(7)), Err(LayoutError::PerCpu(_))), "probe map must be found");
+    }
+
+    #[test]
     fn empty_output_is_no_maps() {
-        assert_eq!(decode(&[]).expect("empty is valid"), MapsSnapshot::default());
+        assert_eq!(decode(&[], None).expect("empty is valid"), MapsSnapshot::default());
     }
 
     #[test]
     fn truncated_record_is_an_error() {
         let bytes = encode_map(&MapLayout::default());
-        assert!(matches!(decode(&bytes[..100]), Err(LayoutError::Truncated(_))));
+        assert!(matches!(decode(&bytes[..100], None), Err(LayoutError::Truncated(_))));
     }
 
     #[test]
     fn foreign_bytes_are_an_error() {
-        assert!(matches!(decode(&[1, 2, 3, 4, 5, 6, 7, 8]), Err(LayoutError::BadMagic { magic: 0x0403_0201, at: 0 })));
+        assert!(matches!(decode(&[1, 2, 3, 4, 5, 6, 7, 8], None), Err(LayoutError::BadMagic { magic: 0x0403_0201, at: 0 })));
     }
 }

@@ -120,11 +120,12 @@ fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMa
     }
 }
 
-/// `__per_cpu_offset`, or 0 with a reason: the collector then tracks global locks only.
+/// `__per_cpu_offset`, or 0 with a reason: the map iterator then measures the per-CPU
+/// offsets on a per-CPU array of its own instead.
 fn resolve_per_cpu_offset(assets: &AssetLoader, status: &mut LockStatsStatus) -> u64 {
     let (symbols, iter_error) = ksym::resolve(assets, &[ksym::PER_CPU_OFFSET]);
     if let Some(reason) = iter_error {
-        status.reasons.push(format!("iter/ksym not used, fell back to /proc/kallsyms: {reason}"));
+        tracing::debug!(%reason, "iter/ksym did not give every symbol; /proc/kallsyms tried");
     }
     match symbols.address(ksym::PER_CPU_OFFSET) {
         Ok(addr) => {
@@ -132,7 +133,8 @@ fn resolve_per_cpu_offset(assets: &AssetLoader, status: &mut LockStatsStatus) ->
             addr
         }
         Err(e) => {
-            status.reasons.push(format!("per-CPU locks (freelists, LRU per-CPU lists) not tracked: {e}"));
+            status.symbols_source = "pcpu_probe map".into();
+            status.reasons.push(format!("{e}; per-CPU offsets measured on a per-CPU array map instead"));
             0
         }
     }

@@ -1,0 +1,131 @@
+//! Shared by tests/lockstats.rs and examples/bench_lockstats.rs: real BPF maps made with
+//! raw bpf(2) calls (aya 0.14 has no public "create a bare map" API), and the hammer
+//! workload that makes their bucket locks contend.
+#![allow(dead_code)]
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// A map created by this process; closed (and freed by the kernel) on drop.
+pub struct RawMap {
+    pub fd: OwnedFd,
+    pub id: u32,
+    pub name: String,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: attr is a zero-initialised, 128-byte bpf_attr; the kernel reads/writes within it.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn put_u32(attr: &mut [u8], at: usize, v: u32) {
+    attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+fn put_u64(attr: &mut [u8], at: usize, v: u64) {
+    attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+impl RawMap {
+    /// A map with u32 keys and u64 values.
+    pub fn create(map_type: u32, max_entries: u32, flags: u32, name: &str) -> std::io::Result<Self> {
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, map_type);
+        put_u32(&mut attr, 4, 4);
+        put_u32(&mut attr, 8, 8);
+        put_u32(&mut attr, 12, max_entries);
+        put_u32(&mut attr, 16, flags);
+        let bytes = name.as_bytes();
+        attr[28..28 + bytes.len().min(15)].copy_from_slice(&bytes[..bytes.len().min(15)]);
+        let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let id = map_id(&fd)?;
+        Ok(Self { fd, id, name: name.to_string() })
+    }
+
+    pub fn update(&self, key: u32, value: u64) -> std::io::Result<()> {
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, self.fd.as_raw_fd() as u32);
+        put_u64(&mut attr, 8, &key as *const u32 as u64);
+        put_u64(&mut attr, 16, &value as *const u64 as u64);
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+}
+
+/// The id from bpf_map_info (second u32 of the struct).
+fn map_id(fd: &OwnedFd) -> std::io::Result<u32> {
+    let mut info = [0u8; 96];
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, info.len() as u32);
+    put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(u32::from_ne_bytes([info[4], info[5], info[6], info[7]]))
+}
+
+/// Threads updating key 0 of every map in `maps` as fast as they can until dropped.
+pub struct Hammer {
+    stop: Arc<AtomicBool>,
+    pub updates: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Hammer {
+    pub fn start(maps: Vec<Arc<RawMap>>, threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let updates = Arc::new(AtomicU64::new(0));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, updates, maps) = (stop.clone(), updates.clone(), maps.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for m in &maps {
+                            let _ = m.update(0, n ^ t as u64);
+                        }
+                        n += 1;
+                        if n % 1024 == 0 {
+                            updates.fetch_add(1024 * maps.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, updates, threads }
+    }
+
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.drain(..).for_each(|t| {
+            let _ = t.join();
+        });
+        self.updates.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Hammer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.drain(..).for_each(|t| {
+            let _ = t.join();
+        });
+    }
+}
+
+/// A unique map name per test process and call (maps are system-wide).
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}_{n}", std::process::id() % 10_000)
+}
