@@ -44,7 +44,9 @@ enum counter {
 	COUNTER_STATS_FULL = 0,   /* a range's first event found the stats map full */
 	COUNTER_WAITERS_FULL = 1, /* a sleeping waiter found the per-task table full */
 	COUNTER_UNMATCHED = 2,    /* an end without its begin (nested or missed) */
-	NR_COUNTERS = 3,
+	COUNTER_SEEN = 3,         /* every contention_begin, tracked or not */
+	COUNTER_TRACKED = 4,      /* contention_begin inside a tracked range */
+	NR_COUNTERS = 5,
 };
 
 const volatile __u32 nr_ranges = 0;
@@ -124,8 +126,10 @@ int BPF_PROG(contention_begin, void *lock, unsigned int flags)
 	struct wait_start start = {};
 	__u32 zero = 0, tid;
 
+	count(COUNTER_SEEN);
 	if (range < 0)
 		return 0;
+	count(COUNTER_TRACKED);
 	start.lock = (__u64)lock;
 	start.range = range;
 	start.ts = bpf_ktime_get_ns();

@@ -44,8 +44,12 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
     let registry = Registry::default();
     let assets = assets(&registry);
     // 16 entries → 16 buckets: one key always lands in the same bucket lock.
-    let hot_hash = Arc::new(RawMap::create(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_hh")).expect("create hash"));
-    let hot_lru = Arc::new(RawMap::create(BPF_MAP_TYPE_LRU_HASH, 16, 0, &unique_name("ls_hl")).expect("create lru"));
+    // 1 KiB values: copied under the bucket lock, they keep it held long enough for
+    // waiters to queue (the only waiters the lock tracepoints report).
+    let hot_hash =
+        Arc::new(RawMap::create_sized(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_hh"), 1024).expect("create hash"));
+    let hot_lru =
+        Arc::new(RawMap::create_sized(BPF_MAP_TYPE_LRU_HASH, 16, 0, &unique_name("ls_hl"), 1024).expect("create lru"));
     let idle = RawMap::create(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_id")).expect("create idle hash");
     let owned = [
         OwnedMap::by_id(hot_hash.id, "test-hot"),
@@ -71,6 +75,7 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
         }
     };
     let updates = hammer.stop();
+    eprintln!("status after hammering: {:#?}", report.status);
 
     let hash = map_in(&report, hot_hash.id);
     let (count, total) = lock_count(hash, LockType::HashBucket);

@@ -32,6 +32,8 @@ impl From<&LockStatsStatus> for pb::LockStatsStatus {
             dropped_ranges: s.dropped_ranges,
             dropped_waiters: s.dropped_waiters,
             unmatched_events: s.unmatched_events,
+            events_seen: s.events_seen,
+            events_tracked: s.events_tracked,
             initialize_us: s.initialize_us,
             programs: s.programs.iter().map(|p| pb::LockStatsProgram { name: p.name.clone(), id: p.id }).collect(),
         }

@@ -56,6 +56,10 @@ pub struct DropCounters {
     pub waiters_full: u64,
     /// Ends whose begin was not seen (nested contention on one CPU, or attached mid-wait).
     pub unmatched: u64,
+    /// Every contention_begin on the system, tracked or not.
+    pub seen: u64,
+    /// contention_begin events on a tracked range.
+    pub tracked: u64,
 }
 
 /// The loaded, attached contention object. Dropping it detaches the programs.
@@ -109,7 +113,13 @@ impl ContentionProbe {
             let values = counters.get(&i, 0).map_err(|e| map_error("counters", &e.to_string()))?;
             Ok(values.iter().sum())
         };
-        Ok(DropCounters { stats_full: sum(0)?, waiters_full: sum(1)?, unmatched: sum(2)? })
+        Ok(DropCounters {
+            stats_full: sum(0)?,
+            waiters_full: sum(1)?,
+            unmatched: sum(2)?,
+            seen: sum(3)?,
+            tracked: sum(4)?,
+        })
     }
 }
 

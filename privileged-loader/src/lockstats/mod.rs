@@ -234,6 +234,8 @@ impl LockStatsCollector {
                         status.dropped_ranges = d.stats_full;
                         status.dropped_waiters = d.waiters_full;
                         status.unmatched_events = d.unmatched;
+                        status.events_seen = d.seen;
+                        status.events_tracked = d.tracked;
                     }
                     Err(e) => status.reasons.push(e.to_string()),
                 }

@@ -55,6 +55,10 @@ pub struct LockStatsStatus {
     pub dropped_waiters: u64,
     /// contention_end events without their begin.
     pub unmatched_events: u64,
+    /// Every lock contention event on the system since start, and those on tracked ranges:
+    /// their ratio says how much of the system's contention is in BPF maps.
+    pub events_seen: u64,
+    pub events_tracked: u64,
     pub initialize_us: u64,
     pub programs: Vec<ProgramRef>,
 }
@@ -72,6 +76,8 @@ impl LockStatsStatus {
             dropped_ranges: 0,
             dropped_waiters: 0,
             unmatched_events: 0,
+            events_seen: 0,
+            events_tracked: 0,
             initialize_us: 0,
             programs: Vec::new(),
         }
