@@ -61,15 +61,16 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
     assert_eq!(status.state, CollectorState::Running, "{status:#?}");
     assert_eq!(status.tracked_maps, 3, "{status:#?}");
 
-    // Contention is sparse on 2 shared cores: hammer until both hot maps show some
-    // (usually well under a second), at most 25 s.
-    let hammer = Hammer::start(vec![hot_hash.clone(), hot_lru.clone()], 6);
-    let deadline = Instant::now() + Duration::from_secs(25);
+    // The lock tracepoints report only queued waiters, which on 2 (virtual) CPUs means
+    // rare moments like a lock holder's vCPU being preempted: hammer until both hot maps
+    // show contention (typically a few seconds), at most 45 s.
+    let hammer = Hammer::start(vec![hot_hash.clone(), hot_lru.clone()], 4);
+    let deadline = Instant::now() + Duration::from_secs(45);
     let report = loop {
         std::thread::sleep(Duration::from_millis(500));
         let report = collector.snapshot();
         let hash_seen = lock_count(map_in(&report, hot_hash.id), LockType::HashBucket).0 > 0;
-        let lru_seen = lock_count(map_in(&report, hot_lru.id), LockType::HashBucket).0 > 0;
+        let lru_seen = total_count(map_in(&report, hot_lru.id)) > 0;
         if (hash_seen && lru_seen) || Instant::now() > deadline {
             break report;
         }
@@ -82,9 +83,11 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
     assert!(count > 0 && total > 0, "no bucket contention on the hammered hash map after {updates} updates: {hash:#?}");
     assert_eq!(hash.owner, "test-hot");
     assert_eq!(hash.map_type, "hash");
+    // An LRU update takes its LRU list locks and, briefly, its bucket lock: either may be
+    // the one that contends.
     let lru = map_in(&report, hot_lru.id);
-    let (count, total) = lock_count(lru, LockType::HashBucket);
-    assert!(count > 0 && total > 0, "no bucket contention on the hammered LRU map after {updates} updates: {lru:#?}");
+    let lru_total: u64 = lru.locks.iter().map(|l| l.total_wait_ns).sum();
+    assert!(total_count(lru) > 0 && lru_total > 0, "no contention on the hammered LRU map after {updates} updates: {lru:#?}");
     assert_eq!(lru.map_type, "lru_hash");
     let bucket = hash.locks.iter().find(|l| l.lock_type == LockType::HashBucket).expect("bucket stats");
     assert!(bucket.min_wait_ns <= bucket.avg_wait_ns && bucket.avg_wait_ns <= bucket.max_wait_ns, "{bucket:#?}");
