@@ -23,6 +23,7 @@ use support::{BPF_MAP_TYPE_HASH, Hammer, RawMap, unique_name};
 const PHASES: usize = 3;
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let secs: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(4);
     let registry = Registry::default();
     let assets = AssetLoader::new(discover(&BtfConfig::default()), None, registry.clone());

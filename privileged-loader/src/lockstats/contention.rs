@@ -78,8 +78,11 @@ impl ContentionProbe {
         let probe = assets.load_core_asset(CONTENTION_ASSET, |bytes, loader| {
             loader.override_global("nr_ranges", &nr_ranges, true);
             loader.map_max_entries("ranges", capacity).map_max_entries("stats", capacity);
+            let started = std::time::Instant::now();
             let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(CONTENTION_ASSET, e))?;
+            let loaded = started.elapsed();
             fill_ranges(&mut ebpf, table)?;
+            tracing::debug!(?loaded, filled = ?started.elapsed() - loaded, "lockstats: contention object maps");
             let mut program_ids = Vec::new();
             for name in PROGRAMS {
                 program_ids.push((name.to_string(), attach(&mut ebpf, name, &btf.btf)?));

@@ -102,11 +102,16 @@ impl Inner {
 
 fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMap]) -> Inner {
     let mut status = LockStatsStatus::new(CollectorState::Running, cfg.max_ranges);
+    let step = Instant::now();
     let per_cpu_offset = resolve_per_cpu_offset(assets, &mut status);
+    tracing::debug!(elapsed = ?step.elapsed(), "lockstats: kernel symbols resolved");
+    let step = Instant::now();
     let snapshot = match inventory::snapshot(assets, per_cpu_offset) {
         Ok(snapshot) => snapshot,
         Err(e) => return failed(status, format!("walking BPF maps: {e}")),
     };
+    tracing::debug!(elapsed = ?step.elapsed(), maps = snapshot.maps.len(), "lockstats: maps walked");
+    let step = Instant::now();
     let (targets, unmatched) = targets::select(&snapshot.maps, owned_maps, cfg.track_all_maps);
     for owned in unmatched {
         status.reasons.push(format!(
@@ -115,7 +120,11 @@ fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMa
         ));
     }
     let (held, table, meta) = plan(&targets, &snapshot, cfg.max_ranges, &mut status);
-    match ContentionProbe::load(assets, &table) {
+    tracing::debug!(elapsed = ?step.elapsed(), ranges = table.ranges.len(), "lockstats: maps opened, ranges planned");
+    let step = Instant::now();
+    let probe = ContentionProbe::load(assets, &table);
+    tracing::debug!(elapsed = ?step.elapsed(), "lockstats: contention object loaded");
+    match probe {
         Ok(probe) => {
             status.programs = probe
                 .program_ids
