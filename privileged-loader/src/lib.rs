@@ -4,4 +4,5 @@ pub mod btf;
 pub mod conntrack;
 pub mod lockstats;
 pub mod objects;
+pub mod probe;
 pub mod status;
