@@ -166,10 +166,18 @@ fn plan(
 ) -> (Vec<HeldMap>, RangeTable, BTreeMap<u32, MapMeta>) {
     let mut held = Vec::new();
     let mut candidates = Vec::new();
+    let fd_budget = usize::try_from(targets::fd_budget()).unwrap_or(usize::MAX);
     for target in targets {
         let ranges = ranges::lock_ranges(&target.layout, &snapshot.per_cpu_offsets);
         if ranges.is_empty() {
             continue; // arrays, queues, ...: no lock of their own that we track
+        }
+        if held.len() >= fd_budget {
+            let reason = format!(
+                "holding its fd would leave too few under RLIMIT_NOFILE ({fd_budget} map fds available); raise the loader's open-file limit"
+            );
+            status.maps_left_out.push(left_out(target, reason));
+            continue;
         }
         match targets::hold(target) {
             Ok(h) => {
