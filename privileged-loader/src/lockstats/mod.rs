@@ -298,3 +298,13 @@ impl LockStatsCollector {
         self.lock().status.state
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The lead shares the collector between gRPC handlers behind an `Arc`.
+    #[test]
+    fn collector_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::LockStatsCollector>();
+    }
+}
