@@ -238,3 +238,27 @@ fn track_all_maps_watches_external_maps_and_reports_those_over_the_bound() {
     }
     assert!(status.reasons.iter().any(|r| r.contains("left out")), "{:?}", status.reasons);
 }
+
+#[test]
+fn without_kernel_btf_initialize_fails_as_a_status_line() {
+    let registry = Registry::default();
+    // No sysfs BTF and no other source: every CO-RE load must fail cleanly.
+    let no_btf = BtfConfig { no_sysfs: true, ..BtfConfig::default() };
+    let assets = AssetLoader::new(discover(&no_btf), None, registry.clone());
+    let collector = lockstats::start(&config(true, 64), &assets, &registry, &[]);
+    let report = collector.snapshot();
+    assert_eq!(report.status.state, CollectorState::Failed);
+    assert!(report.status.programs.is_empty() && report.maps.is_empty());
+    assert!(report.status.reasons[0].contains("BTF"), "{:?}", report.status.reasons);
+    let module =
+        registry.modules().into_iter().find(|m| m.name == lockstats::MODULE).expect("module recorded");
+    assert_eq!(module.state, ModuleState::Failed);
+    assert!(module.last_error.is_some());
+    let outcomes: Vec<_> = registry.assets().into_iter().map(|a| (a.asset, a.outcome)).collect();
+    assert!(
+        outcomes
+            .iter()
+            .any(|(a, o)| a == "lockstat_maps" && *o == privileged_loader::status::AssetOutcome::BtfNotFound),
+        "{outcomes:?}"
+    );
+}
