@@ -19,8 +19,8 @@ use privileged_loader::lockstats::{
 };
 use privileged_loader::status::{ModuleState, Registry};
 use support::{
-    BPF_F_ZERO_SEED, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, ChainHammer, RawMap,
-    colliding_keys, unique_name,
+    BPF_F_NO_COMMON_LRU, BPF_F_ZERO_SEED, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_RINGBUF, ChainHammer, RawMap, colliding_keys, unique_name,
 };
 
 fn assets(registry: &Registry) -> AssetLoader {
@@ -122,12 +122,19 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
 
 /// `sizeof(struct bucket)` from the kernel's BTF, as bpftool reads it.
 fn bucket_size_from_btf() -> u64 {
+    struct_size_from_btf("bucket")
+}
+
+/// `sizeof(struct <name>)` from the kernel's BTF, as bpftool reads it (the test oracle).
+fn struct_size_from_btf(name: &str) -> u64 {
     let out = std::process::Command::new("bpftool")
         .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "raw"])
         .output()
         .expect("bpftool installed (apt-get install bpftool)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("STRUCT 'bucket' ")).expect("struct bucket in vmlinux BTF");
+    let pattern = format!("STRUCT '{name}' ");
+    let line =
+        text.lines().find(|l| l.contains(&pattern)).unwrap_or_else(|| panic!("struct {name} in vmlinux BTF"));
     let size = line.split_whitespace().find_map(|w| w.strip_prefix("size=")).expect("size= in bpftool line");
     size.parse().expect("numeric size")
 }
@@ -158,6 +165,33 @@ fn hash_map_bucket_range_matches_the_kernel() {
     // A preallocated hash map has one freelist head per possible CPU, each its own range.
     let freelists = ranges.iter().filter(|r| r.lock_type == LockType::HashFreelistPcpu).count();
     assert_eq!(freelists, cpus);
+}
+
+#[test]
+fn percpu_lru_and_ring_buffer_ranges_have_kernel_sizes() {
+    let registry = Registry::default();
+    let assets = assets(&registry);
+    let lru = RawMap::create(BPF_MAP_TYPE_LRU_HASH, 64, BPF_F_NO_COMMON_LRU, &unique_name("ls_pl"))
+        .expect("create lru");
+    let ringbuf = RawMap::create_raw(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0, &unique_name("ls_rb"))
+        .expect("create ringbuf");
+    let (symbols, _) = ksym::resolve(&assets, &[ksym::PER_CPU_OFFSET]);
+    let snapshot = inventory::snapshot(&assets, symbols.address(ksym::PER_CPU_OFFSET).unwrap_or(0))
+        .expect("map iterator");
+    let layout_of = |id| snapshot.maps.iter().find(|m| m.id == id).expect("iterator sees the map");
+
+    // BPF_F_NO_COMMON_LRU: one whole bpf_lru_list per CPU, no global list.
+    let lru_ranges = ranges::lock_ranges(layout_of(lru.id), &snapshot.per_cpu_offsets);
+    let lists: Vec<_> = lru_ranges.iter().filter(|r| r.lock_type == LockType::LruPcpuList).collect();
+    assert_eq!(lists.len(), aya::util::nr_cpus().expect("possible CPUs"));
+    assert!(lists.iter().all(|r| r.end - r.start == struct_size_from_btf("bpf_lru_list")));
+    assert!(lru_ranges.iter().all(|r| r.lock_type != LockType::LruGlobalList));
+
+    let rb_ranges = ranges::lock_ranges(layout_of(ringbuf.id), &snapshot.per_cpu_offsets);
+    let size_of = |t| rb_ranges.iter().find(|r| r.lock_type == t).map(|r| r.end - r.start);
+    assert_eq!(size_of(LockType::RingbufWaitq), Some(struct_size_from_btf("wait_queue_head")));
+    // rqspinlock_t (6.18) is a struct qspinlock.
+    assert_eq!(size_of(LockType::RingbufSpinlock), Some(struct_size_from_btf("qspinlock")));
 }
 
 /// Kernel ids of the programs currently loaded.

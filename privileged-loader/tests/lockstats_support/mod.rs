@@ -11,6 +11,9 @@ use std::thread::JoinHandle;
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+/// LRU maps: one LRU list per CPU instead of a global one with per-CPU local lists.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// Hash with seed 0 (root only): lets the test compute which bucket a key lands in.
 pub const BPF_F_ZERO_SEED: u32 = 1 << 6;
 
@@ -59,9 +62,22 @@ impl RawMap {
         name: &str,
         value_size: u32,
     ) -> std::io::Result<Self> {
+        Self::create_raw(map_type, 4, value_size, max_entries, flags, name)
+    }
+
+    /// Any map type: a ring buffer wants key and value size 0 and a power-of-2 page
+    /// multiple as max_entries.
+    pub fn create_raw(
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        flags: u32,
+        name: &str,
+    ) -> std::io::Result<Self> {
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, map_type);
-        put_u32(&mut attr, 4, 4);
+        put_u32(&mut attr, 4, key_size);
         put_u32(&mut attr, 8, value_size);
         put_u32(&mut attr, 12, max_entries);
         put_u32(&mut attr, 16, flags);
