@@ -212,6 +212,10 @@ pub async fn run(
     let transport = |source| ServeError::Transport { addr, source };
     let mut builder = Server::builder();
     if let Some((cert, key)) = &options.tls {
+        // Two rustls providers are linked (ring via tonic, aws-lc via tough), so rustls
+        // cannot pick one itself: choose ring, as tonic's `tls-ring` intends. An error
+        // only means one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let identity = Identity::from_pem(read_tls(cert)?, read_tls(key)?);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).map_err(transport)?;
     }
