@@ -97,7 +97,8 @@ impl RemoteConfigService {
             tracing::error!(error = %e, "repository unreadable");
             Status::unavailable(format!("repository unreadable: {e}"))
         })?;
-        let plan = answer::plan(&snapshot.served_at(jiff::Timestamp::now()), &client_holds(request));
+        let expired = snapshot.expired_at(jiff::Timestamp::now());
+        let plan = answer::plan(&snapshot.served, &client_holds(request), expired);
         let roots = snapshot
             .roots
             .iter()
@@ -176,21 +177,21 @@ fn bearer_token(metadata: &MetadataMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-fn client_holds(request: &ClientGetConfigsRequest) -> ClientHolds {
-    let client = request.client.clone().unwrap_or_default();
-    let state = client.state.unwrap_or_default();
+fn client_holds(request: &ClientGetConfigsRequest) -> ClientHolds<'_> {
+    let client = request.client.as_ref();
+    let state = client.and_then(|c| c.state.as_ref());
     let cached = request
         .cached_target_files
         .iter()
         .filter_map(|f| {
             let sha = f.hashes.iter().find(|h| h.algorithm.eq_ignore_ascii_case("sha256"))?;
-            Some((f.path.clone(), sha.hash.clone()))
+            Some((f.path.as_str(), sha.hash.as_str()))
         })
         .collect();
     ClientHolds {
-        root_version: state.root_version,
-        targets_version: state.targets_version,
-        products: client.products,
+        root_version: state.map_or(0, |s| s.root_version),
+        targets_version: state.map_or(0, |s| s.targets_version),
+        products: client.map_or(&[], |c| c.products.as_slice()),
         cached,
     }
 }
