@@ -5,6 +5,8 @@
 //! re-check the targets against them); the files of its products that it has not cached
 //! with the same sha256; and nothing at all in the steady state.
 
+use std::collections::{HashMap, HashSet};
+
 /// One target as the served targets document describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedTarget {
@@ -20,17 +22,16 @@ pub struct Served {
     pub root_versions: Vec<u64>,
     pub targets_version: u64,
     pub targets: Vec<ServedTarget>,
-    pub targets_expired: bool,
 }
 
-/// What the client says it holds.
+/// What the client says it holds (borrowed from its request).
 #[derive(Debug, Clone, Default)]
-pub struct ClientHolds {
+pub struct ClientHolds<'r> {
     pub root_version: u64,
     pub targets_version: u64,
-    pub products: Vec<String>,
+    pub products: &'r [String],
     /// `(path, sha256)` of every cached file.
-    pub cached: Vec<(String, String)>,
+    pub cached: Vec<(&'r str, &'r str)>,
 }
 
 /// The answer to send.
@@ -53,26 +54,23 @@ pub fn product_of(path: &str) -> Option<&str> {
     well_formed.then_some(product)
 }
 
-/// Decides what `client` lacks from `served`.
-pub fn plan(served: &Served, client: &ClientHolds) -> Plan {
+/// Decides what `client` lacks from `served`; `expired` says whether the served targets
+/// have expired. Linear in the number of targets plus cached files.
+pub fn plan(served: &Served, client: &ClientHolds<'_>, expired: bool) -> Plan {
     let roots: Vec<u64> = served.root_versions.iter().copied().filter(|v| *v > client.root_version).collect();
-    let expired = served.targets_expired;
     if roots.is_empty() && client.targets_version == served.targets_version {
         return Plan { expired, ..Plan::default() };
     }
-    let client_configs: Vec<String> = served
-        .targets
+    let products: HashSet<&str> = client.products.iter().map(String::as_str).collect();
+    let cached: HashMap<&str, &str> = client.cached.iter().copied().collect();
+    let held: Vec<&ServedTarget> =
+        served.targets.iter().filter(|t| product_of(&t.path).is_some_and(|p| products.contains(p))).collect();
+    let files = held
         .iter()
-        .filter(|t| product_of(&t.path).is_some_and(|p| client.products.iter().any(|c| c == p)))
+        .filter(|t| !cached.get(t.path.as_str()).is_some_and(|h| h.eq_ignore_ascii_case(&t.sha256)))
         .map(|t| t.path.clone())
         .collect();
-    let files = served
-        .targets
-        .iter()
-        .filter(|t| client_configs.contains(&t.path))
-        .filter(|t| !client.cached.iter().any(|(p, h)| *p == t.path && h.eq_ignore_ascii_case(&t.sha256)))
-        .map(|t| t.path.clone())
-        .collect();
+    let client_configs = held.iter().map(|t| t.path.clone()).collect();
     Plan { roots, send_targets: true, files, client_configs, expired }
 }
 
@@ -90,28 +88,24 @@ mod tests {
                 ServedTarget { path: "2/OTHER/c/config.json".into(), sha256: "cc".into() },
                 ServedTarget { path: "not-a-config-path".into(), sha256: "dd".into() },
             ],
-            targets_expired: false,
         }
     }
 
-    fn client(root: u64, targets: u64) -> ClientHolds {
-        ClientHolds {
-            root_version: root,
-            targets_version: targets,
-            products: vec!["LOADER_CONFIG".into()],
-            cached: vec![],
-        }
+    fn client(root: u64, targets: u64) -> ClientHolds<'static> {
+        static LOADER: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["LOADER_CONFIG".to_owned()]);
+        ClientHolds { root_version: root, targets_version: targets, products: &LOADER, cached: vec![] }
     }
 
     #[test]
     fn steady_state_is_empty() {
-        let plan = plan(&served(), &client(3, 5));
+        let plan = plan(&served(), &client(3, 5), false);
         assert_eq!(plan, Plan::default());
     }
 
     #[test]
     fn new_client_gets_newer_roots_oldest_first_targets_and_its_products_files() {
-        let plan = plan(&served(), &client(1, 0));
+        let plan = plan(&served(), &client(1, 0), false);
         assert_eq!(plan.roots, vec![2, 3]);
         assert!(plan.send_targets);
         let want = vec!["2/LOADER_CONFIG/a/config.json", "2/LOADER_CONFIG/b/config.json"];
@@ -122,11 +116,8 @@ mod tests {
     #[test]
     fn cached_files_with_the_same_sha256_are_not_resent() {
         let mut c = client(3, 4);
-        c.cached = vec![
-            ("2/LOADER_CONFIG/a/config.json".into(), "AA".into()),
-            ("2/LOADER_CONFIG/b/config.json".into(), "old".into()),
-        ];
-        let plan = plan(&served(), &c);
+        c.cached = vec![("2/LOADER_CONFIG/a/config.json", "AA"), ("2/LOADER_CONFIG/b/config.json", "old")];
+        let plan = plan(&served(), &c, false);
         assert!(plan.roots.is_empty());
         assert_eq!(plan.files, vec!["2/LOADER_CONFIG/b/config.json"]);
         assert_eq!(plan.client_configs.len(), 2);
@@ -136,22 +127,21 @@ mod tests {
     fn a_different_targets_version_is_answered_even_if_higher_than_served() {
         // A client ahead of the service (e.g. a rolled-back repository) gets the served
         // targets, and its own rollback check decides.
-        assert!(plan(&served(), &client(3, 9)).send_targets);
+        assert!(plan(&served(), &client(3, 9), false).send_targets);
     }
 
     #[test]
     fn new_roots_alone_also_send_targets_to_recheck() {
-        let plan = plan(&served(), &client(2, 5));
+        let plan = plan(&served(), &client(2, 5), false);
         assert_eq!(plan.roots, vec![3]);
         assert!(plan.send_targets);
     }
 
     #[test]
     fn expired_targets_are_flagged_even_in_the_steady_state() {
-        let mut s = served();
-        s.targets_expired = true;
-        assert!(plan(&s, &client(3, 5)).expired);
-        assert!(plan(&s, &client(1, 0)).expired);
+        assert!(plan(&served(), &client(3, 5), true).expired);
+        assert!(plan(&served(), &client(1, 0), true).expired);
+        assert!(!plan(&served(), &client(1, 0), false).expired);
     }
 
     #[test]

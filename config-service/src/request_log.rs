@@ -25,6 +25,18 @@ pub struct Line {
     pub cached_files: usize,
     pub backend_client_state_len: usize,
     pub status: &'static str,
+    /// What was sent back (absent when the call was refused).
+    pub answer: Option<AnswerLine>,
+}
+
+/// A summary of an answer, so a reader can tell which request received which update.
+#[derive(Debug, Serialize)]
+pub struct AnswerLine {
+    pub roots: usize,
+    /// The served targets version, when the targets document was sent.
+    pub targets_version: Option<u64>,
+    pub target_files: usize,
+    pub client_configs: usize,
 }
 
 /// A config state as the client reported it.
@@ -68,6 +80,7 @@ impl Line {
             cached_files: request.cached_target_files.len(),
             backend_client_state_len: state.backend_client_state.len(),
             status,
+            answer: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::answer::{self, ClientHolds};
 use crate::repo::Layout;
-use crate::request_log::{Line, RequestLog};
+use crate::request_log::{AnswerLine, Line, RequestLog};
 use crate::snapshot::SnapshotCache;
 use crate::tokens::TokenStore;
 
@@ -59,9 +59,17 @@ impl RemoteConfigService {
         Self { snapshots: SnapshotCache::new(layout), tokens, log, disabled }
     }
 
-    fn record(&self, request: &ClientGetConfigsRequest, token_name: Option<String>, code: Code) {
+    fn record(
+        &self,
+        request: &ClientGetConfigsRequest,
+        token_name: Option<String>,
+        code: Code,
+        answer: Option<AnswerLine>,
+    ) {
         if let Some(log) = &self.log {
-            log.append(&Line::new(request, token_name, code_name(code)));
+            let mut line = Line::new(request, token_name, code_name(code));
+            line.answer = answer;
+            log.append(&line);
         }
     }
 
@@ -81,12 +89,16 @@ impl RemoteConfigService {
     }
 
     /// Builds the answer: only what the client lacks.
-    fn answer(&self, request: &ClientGetConfigsRequest) -> Result<ClientGetConfigsResponse, Status> {
+    fn answer(
+        &self,
+        request: &ClientGetConfigsRequest,
+    ) -> Result<(ClientGetConfigsResponse, AnswerLine), Status> {
         let snapshot = self.snapshots.get().map_err(|e| {
             tracing::error!(error = %e, "repository unreadable");
             Status::unavailable(format!("repository unreadable: {e}"))
         })?;
-        let plan = answer::plan(&snapshot.served_at(jiff::Timestamp::now()), &client_holds(request));
+        let expired = snapshot.expired_at(jiff::Timestamp::now());
+        let plan = answer::plan(&snapshot.served, &client_holds(request), expired);
         let roots = snapshot
             .roots
             .iter()
@@ -96,13 +108,20 @@ impl RemoteConfigService {
         let targets = if plan.send_targets { snapshot.targets_raw.clone() } else { Vec::new() };
         let target_files = plan.files.iter().filter_map(|path| self.read_file(path)).collect();
         let config_status = if plan.expired { ConfigStatus::Expired } else { ConfigStatus::Ok };
-        Ok(ClientGetConfigsResponse {
+        let response = ClientGetConfigsResponse {
             roots,
             targets,
             target_files,
             client_configs: plan.client_configs,
             config_status: config_status.into(),
-        })
+        };
+        let summary = AnswerLine {
+            roots: response.roots.len(),
+            targets_version: plan.send_targets.then_some(snapshot.served.targets_version),
+            target_files: response.target_files.len(),
+            client_configs: response.client_configs.len(),
+        };
+        Ok((response, summary))
     }
 
     /// A config file's bytes as stored; a missing file is left out (the client then
@@ -130,20 +149,20 @@ impl ConfigService for RemoteConfigService {
         let client_id = body.client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
         let span = tracing::info_span!("client_get_configs", client_id);
         let _entered = span.enter();
-        let result = match auth {
-            None => Err((None, Status::unimplemented("remote configuration is disabled on this service"))),
-            Some(Err(status)) => Err((None, status)),
-            Some(Ok(name)) => self.answer(&body).map_err(|s| (Some(name.clone()), s)).map(|r| (name, r)),
+        let (token_name, result) = match auth {
+            None => (None, Err(Status::unimplemented("remote configuration is disabled on this service"))),
+            Some(Err(status)) => (None, Err(status)),
+            Some(Ok(name)) => (Some(name), self.answer(&body)),
         };
         match result {
-            Ok((name, response)) => {
-                tracing::debug!(token_name = %name, targets = !response.targets.is_empty(), files = response.target_files.len(), "answered");
-                self.record(&body, Some(name), Code::Ok);
+            Ok((response, summary)) => {
+                tracing::debug!(?summary, "answered");
+                self.record(&body, token_name, Code::Ok, Some(summary));
                 Ok(Response::new(response))
             }
-            Err((name, status)) => {
+            Err(status) => {
                 tracing::info!(code = ?status.code(), message = status.message(), "refused");
-                self.record(&body, name, status.code());
+                self.record(&body, token_name, status.code(), None);
                 Err(status)
             }
         }
@@ -158,21 +177,21 @@ fn bearer_token(metadata: &MetadataMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-fn client_holds(request: &ClientGetConfigsRequest) -> ClientHolds {
-    let client = request.client.clone().unwrap_or_default();
-    let state = client.state.unwrap_or_default();
+fn client_holds(request: &ClientGetConfigsRequest) -> ClientHolds<'_> {
+    let client = request.client.as_ref();
+    let state = client.and_then(|c| c.state.as_ref());
     let cached = request
         .cached_target_files
         .iter()
         .filter_map(|f| {
             let sha = f.hashes.iter().find(|h| h.algorithm.eq_ignore_ascii_case("sha256"))?;
-            Some((f.path.clone(), sha.hash.clone()))
+            Some((f.path.as_str(), sha.hash.as_str()))
         })
         .collect();
     ClientHolds {
-        root_version: state.root_version,
-        targets_version: state.targets_version,
-        products: client.products,
+        root_version: state.map_or(0, |s| s.root_version),
+        targets_version: state.map_or(0, |s| s.targets_version),
+        products: client.map_or(&[], |c| c.products.as_slice()),
         cached,
     }
 }
@@ -212,6 +231,10 @@ pub async fn run(
     let transport = |source| ServeError::Transport { addr, source };
     let mut builder = Server::builder();
     if let Some((cert, key)) = &options.tls {
+        // Two rustls providers are linked (ring via tonic, aws-lc via tough), so rustls
+        // cannot pick one itself: choose ring, as tonic's `tls-ring` intends. An error
+        // only means one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let identity = Identity::from_pem(read_tls(cert)?, read_tls(key)?);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).map_err(transport)?;
     }

@@ -70,14 +70,13 @@ impl Snapshot {
             root_versions: roots.iter().map(|(v, _)| *v).collect(),
             targets_version: targets.version.get(),
             targets: served_targets,
-            targets_expired: false,
         };
         Ok(Self { roots, targets_raw, targets, served })
     }
 
-    /// `served` with the expiry evaluated at `now`.
-    pub fn served_at(&self, now: jiff::Timestamp) -> Served {
-        Served { targets_expired: self.targets.expires <= now, ..self.served.clone() }
+    /// Whether the served targets have expired at `now`.
+    pub fn expired_at(&self, now: jiff::Timestamp) -> bool {
+        self.targets.expires <= now
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ApiConfig;
 use crate::btf::BtfConfig;
 use crate::conntrack::ConntrackConfig;
+use crate::lockstats::LockStatsConfig;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +45,7 @@ pub struct LoaderConfig {
     pub api: ApiConfig,
     pub btf: BtfConfig,
     pub conntrack: ConntrackConfig,
+    pub lockstats: LockStatsConfig,
     pub privileges: PrivilegesConfig,
 }
 

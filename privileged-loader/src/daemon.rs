@@ -9,6 +9,7 @@ use privileged_loader::api::{self, LoaderApi};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::config::{LoaderConfig, LogFormat};
 use privileged_loader::conntrack::{self, Conntracker};
+use privileged_loader::lockstats::{self, OwnedMap};
 use privileged_loader::status::{ModuleState, Registry};
 use privileged_loader::{btf, privileges, probe};
 use tokio::task::JoinSet;
@@ -79,6 +80,11 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let conntrack = start_conntrack(&config, &assets, &registry, &shutdown, &mut tasks).await;
+    // Post-register: once every module is loaded, and while walking other maps by id is
+    // still allowed (CAP_SYS_ADMIN), before the drop.
+    let owned: Vec<OwnedMap> =
+        conntrack.iter().flat_map(|c| c.bpf_map_ids()).map(|id| OwnedMap::by_id(id, "conntrack")).collect();
+    let lockstats = Arc::new(lockstats::start(&config.lockstats, &assets, &registry, &owned));
 
     if config.privileges.drop {
         let keep = privileges::parse_caps(&config.privileges.keep)?;
@@ -91,6 +97,7 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
         registry,
         kernel: api::kernel_report(&kernel),
         conntrack,
+        lockstats: Some(lockstats),
         started_at_unix_ms,
         startup: startup.clone(),
     };

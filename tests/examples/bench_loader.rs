@@ -22,7 +22,6 @@ use hyper_util::rt::TokioIo;
 use shared_proto::loader::v1 as pb;
 use tonic::transport::Endpoint;
 
-const NS: &str = "bench-loader";
 const VIP: &str = "10.99.0.1";
 const BACKEND_PORT: u16 = 8080;
 
@@ -64,38 +63,28 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A private network namespace entered by this process (and inherited by its children).
-struct Netns;
+/// A private network namespace (the e2e harness's guard, held to delete it on drop)
+/// entered by this process, so the
+/// loader it starts and every connection it makes live there.
+struct Netns(#[allow(dead_code)] e2e_tests::Netns);
 
 impl Netns {
     fn create() -> anyhow::Result<Self> {
-        let _ = Command::new("ip").args(["netns", "del", NS]).stderr(Stdio::null()).status();
-        run("ip", &["netns", "add", NS])?;
-        let file = std::fs::File::open(format!("/run/netns/{NS}"))?;
+        let ns = e2e_tests::Netns::new("bench-loader")?;
+        ns.add_address(&format!("{VIP}/32"))?;
+        let rule = e2e_tests::Dnat {
+            protocol: e2e_tests::L4::Tcp,
+            from: vip(),
+            to: SocketAddr::from(([127, 0, 0, 1], BACKEND_PORT)),
+        };
+        ns.apply_nft(&e2e_tests::nat::nft_ruleset(&[rule]))?;
+        let file = std::fs::File::open(ns.path())?;
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-        run("ip", &["link", "set", "lo", "up"])?;
-        run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-        let rules = format!(
-            "table ip nat {{ chain output {{ type nat hook output priority -100; ip daddr {VIP} tcp dport 80 dnat to 127.0.0.1:{BACKEND_PORT} }} }}"
-        );
-        run("nft", &[&rules])?;
-        // Many short connections: let TIME_WAIT sockets be reused by the client side.
+        // Many short connections: let the client reuse TIME_WAIT ports.
         std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
         std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000")?;
-        Ok(Netns)
+        Ok(Netns(ns))
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", NS]).status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(program).args(args).status()?;
-    anyhow::ensure!(status.success(), "{program} {args:?} failed");
-    Ok(())
 }
 
 struct Loader {

@@ -214,3 +214,30 @@ fn every_thread_of_the_running_loader_holds_only_the_steady_state_capabilities()
     }
     assert!(seen >= 2, "expected the main thread and runtime workers");
 }
+
+#[test]
+fn lockstats_attributes_the_conntrack_map_to_its_module_and_can_be_turned_off() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    let stats = loader.ctl_json(&["lockstats"]);
+    assert_eq!(stats["status"]["state"], "running", "{stats:#}");
+    assert!(stats["status"]["tracked_maps"].as_u64().unwrap_or(0) >= 1, "{stats:#}");
+    let locks = stats["locks"].as_array().expect("locks");
+    assert!(
+        locks.iter().any(|l| l["map"] == "conntrack"
+            && l["module"] == "conntrack"
+            && l["lock_type"] == "hash_bucket"),
+        "the conntracker's map must be tracked and attributed to it: {stats:#}"
+    );
+    assert_eq!(loader.module("lockstats")["state"], "running");
+    let text = loader.ctl(&["lockstats"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("LOCK TYPE"));
+    drop(loader);
+
+    let off = LoaderProcess::start(LoaderOptions {
+        extra_toml: "[lockstats]\nenabled = false\n",
+        ..Default::default()
+    });
+    let stats = off.ctl_json(&["lockstats"]);
+    assert_eq!(stats["status"]["state"], "disabled", "{stats:#}");
+    assert_eq!(off.module("lockstats")["state"], "disabled");
+}

@@ -353,9 +353,18 @@ fn rejection_case(case: &str) {
     let seen = service.requests().len();
 
     repo.install(&sets.join(case));
-    let reported = wait_request(&service, seen, "the rejection reported on a later request", |r| {
-        r["has_error"] == true && r["error"].as_str().is_some_and(|e| !e.is_empty())
+    // The request that received the defective update, then the one right after it: the
+    // rejection must be reported on that very next request.
+    let (delivered, reported) = wait_until(SYNC, "the defective update and the next request", || {
+        let after = requests_after(&service, seen);
+        let index = after.iter().position(|r| {
+            r["answer"]["targets_version"].is_u64() || r["answer"]["roots"].as_u64().is_some_and(|n| n > 0)
+        })?;
+        Some((after[index].clone(), after.get(index + 1)?.clone()))
     });
+    assert_eq!(delivered["has_error"], false, "{case}: error reported before the update arrived");
+    assert_eq!(reported["has_error"], true, "{case}: rejection not reported on the next request");
+    assert!(reported["error"].as_str().is_some_and(|e| !e.is_empty()), "{case}: empty error");
     assert_eq!(reported["targets_version"], 5, "the request after the rejection still reports v5");
     assert_eq!(reported["root_version"], 2);
     let after = controller.status().unwrap();

@@ -33,6 +33,8 @@ enum Command {
     /// NAT translations held by the conntracker.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
+    /// Lock contention inside BPF maps, most total wait first (like `perf lock contention`).
+    Lockstats,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +77,14 @@ async fn run(cli: Cli) -> Result<()> {
             let status =
                 client.get_status(pb::GetStatusRequest {}).await.map_err(client::explain)?.into_inner();
             print(cli.json, render::status_json(&status), || render::status_text(&status))
+        }
+        Command::Lockstats => {
+            let stats = client
+                .get_lock_stats(pb::GetLockStatsRequest {})
+                .await
+                .map_err(client::explain)?
+                .into_inner();
+            print(cli.json, render::lockstats_json(&stats), || render::lockstats_text(&stats))
         }
         Command::Conntrack(ConntrackCommand::List { netns }) => {
             let mut stream = client

@@ -200,6 +200,102 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
     out
 }
 
+fn lockstats_state(s: i32) -> &'static str {
+    match pb::LockStatsState::try_from(s) {
+        Ok(pb::LockStatsState::Running) => "running",
+        Ok(pb::LockStatsState::Disabled) => "disabled",
+        Ok(pb::LockStatsState::Failed) => "failed",
+        _ => "unknown",
+    }
+}
+
+/// One row per (map, lock type), most total wait first.
+fn lock_rows(stats: &pb::GetLockStatsResponse) -> Vec<(&pb::MapLockStats, &pb::LockTypeStats)> {
+    let mut rows: Vec<_> = stats.maps.iter().flat_map(|m| m.locks.iter().map(move |l| (m, l))).collect();
+    rows.sort_by(|a, b| b.1.total_wait_ns.cmp(&a.1.total_wait_ns).then(a.0.id.cmp(&b.0.id)));
+    rows
+}
+
+pub fn lockstats_json(stats: &pb::GetLockStatsResponse) -> Value {
+    let status = stats.status.as_ref().map_or(Value::Null, |s| {
+        json!({
+            "state": lockstats_state(s.state), "reasons": s.reasons, "symbols_source": s.symbols_source,
+            "tracked_maps": s.tracked_maps, "tracked_ranges": s.tracked_ranges, "max_ranges": s.max_ranges,
+            "maps_left_out": s.maps_left_out.iter().map(|m| json!({"id": m.id, "name": m.name, "owner": m.owner, "reason": m.reason})).collect::<Vec<_>>(),
+            "dropped_ranges": s.dropped_ranges, "dropped_waiters": s.dropped_waiters,
+            "unmatched_events": s.unmatched_events, "events_seen": s.events_seen, "events_tracked": s.events_tracked,
+            "initialize_us": s.initialize_us,
+        })
+    });
+    let locks: Vec<Value> = lock_rows(stats)
+        .into_iter()
+        .map(|(m, l)| {
+            json!({
+                "map_id": m.id, "map": m.name, "map_type": m.map_type, "module": m.owner,
+                "lock_type": l.lock_type, "contended": l.contended_count, "total_wait_ns": l.total_wait_ns,
+                "avg_wait_ns": l.avg_wait_ns, "min_wait_ns": l.min_wait_ns, "max_wait_ns": l.max_wait_ns,
+            })
+        })
+        .collect();
+    json!({"status": status, "locks": locks})
+}
+
+fn nanos(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.2} us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.2} s", ns as f64 / 1e9),
+    }
+}
+
+pub fn lockstats_text(stats: &pb::GetLockStatsResponse) -> String {
+    let mut out = String::new();
+    if let Some(s) = &stats.status {
+        out.push_str(&format!(
+            "collector {}: {} maps, {} of at most {} lock ranges tracked; {} contention events seen, {} on tracked ranges\n",
+            lockstats_state(s.state),
+            s.tracked_maps,
+            s.tracked_ranges,
+            s.max_ranges,
+            s.events_seen,
+            s.events_tracked
+        ));
+        for reason in &s.reasons {
+            out.push_str(&format!("  note: {reason}\n"));
+        }
+        if !s.maps_left_out.is_empty() {
+            out.push_str(&format!("  {} map(s) left out (see --json)\n", s.maps_left_out.len()));
+        }
+        if s.dropped_ranges + s.dropped_waiters > 0 {
+            out.push_str(&format!(
+                "  dropped: {} range events, {} waiters\n",
+                s.dropped_ranges, s.dropped_waiters
+            ));
+        }
+    }
+    let rows: Vec<Vec<String>> = lock_rows(stats)
+        .into_iter()
+        .map(|(m, l)| {
+            vec![
+                l.contended_count.to_string(),
+                nanos(l.total_wait_ns),
+                nanos(l.max_wait_ns),
+                nanos(l.avg_wait_ns),
+                l.lock_type.clone(),
+                format!("{} ({} {})", m.name, m.map_type, m.id),
+                m.owner.clone(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["CONTENDED", "TOTAL WAIT", "MAX WAIT", "AVG WAIT", "LOCK TYPE", "MAP", "MODULE"],
+        &rows,
+    ));
+    out
+}
+
 /// A left-aligned text table; the last column is not padded.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -235,6 +331,29 @@ mod tests {
     fn tables_align_columns() {
         let out = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
         assert_eq!(out, "A     BB\nlong  x\n");
+    }
+
+    #[test]
+    fn lock_rows_sort_by_total_wait() {
+        let lock = |t: &str, total| pb::LockTypeStats {
+            lock_type: t.into(),
+            total_wait_ns: total,
+            ..Default::default()
+        };
+        let stats = pb::GetLockStatsResponse {
+            status: None,
+            maps: vec![
+                pb::MapLockStats { id: 1, locks: vec![lock("hash_bucket", 5)], ..Default::default() },
+                pb::MapLockStats {
+                    id: 2,
+                    locks: vec![lock("hash_bucket", 50), lock("lru_global_list", 7)],
+                    ..Default::default()
+                },
+            ],
+        };
+        let order: Vec<u64> = lock_rows(&stats).iter().map(|(_, l)| l.total_wait_ns).collect();
+        assert_eq!(order, vec![50, 7, 5]);
+        assert_eq!(nanos(1_500), "1.50 us");
     }
 
     #[test]

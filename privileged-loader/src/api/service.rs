@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::conntrack::{Conntracker, Tuple};
+use crate::lockstats::LockStatsCollector;
 use crate::status::Registry;
 
 /// What the service reads; built once at start-up, shared by every call.
@@ -16,6 +17,7 @@ pub struct LoaderApi {
     pub registry: Registry,
     pub kernel: pb::KernelReport,
     pub conntrack: Option<Arc<dyn Conntracker>>,
+    pub lockstats: Option<Arc<LockStatsCollector>>,
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
@@ -65,6 +67,19 @@ impl pb::loader_server::Loader for LoaderApi {
             .filter(move |e| netns == 0 || e.netns == netns)
             .map(|e| Ok(convert::entry(&e)));
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    #[tracing::instrument(skip_all, name = "GetLockStats")]
+    async fn get_lock_stats(
+        &self,
+        _: Request<pb::GetLockStatsRequest>,
+    ) -> Result<Response<pb::GetLockStatsResponse>, Status> {
+        let collector = self.lockstats.as_ref().ok_or_else(|| {
+            Status::unavailable(
+                "the lock statistics collector was not started: see GetStatus (module \"lockstats\")",
+            )
+        })?;
+        Ok(Response::new((&collector.snapshot()).into()))
     }
 
     async fn lookup_translation(

@@ -386,6 +386,12 @@ impl Conntracker for CoreConntracker {
         let entries = map.keys().filter(Result::is_ok).count() as u64;
         vec![TableFill { name: map::MAP_NAME.into(), entries, max_entries: u64::from(self.max_entries) }]
     }
+
+    fn bpf_map_ids(&self) -> Vec<u32> {
+        use aya::maps::IterableMap;
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.map().info().map(|info| vec![info.id()]).unwrap_or_default()
+    }
 }
 
 /// Tries each allowed [`Strategy`] in the fixed order; records every attempt; returns

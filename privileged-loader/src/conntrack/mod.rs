@@ -49,4 +49,9 @@ pub trait Conntracker: Send + Sync {
     fn lookup(&self, tuple: &Tuple, netns: u32) -> Result<Option<(Tuple, u32)>, ConntrackError>;
     /// Fill levels of the maps/tables behind this conntracker.
     fn tables(&self) -> Vec<TableFill>;
+    /// Kernel ids of the BPF maps it owns (none for a userspace table), so the lock
+    /// statistics can attribute them to this module.
+    fn bpf_map_ids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }

@@ -49,9 +49,10 @@ pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "{} not found: run `cargo build -p config-service -p controller` first \
+        "{} not found: run `cargo build {}-p config-service -p controller` first \
          (or set REMOTE_CONFIG_BIN_DIR)",
-        path.display()
+        path.display(),
+        if cfg!(debug_assertions) { "" } else { "--release " }
     );
     path
 }
@@ -422,6 +423,10 @@ pub fn python_sets(work: &Path) -> PathBuf {
         .arg(&out)
         .status()
         .expect("run python3 (install: pip install tuf==6.0.0 'securesystemslib[crypto]')");
-    assert!(status.success(), "make_rejection_sets.py failed");
+    assert!(
+        status.success(),
+        "make_rejection_sets.py failed; is python-tuf installed? \
+         python3 -m pip install tuf==6.0.0 'securesystemslib[crypto]==1.6.0'"
+    );
     out
 }
