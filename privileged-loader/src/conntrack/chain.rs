@@ -252,6 +252,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail fixes the closure's error type")]
     fn the_environment_form_reaches_the_conntrack_section() {
         use figment::providers::{Env, Serialized};
         figment::Jail::expect_with(|jail| {
