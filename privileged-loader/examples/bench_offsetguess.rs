@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     prebuilt_completeness(&assets, &registry)?;
     core_completeness(&registry)?;
     netlink_events(&registry)?;
+    netlink_stalled(&registry)?;
     Ok(())
 }
 
@@ -213,6 +214,35 @@ fn netlink_events(registry: &Registry) -> anyhow::Result<()> {
         "netlink DESTROY burst: flushed in {flushed_ms:.0} ms; ENOBUFS counted {} time(s), resyncs {}; table now {} entries (conntrack -L: {})",
         stats.enobufs.load(Ordering::Relaxed) - enobufs0,
         stats.resyncs.load(Ordering::Relaxed) - resyncs0,
+        tracker.entries()?.len(),
+        conntrack_count("udp")
+    );
+    shutdown.cancel();
+    Ok(())
+}
+
+/// How much the event queue absorbs: the tracker's runtime is not polled while 60,000
+/// entries appear; when it runs again it drains the queue, meets ENOBUFS, and resyncs.
+fn netlink_stalled(registry: &Registry) -> anyhow::Result<()> {
+    flush();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let shutdown = CancellationToken::new();
+    let cfg = ConntrackConfig { sweep_interval_secs: 0, ..Default::default() };
+    let (tracker, _tasks) =
+        runtime.block_on(netlink_tracker::start_tracker(&cfg, registry, shutdown.clone()))?;
+    let (sent, _) = udp_burst(60_000)?;
+    let t0 = Instant::now();
+    runtime.block_on(async {
+        while tracker.stats().resyncs.load(Ordering::Relaxed) == 0 && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let stats = tracker.stats();
+    println!(
+        "netlink stalled consumer: {sent} entries made; {} events were queued, then ENOBUFS counted {} time(s); resynced in {:.0} ms to {} entries (conntrack -L {})",
+        stats.events.load(Ordering::Relaxed),
+        stats.enobufs.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64() * 1e3,
         tracker.entries()?.len(),
         conntrack_count("udp")
     );
