@@ -110,15 +110,26 @@ impl std::fmt::Display for GuessReport {
 static CACHE: Mutex<Option<GuessReport>> = Mutex::new(None);
 
 /// [`guess`], once per process: later calls return the first success (marked `cached`).
-/// Failures are not cached, so a corrected configuration is tried again.
+/// Failures are not cached, so a corrected configuration is tried again. A later call
+/// with a threshold below a cached offset fails as a fresh run would: overflow on the
+/// first such field.
 pub fn guess_cached(cfg: &OffsetGuessConfig, assets: &AssetLoader) -> Result<GuessReport, GuessError> {
+    let limits = cfg.limits()?;
     let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(report) = *cache {
-        return Ok(GuessReport { cached: true, ..report });
+        return from_cache(report, limits);
     }
     let report = guess(cfg, assets)?;
     *cache = Some(report);
     Ok(report)
+}
+
+fn from_cache(report: GuessReport, limits: Limits) -> Result<GuessReport, GuessError> {
+    let beyond = Field::ALL.into_iter().find(|&field| report.offsets.get(field) > limits.threshold);
+    match beyond {
+        Some(field) => Err(MachineError::Overflow { field, threshold: limits.threshold }.into()),
+        None => Ok(GuessReport { cached: true, ..report }),
+    }
 }
 
 /// One guessing run (no cache). Records the result of asset `offsetguess` in the registry.
@@ -158,4 +169,22 @@ fn run(cfg: &OffsetGuessConfig, assets: &AssetLoader) -> Result<(Offsets, u32), 
         .map_err(|e| GuessError::Thread(e.to_string()))?
         .join()
         .map_err(|_| GuessError::Thread("the guessing thread panicked".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_result_obeys_a_lower_threshold_like_a_fresh_run() {
+        let offsets =
+            Offsets { skb_nfct: 104, origin: 32, reply: 88, status: 128, netns: 136, netns_inum: 176 };
+        let report = GuessReport { offsets, elapsed: Duration::from_millis(90), checks: 75, cached: false };
+        let hit = from_cache(report, Limits { threshold: 400, retries: 1 }).expect("within 400");
+        assert!(hit.cached);
+        let err = from_cache(report, Limits { threshold: 8, retries: 1 }).expect_err("104 > 8");
+        assert!(err.to_string().contains("offset guessing overflow on sk_buff._nfct at 8"), "{err}");
+        let err = from_cache(report, Limits { threshold: 170, retries: 1 }).expect_err("176 > 170");
+        assert_eq!(err.field(), Some(Field::NetnsInum));
+    }
 }
