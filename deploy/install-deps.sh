@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   clang llvm libbpf-dev bpftool   # building the eBPF objects
   nftables conntrack iproute2     # NAT in throwaway network namespaces; conntrack -L oracle
-  curl jq python3-pip             # demo and interop tests
+  curl jq openssl python3-pip     # demo, TLS test certificates, interop tests
 )
 missing=()
 for p in "${packages[@]}"; do
