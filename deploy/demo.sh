@@ -4,8 +4,11 @@
 #   1. a throwaway network namespace with an nft DNAT rule and a real listener,
 #   2. the privileged loader (root) loading its eBPF objects and serving its socket,
 #   3. real connections through the DNAT rule,
-#   4. `loaderctl` (as an unprivileged uid) showing the loader's status and the live NAT
-#      translations, checked against `conntrack -L`.
+#   4. `loaderctl` (as an unprivileged uid) showing the loader's status, the live NAT
+#      translations next to `conntrack -L`, and the lock statistics of its maps,
+#   5. the reference config service publishing a signed (TUF) config on loopback, and the
+#      controller, as uid 65534 with no capabilities, polling it with a bearer token and
+#      verifying what it gets.
 # Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,4 +75,31 @@ echo; echo "== conntrack -L (the kernel's own view, for comparison)"
 ip netns exec "$ns" conntrack -L 2>/dev/null | grep -E 'dport=(80|53) ' || true
 echo; echo "== loaderctl conntrack list --json | jq length"
 ctl conntrack list --json | jq length
-echo; echo "demo finished: loader log in the output above was kept at $work/loader.log until exit"
+echo; echo "== loaderctl lockstats"
+ctl lockstats
+
+echo; echo "== remote config: config-service publishes, the unprivileged controller verifies"
+repo=$work/repo
+"$bin/config-service" init --repo "$repo" >/dev/null
+echo '{"conntrack": {"udpv6_enabled": false}}' > "$work/loader-config.json"
+"$bin/config-service" publish --repo "$repo" LOADER_CONFIG demo "$work/loader-config.json"
+token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+printf 'demo:%s\n' "$token" > "$work/tokens"; chmod 0600 "$work/tokens"
+mkdir -p "$work/controller/state"
+printf '%s' "$token" > "$work/controller/token"
+cp "$repo/metadata/1.root.json" "$work/controller/root.json"
+chown -R 65534:65534 "$work/controller"; chmod 0700 "$work/controller"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$bin/config-service" serve --repo "$repo" --listen "127.0.0.1:$port" --tokens-file "$work/tokens" 2> "$work/service.log" &
+pids+=($!)
+sleep 0.5
+setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$bin/controller" run \
+  --state-dir "$work/controller/state" --endpoint "http://127.0.0.1:$port" \
+  --token-file "$work/controller/token" --root-file "$work/controller/root.json" \
+  --poll-interval-secs 1 2> "$work/controller.log" &
+pids+=($!)
+for _ in $(seq 100); do
+  grep -q '"apply_state": *2' "$work/controller/state/status.json" 2>/dev/null && break; sleep 0.1
+done
+"$bin/controller" status --state-dir "$work/controller/state"
+echo; echo "demo finished"

@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   clang llvm libbpf-dev bpftool   # building the eBPF objects
   nftables conntrack iproute2     # NAT in throwaway network namespaces; conntrack -L oracle
-  curl jq python3-pip             # demo and interop tests
+  curl jq openssl python3-pip     # demo, TLS test certificates, interop tests
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -17,6 +17,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Python clients used by the interop tests (grpcio for the health check; python-tuf for
 # TUF metadata made and checked by the reference implementation).
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --break-system-packages -r tests/python/requirements.txt
 # A Rust toolchain is expected on PATH (rustup); say so clearly if it is not.
 command -v cargo >/dev/null || { echo "install-deps: cargo not found: install Rust 1.95 with rustup" >&2; exit 1; }

@@ -77,6 +77,8 @@ impl LoaderConfig {
 }
 
 #[cfg(test)]
+// figment's Jail API fixes the closure's error type; its size is not ours to choose.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -286,19 +286,15 @@ fn conntrack_nat_sources() -> anyhow::Result<std::collections::HashSet<u16>> {
 }
 
 fn lookups(loader: &Loader) -> anyhow::Result<()> {
-    let out = Command::new("conntrack")
-        .args(["-L", "-p", "tcp", "--orig-dst", VIP])
-        .stderr(Stdio::null())
-        .output()?;
-    let sport: u32 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok())
-        })
-        .ok_or_else(|| anyhow::anyhow!("no NAT'd entry to look up"))?;
+    let out = Command::new("conntrack").args(["-L", "-p", "tcp", "--orig-dst", VIP]).stderr(Stdio::null()).output()?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing.lines().next().ok_or_else(|| anyhow::anyhow!("no NAT'd entry to look up"))?;
+    let field = |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name)).map(str::to_string);
+    let (src, sport) = (field("src="), field("sport=").and_then(|p| p.parse::<u32>().ok()));
+    let (Some(src), Some(sport)) = (src, sport) else { anyhow::bail!("cannot parse {line}") };
     let request = pb::LookupTranslationRequest {
         tuple: Some(pb::Tuple {
-            src_addr: "127.0.0.1".into(),
+            src_addr: src,
             src_port: sport,
             dst_addr: VIP.into(),
             dst_port: 80,
