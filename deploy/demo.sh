@@ -45,6 +45,7 @@ table ip nat {
 NFT
 ip netns exec "$ns" python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 &
 pids+=($!)
+for _ in $(seq 100); do ip netns exec "$ns" curl -s -o /dev/null http://127.0.0.1:8080/ && break; sleep 0.05; done
 
 # The demo's loader runs inside the namespace so that its ctnetlink dump and destroy
 # events cover the namespace's connections too.
