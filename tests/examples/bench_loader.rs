@@ -219,8 +219,10 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
     Ok((off.0, off.1, on.0, on.1))
 }
 
+/// The client side runs on one thread, as `loaderctl` does: on 2 cores a second client
+/// worker only competes with the loader for the CPU.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 async fn client(socket: &Path) -> anyhow::Result<pb::loader_client::LoaderClient<tonic::transport::Channel>> {
