@@ -32,22 +32,9 @@ int BPF_PROG(probe_tp_btf)
 	return 0;
 }
 
-/* BTF-free hook of the prebuilt conntracker. */
-SEC("raw_tracepoint/net_dev_queue")
+/* BTF-free hook kind of the prebuilt conntracker; attached to net_dev_xmit by the loader. */
+SEC("raw_tracepoint")
 int probe_raw_tracepoint(void *ctx)
-{
-	return 0;
-}
-
-/* The lock-contention collector's hooks: both must attach for it to work. */
-SEC("tp_btf/contention_begin")
-int BPF_PROG(probe_contention_begin)
-{
-	return 0;
-}
-
-SEC("tp_btf/contention_end")
-int BPF_PROG(probe_contention_end)
 {
 	return 0;
 }

@@ -256,6 +256,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_loader_can_be_shared_across_tasks() {
+        // Modules hold `&AssetLoader` across awaits in tokio tasks.
+        fn shareable<T: Send + Sync>() {}
+        shareable::<AssetLoader>();
+    }
+
+    #[test]
     fn verifier_tail_keeps_the_last_lines() {
         let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
         let tail = verifier_log_tail(&log);

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use aya::programs::{BtfTracePoint, FEntry, Iter, KProbe, Program, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
+use aya_obj::btf::BtfKind;
 use serde::Serialize;
 
 use crate::asset::{AssetError, AssetLoader, error_chain};
@@ -90,16 +91,26 @@ pub fn probe(assets: &AssetLoader) -> KernelReport {
     let started = Instant::now();
     let btf = assets.btf().ok().map(|found| &found.btf);
     let (attach_kinds, lock_contention_tracepoints) = match load_probe_object(assets) {
-        Ok(mut ebpf) => (
-            vec![
+        Ok(mut ebpf) => {
+            // The tp_btf program stays attached while the raw tracepoint one attaches to
+            // the same tracepoint: enabling a tracepoint from nothing patches kernel text
+            // (10-20 ms here), re-enabling it right after its last user left also waits
+            // for an RCU grace period; adding a second user costs neither.
+            let tp_btf = probe_tp_btf(&mut ebpf, btf);
+            let raw_tracepoint = probe_raw_tracepoint(&mut ebpf);
+            if tp_btf.available {
+                unload_tp_btf(&mut ebpf);
+            }
+            let lock = probe_lock_contention(btf, &tp_btf);
+            let kinds = vec![
                 probe_fentry(&mut ebpf, btf),
                 probe_kprobe(&mut ebpf, btf),
-                probe_tp_btf(&mut ebpf, btf),
-                probe_raw_tracepoint(&mut ebpf),
+                tp_btf,
+                raw_tracepoint,
                 probe_iter(&mut ebpf, btf),
-            ],
-            probe_lock_contention(&mut ebpf, btf),
-        ),
+            ];
+            (kinds, lock)
+        }
         Err(e) => {
             let reason = format!("probe object not loaded: {e}");
             let kinds = ["fentry", "kprobe", "tp_btf", "raw_tracepoint", "iter"];
@@ -154,10 +165,18 @@ where
 }
 
 /// Unloading detaches every link of the program; a failure here is logged, not fatal:
-/// the object is dropped right after, which closes the links anyway.
+/// the object is dropped before `probe` returns, which closes the links anyway.
 fn unload(name: &str, result: Result<(), ProgramError>) {
     if let Err(e) = result {
         tracing::warn!(program = name, error = %error_chain(&e), "unloading a probe program failed");
+    }
+}
+
+/// Detaches the tp_btf probe, left attached for the raw tracepoint probe's sake.
+fn unload_tp_btf(ebpf: &mut Ebpf) {
+    match program::<BtfTracePoint>(ebpf, "probe_tp_btf") {
+        Ok(p) => unload("probe_tp_btf", p.unload()),
+        Err(reason) => tracing::warn!(%reason, "tp_btf probe program to unload not found"),
     }
 }
 
@@ -189,8 +208,7 @@ fn probe_kprobe(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Feature {
 /// `register_kprobe` only with CONFIG_KPROBES; the kprobe PMU needs kprobe events), then
 /// the raw error.
 fn kprobe_reason(btf: Option<&Btf>, err: &ProgramError) -> String {
-    let has_kprobes =
-        btf.map(|btf| btf.id_by_type_name_kind("register_kprobe", aya_obj::btf::BtfKind::Func).is_ok());
+    let has_kprobes = btf.map(|btf| btf.id_by_type_name_kind("register_kprobe", BtfKind::Func).is_ok());
     let has_pmu = Path::new(KPROBE_PMU).exists();
     kprobe_explanation(has_kprobes, has_pmu, &rejection(Step::Attach, err))
 }
@@ -209,20 +227,15 @@ pub fn kprobe_explanation(has_kprobes: Option<bool>, has_pmu: bool, attach_error
     }
 }
 
+/// Leaves the program attached: [`probe`] detaches it after the raw tracepoint probe.
 fn probe_tp_btf(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Feature {
     let trial = btf.ok_or_else(|| NEEDS_BTF.to_string()).and_then(|btf| {
-        attach_tp_btf(ebpf, "probe_tp_btf", PROBE_TRACEPOINT, btf)?;
+        let p: &mut BtfTracePoint = program(ebpf, "probe_tp_btf")?;
+        p.load(PROBE_TRACEPOINT, btf).map_err(|e| rejection(Step::Load, &e))?;
+        p.attach().map_err(|e| rejection(Step::Attach, &e))?;
         Ok(format!("loaded and attached to tp_btf/{PROBE_TRACEPOINT}"))
     });
     Feature::from_trial("tp_btf", trial)
-}
-
-fn attach_tp_btf(ebpf: &mut Ebpf, name: &str, tracepoint: &str, btf: &Btf) -> Result<(), String> {
-    let p: &mut BtfTracePoint = program(ebpf, name)?;
-    p.load(tracepoint, btf).map_err(|e| rejection(Step::Load, &e))?;
-    p.attach().map_err(|e| rejection(Step::Attach, &e))?;
-    unload(name, p.unload());
-    Ok(())
 }
 
 fn probe_raw_tracepoint(ebpf: &mut Ebpf) -> Feature {
@@ -260,16 +273,33 @@ fn probe_iter(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Feature {
 }
 
 /// `lock:contention_begin/end` exist when the kernel BTF has their `btf_trace_*`
-/// typedefs, and are usable when both attach as tp_btf programs.
-fn probe_lock_contention(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Feature {
-    let trial = btf.ok_or_else(|| NEEDS_BTF.to_string()).and_then(|btf| {
-        attach_tp_btf(ebpf, "probe_contention_begin", "contention_begin", btf)
-            .map_err(|e| format!("lock:contention_begin: {e}"))?;
-        attach_tp_btf(ebpf, "probe_contention_end", "contention_end", btf)
-            .map_err(|e| format!("lock:contention_end: {e}"))?;
-        Ok("tp_btf/contention_begin and tp_btf/contention_end attach".to_string())
-    });
-    Feature::from_trial("lock_contention_tracepoints", trial)
+/// typedefs (what a tp_btf attach resolves), and are usable when tp_btf attaches here.
+/// They are not attached by the probe itself: enabling these tracepoints patches every
+/// lock slow path (7-20 ms each here), a cost the lock-statistics collector pays once.
+fn probe_lock_contention(btf: Option<&Btf>, tp_btf: &Feature) -> Feature {
+    let has = |name: &str| btf.map(|btf| btf.id_by_type_name_kind(name, BtfKind::Typedef).is_ok());
+    lock_contention_verdict(has("btf_trace_contention_begin"), has("btf_trace_contention_end"), tp_btf)
+}
+
+/// Pure part of [`probe_lock_contention`]: `None` when there is no BTF to ask.
+pub fn lock_contention_verdict(begin: Option<bool>, end: Option<bool>, tp_btf: &Feature) -> Feature {
+    const NAME: &str = "lock_contention_tracepoints";
+    match (begin, end) {
+        (None, _) | (_, None) => Feature::no(NAME, NEEDS_BTF),
+        (Some(false), _) => {
+            Feature::no(NAME, "kernel has no lock:contention_begin tracepoint (not in its BTF)")
+        }
+        (_, Some(false)) => {
+            Feature::no(NAME, "kernel has no lock:contention_end tracepoint (not in its BTF)")
+        }
+        (Some(true), Some(true)) if !tp_btf.available => Feature::no(
+            NAME,
+            format!("lock:contention_begin/end exist but tp_btf does not attach here: {}", tp_btf.reason),
+        ),
+        (Some(true), Some(true)) => {
+            Feature::yes(NAME, "lock:contention_begin/end in kernel BTF; tp_btf attaches")
+        }
+    }
 }
 
 /// Conntrack is usable when nf_conntrack is loaded (its per-netns sysctls exist) and
@@ -419,6 +449,18 @@ mod tests {
     #[test]
     fn kprobe_failure_with_everything_built_in_is_the_raw_error() {
         assert_eq!(kprobe_explanation(Some(true), true, "EBUSY on attach"), "EBUSY on attach");
+    }
+
+    #[test]
+    fn lock_contention_needs_both_tracepoints_and_tp_btf() {
+        let works = Feature::yes("tp_btf", "attached");
+        let broken = Feature::no("tp_btf", "EPERM on attach");
+        assert!(lock_contention_verdict(Some(true), Some(true), &works).available);
+        let no_end = lock_contention_verdict(Some(true), Some(false), &works);
+        assert!(!no_end.available && no_end.reason.contains("contention_end"), "{no_end:?}");
+        let blocked = lock_contention_verdict(Some(true), Some(true), &broken);
+        assert!(!blocked.available && blocked.reason.contains("EPERM on attach"), "{blocked:?}");
+        assert_eq!(lock_contention_verdict(None, None, &works).reason, NEEDS_BTF);
     }
 
     #[test]

@@ -2,8 +2,15 @@
 //!
 //! Every implementation (CO-RE eBPF, prebuilt eBPF with guessed offsets, netlink) answers
 //! through the same [`Conntracker`] trait, so the API, the CLI and the sweep are shared.
+pub mod config;
+pub mod core;
+pub mod ctnetlink;
+pub mod map;
+pub mod sweep;
 mod tuple;
 
+pub use self::config::ConntrackConfig;
+pub use self::core::{ConntrackStats, RunningConntracker, start};
 pub use tuple::{Entry, Protocol, Tuple, TupleError};
 
 /// Fill level of one map or table a conntracker owns.
@@ -18,6 +25,12 @@ pub struct TableFill {
 pub enum ConntrackError {
     #[error("reading conntrack map {map}: {reason}")]
     MapRead { map: String, reason: String },
+    #[error("the conntracker is disabled by configuration (conntrack.enabled = false)")]
+    Disabled,
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("loading the conntrack eBPF asset: {0}")]
+    Load(#[from] crate::asset::AssetError),
 }
 
 /// The read side of a running conntracker.

@@ -1,0 +1,99 @@
+//! `[conntrack]`: the CO-RE conntracker's configuration section.
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the conntracker. Every key has a default; `docs/conntrack.md` explains the
+/// stale-entry policy the last three keys tune.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConntrackConfig {
+    /// Load the conntracker at all.
+    pub enabled: bool,
+    /// Record IPv6 TCP entries (the `tcpv6_enabled` constant of the eBPF object).
+    pub tcpv6_enabled: bool,
+    /// Record IPv6 UDP entries (the `udpv6_enabled` constant).
+    pub udpv6_enabled: bool,
+    /// Size of the LRU map. Each connection takes two slots (one key per direction), so
+    /// this holds `max_entries / 2` connections before the least recently used go.
+    pub max_entries: u32,
+    /// Bound on the ctnetlink dump of entries that existed before the loader started.
+    pub initial_dump_timeout_secs: u64,
+    /// How often the sweep rechecks the map against a fresh conntrack dump. 0 disables it.
+    pub sweep_interval_secs: u64,
+    /// Entries of *other* network namespaces not seen for this long are dropped by the
+    /// sweep (their destroy events are invisible to the loader). 0 disables that rule.
+    pub stale_after_secs: u64,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tcpv6_enabled: true,
+            udpv6_enabled: true,
+            max_entries: 131_072,
+            initial_dump_timeout_secs: 10,
+            sweep_interval_secs: 60,
+            stale_after_secs: 3600,
+        }
+    }
+}
+
+/// A configuration value that cannot work, named by its key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("conntrack.max_entries = {0}: must be at least 2 (one slot per direction)")]
+    MaxEntries(u32),
+}
+
+impl ConntrackConfig {
+    /// Checks the values a typo could make unusable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_entries < 2 {
+            return Err(ConfigError::MaxEntries(self.max_entries));
+        }
+        Ok(())
+    }
+
+    pub fn initial_dump_timeout(&self) -> Duration {
+        Duration::from_secs(self.initial_dump_timeout_secs)
+    }
+
+    /// `None` when the periodic sweep is disabled.
+    pub fn sweep_interval(&self) -> Option<Duration> {
+        (self.sweep_interval_secs > 0).then(|| Duration::from_secs(self.sweep_interval_secs))
+    }
+
+    /// `None` when entries of other namespaces never expire by age (only by LRU).
+    pub fn stale_after(&self) -> Option<Duration> {
+        (self.stale_after_secs > 0).then(|| Duration::from_secs(self.stale_after_secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let cfg = ConntrackConfig::default();
+        assert!(cfg.enabled && cfg.tcpv6_enabled && cfg.udpv6_enabled);
+        assert_eq!(cfg.max_entries, 131_072);
+        assert_eq!(cfg.initial_dump_timeout(), Duration::from_secs(10));
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_disables_sweep_and_age_rule() {
+        let cfg = ConntrackConfig { sweep_interval_secs: 0, stale_after_secs: 0, ..Default::default() };
+        assert_eq!(cfg.sweep_interval(), None);
+        assert_eq!(cfg.stale_after(), None);
+    }
+
+    #[test]
+    fn a_map_too_small_for_one_connection_is_refused() {
+        let cfg = ConntrackConfig { max_entries: 1, ..Default::default() };
+        assert_eq!(cfg.validate(), Err(ConfigError::MaxEntries(1)));
+    }
+}

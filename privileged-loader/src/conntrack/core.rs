@@ -1,0 +1,554 @@
+//! The CO-RE conntracker: `bpf/conntrack.bpf.c` loaded through the CO-RE asset loader,
+//! attached with the first strategy that works here, read through [`Conntracker`].
+//!
+//! [`start`] also seeds the map with the entries that existed before the program was
+//! attached (a ctnetlink dump), and starts the tasks that keep it clean: the DESTROY
+//! event listener and the sweep (`sweep.rs`). `docs/conntrack.md` states the policy.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, MapData, MapError};
+use aya::programs::{BtfTracePoint, FEntry, KProbe, ProgramError};
+use aya::{Btf, Ebpf};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::config::ConntrackConfig;
+use super::ctnetlink::{CtNetlink, Event, Groups, NetlinkError};
+use super::map::{self, CtKey, CtValue};
+use super::sweep::{self, SweepPolicy};
+use super::{ConntrackError, Conntracker, Entry, TableFill, Tuple};
+use crate::asset::{AssetError, AssetLoader, error_chain};
+use crate::status::{ModuleRecord, ModuleState, Registry, StrategyAttempt};
+
+/// Name of the asset (`bpf/conntrack.bpf.c`) and of the module in the status registry.
+pub const ASSET: &str = "conntrack";
+pub const MODULE: &str = "conntrack";
+/// Bound on one sweep's conntrack dump.
+const SWEEP_DUMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an unexpected netlink error, so a broken socket cannot spin a core.
+const NETLINK_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// How the eBPF program is hooked into the kernel, in the order they are tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// fentry on `__nf_conntrack_hash_insert`: once per new entry.
+    FEntry,
+    /// kprobe on `__nf_conntrack_hash_insert`.
+    KProbeHashInsert,
+    /// kprobe + kretprobe on `__nf_conntrack_confirm`.
+    KProbeConfirm,
+    /// `tp_btf/net_dev_queue`: every transmitted packet's `skb->_nfct`.
+    TpBtf,
+}
+
+impl Strategy {
+    pub const ORDER: [Strategy; 4] =
+        [Strategy::FEntry, Strategy::KProbeHashInsert, Strategy::KProbeConfirm, Strategy::TpBtf];
+
+    /// The hook, as recorded in the status attempts.
+    pub fn hook(self) -> &'static str {
+        match self {
+            Strategy::FEntry => "fentry/__nf_conntrack_hash_insert",
+            Strategy::KProbeHashInsert => "kprobe/__nf_conntrack_hash_insert",
+            Strategy::KProbeConfirm => "kprobe+kretprobe/__nf_conntrack_confirm",
+            Strategy::TpBtf => "tp_btf/net_dev_queue",
+        }
+    }
+
+    /// The implementation name reported by [`Conntracker::strategy`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::FEntry => "core/fentry",
+            Strategy::KProbeHashInsert | Strategy::KProbeConfirm => "core/kprobe",
+            Strategy::TpBtf => "core/tp_btf",
+        }
+    }
+
+    /// Whether the program refreshes `last_seen_ns` while a connection is active (only
+    /// the per-packet hook does); the sweep's age rule is meaningless otherwise.
+    pub fn refreshes_last_seen(self) -> bool {
+        self == Strategy::TpBtf
+    }
+}
+
+/// Counters of the netlink side, for status and tests.
+#[derive(Debug, Default)]
+pub struct ConntrackStats {
+    /// NAT'd entries inserted from the initial dump.
+    pub initial_entries: AtomicU64,
+    /// DESTROY events received.
+    pub destroy_events: AtomicU64,
+    /// Times the kernel dropped events (ENOBUFS) on the event socket.
+    pub enobufs: AtomicU64,
+    /// Sweeps run (periodic and after an overrun).
+    pub sweeps: AtomicU64,
+    /// Map slots the sweeps deleted.
+    pub swept_slots: AtomicU64,
+}
+
+/// A started conntracker: its read side and the tasks keeping it up to date.
+pub struct RunningConntracker {
+    pub tracker: Arc<dyn Conntracker>,
+    /// The destroy-event listener and the sweep; they end when `shutdown` is cancelled.
+    pub tasks: JoinSet<()>,
+    pub stats: Arc<ConntrackStats>,
+}
+
+/// The loaded object and its map.
+pub struct CoreConntracker {
+    map: RwLock<HashMap<MapData, CtKey, CtValue>>,
+    /// Owns the programs and their links: dropping it detaches them.
+    _ebpf: Mutex<Ebpf>,
+    strategy: Strategy,
+    root_netns: u32,
+    max_entries: u32,
+}
+
+/// Loads the CO-RE conntracker, trying fentry → kprobe → tp_btf and recording each
+/// attempt in the Registry module "conntrack"; loads existing entries with a ctnetlink
+/// dump (bounded by `initial_dump_timeout_secs`); starts the destroy-event listener and
+/// the sweep, which stop when `shutdown` is cancelled.
+///
+/// The netlink sockets belong to the network namespace of the *calling thread*: that is
+/// the namespace whose existing entries are loaded and whose destroy events are seen.
+pub async fn start(
+    cfg: &ConntrackConfig,
+    assets: &AssetLoader,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<RunningConntracker, ConntrackError> {
+    let started = Instant::now();
+    registry.update_module(MODULE, |m| *m = ModuleRecord::new(MODULE));
+    if !cfg.enabled {
+        registry.update_module(MODULE, |m| m.state = ModuleState::Disabled);
+        return Err(ConntrackError::Disabled);
+    }
+    let result = start_enabled(cfg, assets, registry, shutdown).await;
+    registry.update_module(MODULE, |m| {
+        m.load_time = started.elapsed();
+        match &result {
+            Ok((_, strategy)) => {
+                m.state = ModuleState::Running;
+                m.strategy = strategy.name().to_string();
+            }
+            Err(e) => {
+                m.state = ModuleState::Failed;
+                m.last_error = Some(e.to_string());
+            }
+        }
+    });
+    result.map(|(running, _)| running)
+}
+
+async fn start_enabled(
+    cfg: &ConntrackConfig,
+    assets: &AssetLoader,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<(RunningConntracker, Strategy), ConntrackError> {
+    cfg.validate()?;
+    let tracker = Arc::new(CoreConntracker::load(cfg, assets, registry)?);
+    let strategy = tracker.strategy;
+    let stats = Arc::new(ConntrackStats::default());
+    let mut tasks = JoinSet::new();
+    match open_netlink() {
+        Ok((events, mut dump)) => {
+            let seeded = seed(&tracker, &mut dump, cfg.initial_dump_timeout()).await;
+            stats.initial_entries.store(seeded as u64, Ordering::Relaxed);
+            let resync = Arc::new(Notify::new());
+            let policy = SweepPolicy {
+                own_netns: dump.netns(),
+                stale_after_ns: cfg
+                    .stale_after()
+                    .filter(|_| strategy.refreshes_last_seen())
+                    .map(|d| d.as_nanos() as u64),
+            };
+            let listener = DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
+            tasks.spawn(listener.run(events, shutdown.clone()));
+            let sweeper = Sweeper { tracker: tracker.clone(), stats: stats.clone(), policy, resync };
+            tasks.spawn(sweeper.run(dump, cfg.sweep_interval(), shutdown));
+        }
+        Err(e) => {
+            // The map still fills from the kernel; only the cleanup and the seeding are lost.
+            let message = format!(
+                "{e}: entries that existed before start are not loaded and destroyed entries \
+                 leave only by LRU eviction"
+            );
+            tracing::warn!(module = MODULE, "{message}");
+            registry.update_module(MODULE, |m| m.last_error = Some(message));
+        }
+    }
+    let tracker: Arc<dyn Conntracker> = tracker;
+    Ok((RunningConntracker { tracker, tasks, stats }, strategy))
+}
+
+/// The DESTROY event socket first, then the dump socket: an entry destroyed between the
+/// dump and the subscription would otherwise stay in the map until the next sweep.
+fn open_netlink() -> Result<(CtNetlink, CtNetlink), NetlinkError> {
+    let events = CtNetlink::event_socket(Groups::Destroy)?;
+    let dump = CtNetlink::dump_socket()?;
+    Ok((events, dump))
+}
+
+/// Inserts the NAT'd entries of a dump of the own namespace; returns how many.
+async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, timeout: Duration) -> usize {
+    match tokio::time::timeout(timeout, dump.dump()).await {
+        Ok(Ok(entries)) => {
+            let now = monotonic_ns();
+            let nat: Vec<Entry> = entries.into_iter().filter(is_nat).collect();
+            nat.iter().filter(|e| tracker.insert(e, now)).count()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(module = MODULE, error = %e, "initial conntrack dump failed; continuing without it");
+            0
+        }
+        Err(_) => {
+            tracing::warn!(module = MODULE, ?timeout, "initial conntrack dump timed out; continuing without it");
+            0
+        }
+    }
+}
+
+fn is_nat(entry: &Entry) -> bool {
+    let (o, r) = (&entry.original, &entry.reply);
+    !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port)
+}
+
+impl CoreConntracker {
+    /// Loads the object with the configured constants and map size, and attaches the
+    /// first strategy that works.
+    fn load(cfg: &ConntrackConfig, assets: &AssetLoader, registry: &Registry) -> Result<Self, ConntrackError> {
+        let (mut ebpf, strategy) = assets.load_core_asset(ASSET, |bytes, loader| {
+            loader.map_max_entries(map::MAP_NAME, cfg.max_entries);
+            loader.override_global("tcpv6_enabled", flag(cfg.tcpv6_enabled), true);
+            loader.override_global("udpv6_enabled", flag(cfg.udpv6_enabled), true);
+            let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
+            let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
+            let strategy = attach_first(&mut ebpf, &btf.btf, registry)?;
+            Ok((ebpf, strategy))
+        })?;
+        let missing = || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
+        let map = ebpf.take_map(map::MAP_NAME).ok_or_else(missing)?;
+        let map = HashMap::try_from(map).map_err(|e| map_error(&e))?;
+        Ok(Self {
+            map: RwLock::new(map),
+            _ebpf: Mutex::new(ebpf),
+            strategy,
+            root_netns: root_netns(),
+            max_entries: cfg.max_entries,
+        })
+    }
+
+    /// Writes both slots of `entry`; false (and a log line) if the kernel refused.
+    pub fn insert(&self, entry: &Entry, now_ns: u64) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let result = map::slots_of(entry, now_ns).iter().try_for_each(|(key, value)| map.insert(key, value, 0));
+        if let Err(e) = &result {
+            tracing::warn!(module = MODULE, ?entry, error = %e, "cannot insert conntrack entry");
+        }
+        result.is_ok()
+    }
+
+    /// Deletes both slots of `entry`, if present.
+    pub fn remove(&self, entry: &Entry) {
+        let keys = map::slots_of(entry, 0).map(|(key, _)| key);
+        self.remove_keys(&keys);
+    }
+
+    /// Deletes `keys`; returns how many were present.
+    pub fn remove_keys(&self, keys: &[CtKey]) -> usize {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        keys.iter().filter(|key| map.remove(key).is_ok()).count()
+    }
+
+    /// Every slot of the map. Slots deleted while iterating are skipped.
+    pub fn snapshot(&self) -> Result<Vec<(CtKey, CtValue)>, ConntrackError> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut slots = Vec::new();
+        for item in map.iter() {
+            match item {
+                Ok(slot) => slots.push(slot),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_error(&e)),
+            }
+        }
+        Ok(slots)
+    }
+}
+
+impl Conntracker for CoreConntracker {
+    fn strategy(&self) -> String {
+        self.strategy.name().to_string()
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, ConntrackError> {
+        let slots = self.snapshot()?;
+        let mut entries = Vec::with_capacity(slots.len() / 2);
+        for (key, value) in &slots {
+            match map::entry_of(key, value) {
+                Ok(Some(entry)) => entries.push(entry),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(module = MODULE, error = %e, "skipping malformed map slot"),
+            }
+        }
+        Ok(entries)
+    }
+
+    fn lookup(&self, tuple: &Tuple, netns: u32) -> Result<Option<(Tuple, u32)>, ConntrackError> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let namespaces = if netns == self.root_netns { vec![netns] } else { vec![self.root_netns, netns] };
+        for ns in namespaces {
+            match map.get(&CtKey::from_tuple(tuple, ns), 0) {
+                Ok(value) => {
+                    let other = value.other.to_tuple().map_err(|e| ConntrackError::MapRead {
+                        map: map::MAP_NAME.into(),
+                        reason: e.to_string(),
+                    })?;
+                    return Ok(Some((other, ns)));
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(&e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn tables(&self) -> Vec<TableFill> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let entries = map.keys().filter(Result::is_ok).count() as u64;
+        vec![TableFill { name: map::MAP_NAME.into(), entries, max_entries: u64::from(self.max_entries) }]
+    }
+}
+
+/// Tries each [`Strategy`] in order; records every attempt; returns the first that
+/// attached, or the last failure.
+fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strategy, AssetError> {
+    let mut last_error = None;
+    for strategy in Strategy::ORDER {
+        match attach(ebpf, btf, strategy) {
+            Ok(()) => {
+                tracing::info!(module = MODULE, hook = strategy.hook(), "conntracker attached");
+                registry.update_module(MODULE, |m| m.attempts.push(StrategyAttempt::ok(strategy.hook())));
+                return Ok(strategy);
+            }
+            Err(e) => {
+                let reason = attempt_reason(&e);
+                tracing::info!(module = MODULE, hook = strategy.hook(), %reason, "attach strategy unavailable");
+                registry.update_module(MODULE, |m| m.attempts.push(StrategyAttempt::failed(strategy.hook(), reason)));
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| AssetError::Attach {
+        asset: ASSET.into(),
+        program: "(none)".into(),
+        reason: "no attach strategy is defined".into(),
+    }))
+}
+
+fn attempt_reason(err: &AssetError) -> String {
+    match err {
+        AssetError::Verifier { log_tail, .. } => format!("load failed: {log_tail}"),
+        AssetError::Attach { reason, .. } => format!("attach failed: {reason}"),
+        other => other.to_string(),
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetError> {
+    match strategy {
+        Strategy::FEntry => {
+            let prog: &mut FEntry = program(ebpf, "ct_fentry_hash_insert")?;
+            prog.load("__nf_conntrack_hash_insert", btf).map_err(|e| load_error("ct_fentry_hash_insert", e))?;
+            prog.attach().map(drop).map_err(|e| attach_error("ct_fentry_hash_insert", e))
+        }
+        Strategy::KProbeHashInsert => kprobe(ebpf, "ct_kprobe_hash_insert", "__nf_conntrack_hash_insert"),
+        Strategy::KProbeConfirm => {
+            kprobe(ebpf, "ct_kprobe_confirm", "__nf_conntrack_confirm")?;
+            let ret = kprobe(ebpf, "ct_kretprobe_confirm", "__nf_conntrack_confirm");
+            if ret.is_err() {
+                // Without the return probe the entry probe only fills confirm_args.
+                if let Ok(prog) = program::<KProbe>(ebpf, "ct_kprobe_confirm") {
+                    let _ = prog.unload();
+                }
+            }
+            ret
+        }
+        Strategy::TpBtf => {
+            let prog: &mut BtfTracePoint = program(ebpf, "ct_net_dev_queue")?;
+            prog.load("net_dev_queue", btf).map_err(|e| load_error("ct_net_dev_queue", e))?;
+            prog.attach().map(drop).map_err(|e| attach_error("ct_net_dev_queue", e))
+        }
+    }
+}
+
+fn kprobe(ebpf: &mut Ebpf, name: &str, symbol: &str) -> Result<(), AssetError> {
+    let prog: &mut KProbe = program(ebpf, name)?;
+    prog.load().map_err(|e| load_error(name, e))?;
+    if let Err(e) = prog.attach(symbol, 0) {
+        let _ = prog.unload();
+        return Err(attach_error(name, e));
+    }
+    Ok(())
+}
+
+fn program<'e, P>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut P, AssetError>
+where
+    &'e mut P: TryFrom<&'e mut aya::programs::Program, Error = ProgramError>,
+{
+    let missing = |reason: String| AssetError::Read {
+        asset: ASSET.into(),
+        path: String::new(),
+        reason: format!("program {name}: {reason}"),
+    };
+    let prog = ebpf.program_mut(name).ok_or_else(|| missing("not in the object".into()))?;
+    prog.try_into().map_err(|e: ProgramError| missing(error_chain(&e)))
+}
+
+fn load_error(program: &str, err: ProgramError) -> AssetError {
+    AssetError::from_program_load(ASSET, program, err)
+}
+
+fn attach_error(program: &str, err: ProgramError) -> AssetError {
+    AssetError::from_program_attach(ASSET, program, err)
+}
+
+fn map_error(err: &MapError) -> ConntrackError {
+    ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: error_chain(err) }
+}
+
+/// `set_global` wants a reference that outlives the loader: promote to 'static.
+fn flag(on: bool) -> &'static u8 {
+    if on { &1 } else { &0 }
+}
+
+/// Inode of the root network namespace (that of pid 1), where the original system looks
+/// first; falls back to the calling thread's namespace when /proc/1 is not visible.
+fn root_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/1/ns/net") {
+        Ok(meta) => meta.ino() as u32,
+        Err(e) => {
+            tracing::warn!(module = MODULE, error = %e, "cannot read /proc/1/ns/net; using the own namespace as root");
+            super::ctnetlink::current_netns().unwrap_or(0)
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// Drops the map slots of destroyed entries of the own namespace.
+struct DestroyListener {
+    tracker: Arc<CoreConntracker>,
+    stats: Arc<ConntrackStats>,
+    resync: Arc<Notify>,
+}
+
+impl DestroyListener {
+    async fn run(self, mut socket: CtNetlink, shutdown: CancellationToken) {
+        loop {
+            let batch = tokio::select! {
+                () = shutdown.cancelled() => return,
+                batch = socket.next_events() => batch,
+            };
+            match batch {
+                Ok(events) => self.apply(&events),
+                Err(NetlinkError::Overrun) => {
+                    self.stats.enobufs.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(module = MODULE, "conntrack destroy events were lost (ENOBUFS); resynchronising");
+                    self.resync.notify_one();
+                }
+                Err(e) => {
+                    tracing::warn!(module = MODULE, error = %e, "conntrack event socket error");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(NETLINK_RETRY_PAUSE) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, events: &[Event]) {
+        for event in events {
+            if let Event::Destroy(entry) = event {
+                self.stats.destroy_events.fetch_add(1, Ordering::Relaxed);
+                if is_nat(entry) {
+                    self.tracker.remove(entry);
+                }
+            }
+        }
+    }
+}
+
+/// Periodically (and after an event overrun) reconciles the map with a fresh dump.
+struct Sweeper {
+    tracker: Arc<CoreConntracker>,
+    stats: Arc<ConntrackStats>,
+    policy: SweepPolicy,
+    resync: Arc<Notify>,
+}
+
+impl Sweeper {
+    async fn run(self, mut dump: CtNetlink, interval: Option<Duration>, shutdown: CancellationToken) {
+        let mut ticker = interval.map(|every| {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.resync.notified() => {}
+                () = next_tick(&mut ticker) => {}
+            }
+            self.sweep_once(&mut dump).await;
+        }
+    }
+
+    async fn sweep_once(&self, dump: &mut CtNetlink) {
+        let started_ns = monotonic_ns();
+        let entries = match tokio::time::timeout(SWEEP_DUMP_TIMEOUT, dump.dump()).await {
+            Ok(Ok(entries)) => Some(entries.into_iter().filter(is_nat).collect::<Vec<_>>()),
+            Ok(Err(e)) => {
+                tracing::warn!(module = MODULE, error = %e, "sweep: conntrack dump failed; own namespace not checked");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(module = MODULE, "sweep: conntrack dump timed out; own namespace not checked");
+                None
+            }
+        };
+        let slots = match self.tracker.snapshot() {
+            Ok(slots) => slots,
+            Err(e) => {
+                tracing::warn!(module = MODULE, error = %e, "sweep: cannot read the map");
+                return;
+            }
+        };
+        let plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns);
+        let deleted = self.tracker.remove_keys(&plan.delete);
+        let now = monotonic_ns();
+        let inserted = plan.insert.iter().filter(|e| self.tracker.insert(e, now)).count();
+        self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
+        self.stats.swept_slots.fetch_add(deleted as u64, Ordering::Relaxed);
+        tracing::debug!(module = MODULE, deleted, inserted, slots = slots.len(), "conntrack sweep done");
+    }
+}
+
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,175 @@
+//! A ctnetlink socket: table dumps and conntrack events, async over tokio.
+//!
+//! A netlink socket belongs to the network namespace of the thread that created it, and
+//! only sees that namespace's conntrack table and events. [`CtNetlink`] records that
+//! namespace's inode at creation so the entries it returns carry it.
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send, setsockopt,
+    sockopt,
+};
+use tokio::io::unix::AsyncFd;
+
+use super::wire::{self, Kind, Message, WireError};
+use crate::conntrack::Entry;
+
+/// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY` (uapi nfnetlink.h).
+const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// Largest datagram the kernel sends on a ctnetlink socket (dumps use up to 32 KiB).
+const RECV_BUFFER: usize = 64 * 1024;
+/// Receive queue for event sockets: bursts of destroys (a flushed table) must fit, or
+/// the kernel drops them and reports ENOBUFS.
+const EVENT_RCVBUF: usize = 8 * 1024 * 1024;
+
+/// A conntrack event of the socket's namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    New(Entry),
+    Destroy(Entry),
+}
+
+/// Event groups to subscribe to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Groups {
+    /// Only DESTROY: what the eBPF conntracker needs to drop entries.
+    Destroy,
+    /// NEW and DESTROY: what a netlink-only conntracker needs.
+    NewAndDestroy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a ctnetlink socket ({step}): {errno}; the loader needs CAP_NET_ADMIN")]
+    Open { step: &'static str, errno: Errno },
+    #[error("reading the network namespace of the ctnetlink socket ({path}): {source}")]
+    Netns { path: &'static str, source: std::io::Error },
+    #[error("ctnetlink {op}: {errno}")]
+    Io { op: &'static str, errno: Errno },
+    #[error("ctnetlink: the kernel dropped events (ENOBUFS); the map must be resynchronised")]
+    Overrun,
+    #[error("ctnetlink dump failed: kernel error {errno}")]
+    Kernel { errno: Errno },
+    #[error("ctnetlink: malformed message: {0}")]
+    Wire(#[from] WireError),
+}
+
+/// One netlink socket of the NETLINK_NETFILTER family.
+pub struct CtNetlink {
+    fd: AsyncFd<OwnedFd>,
+    netns: u32,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl CtNetlink {
+    /// A socket for table dumps, in the calling thread's network namespace.
+    pub fn dump_socket() -> Result<Self, NetlinkError> {
+        Self::open(0)
+    }
+
+    /// A socket subscribed to `groups` events, in the calling thread's namespace.
+    pub fn event_socket(groups: Groups) -> Result<Self, NetlinkError> {
+        let bit = |group: u32| 1 << (group - 1);
+        let mask = match groups {
+            Groups::Destroy => bit(NFNLGRP_CONNTRACK_DESTROY),
+            Groups::NewAndDestroy => bit(NFNLGRP_CONNTRACK_NEW) | bit(NFNLGRP_CONNTRACK_DESTROY),
+        };
+        let socket = Self::open(mask)?;
+        // Best effort: without CAP_NET_ADMIN the default queue stays, and overruns are
+        // still detected (ENOBUFS) and resynchronised.
+        if let Err(errno) = setsockopt(socket.fd.get_ref(), sockopt::RcvBufForce, &EVENT_RCVBUF) {
+            tracing::debug!(%errno, "ctnetlink: cannot enlarge the event receive queue");
+        }
+        Ok(socket)
+    }
+
+    fn open(groups: u32) -> Result<Self, NetlinkError> {
+        let fd = nix::sys::socket::socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .map_err(|errno| NetlinkError::Open { step: "socket", errno })?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))
+            .map_err(|errno| NetlinkError::Open { step: "bind", errno })?;
+        let netns = current_netns()?;
+        // SAFETY: `fd` is an open OwnedFd that the AsyncFd owns from here on, so the
+        // descriptor stays valid and unchanged for the AsyncFd's whole lifetime.
+        let fd = unsafe { AsyncFd::register(fd) }
+            .map_err(|e| NetlinkError::Open { step: "register with tokio", errno: io_errno(&std::io::Error::from(e)) })?;
+        Ok(Self { fd, netns, seq: 0, buf: vec![0; RECV_BUFFER] })
+    }
+
+    /// Inode of the network namespace this socket sees.
+    pub fn netns(&self) -> u32 {
+        self.netns
+    }
+
+    /// Every TCP/UDP entry of the namespace's conntrack table (NAT'd or not).
+    pub async fn dump(&mut self) -> Result<Vec<Entry>, NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = wire::dump_request(self.seq);
+        send(self.fd.as_raw_fd(), &request, MsgFlags::empty())
+            .map_err(|errno| NetlinkError::Io { op: "send dump request", errno })?;
+        let mut entries = Vec::new();
+        loop {
+            for message in self.next_datagram().await? {
+                match message {
+                    Message::Conntrack { flow: Some(flow), .. } => entries.push(flow.into_entry(self.netns)),
+                    Message::Done => return Ok(entries),
+                    Message::Error { errno } if errno != 0 => {
+                        return Err(NetlinkError::Kernel { errno: Errno::from_raw(errno) });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The events of the next datagram. [`NetlinkError::Overrun`] means events were lost:
+    /// the caller must resynchronise (e.g. with a fresh [`CtNetlink::dump`]).
+    pub async fn next_events(&mut self) -> Result<Vec<Event>, NetlinkError> {
+        let netns = self.netns;
+        let events = self.next_datagram().await?.into_iter().filter_map(|message| match message {
+            Message::Conntrack { kind: Kind::New, flow: Some(flow) } => Some(Event::New(flow.into_entry(netns))),
+            Message::Conntrack { kind: Kind::Destroy, flow: Some(flow) } => {
+                Some(Event::Destroy(flow.into_entry(netns)))
+            }
+            _ => None,
+        });
+        Ok(events.collect())
+    }
+
+    async fn next_datagram(&mut self) -> Result<Vec<Message>, NetlinkError> {
+        loop {
+            let mut ready =
+                self.fd.readable().await.map_err(|e| NetlinkError::Io { op: "poll", errno: io_errno(&e) })?;
+            let fd = ready.get_inner().as_fd().as_raw_fd();
+            match recv(fd, &mut self.buf, MsgFlags::empty()) {
+                Ok(len) => return Ok(wire::parse(&self.buf[..len])?),
+                Err(Errno::EAGAIN) => ready.clear_ready(),
+                Err(Errno::EINTR) => {}
+                Err(Errno::ENOBUFS) => return Err(NetlinkError::Overrun),
+                Err(errno) => return Err(NetlinkError::Io { op: "recv", errno }),
+            }
+        }
+    }
+}
+
+/// The inode of the calling *thread's* network namespace (`/proc/self` would name the
+/// main thread's, which differs when a thread entered another namespace with setns).
+pub fn current_netns() -> Result<u32, NetlinkError> {
+    const PATH: &str = "/proc/thread-self/ns/net";
+    let meta = std::fs::metadata(PATH).map_err(|source| NetlinkError::Netns { path: PATH, source })?;
+    // Namespace inodes are 32-bit (proc_inum allocation), as in the eBPF map key.
+    Ok(meta.ino() as u32)
+}
+
+fn io_errno(err: &std::io::Error) -> Errno {
+    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}

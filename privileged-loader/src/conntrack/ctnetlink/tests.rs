@@ -1,0 +1,81 @@
+//! The wire parser against bytes captured from Linux 6.18 by `fixtures/capture.py`:
+//! a DNAT'd IPv4 TCP connection 10.99.0.1:49180 -> 10.99.0.1:80 (to 127.0.0.1:8080) and
+//! a DNAT'd IPv6 UDP flow to fd99::1:53 (to [::1]:5353).
+use super::wire::{self, Flow, Kind, Message, WireError};
+use crate::conntrack::{Protocol, Tuple};
+
+const DUMP: &[u8] = include_bytes!("fixtures/dump.bin");
+const DESTROY: &[u8] = include_bytes!("fixtures/destroy.bin");
+
+fn tuple(src: &str, sport: u16, dst: &str, dport: u16, protocol: Protocol) -> Tuple {
+    Tuple { src: src.parse().unwrap(), src_port: sport, dst: dst.parse().unwrap(), dst_port: dport, protocol }
+}
+
+fn tcp_flow() -> Flow {
+    Flow {
+        original: tuple("10.99.0.1", 49180, "10.99.0.1", 80, Protocol::Tcp),
+        reply: tuple("127.0.0.1", 8080, "10.99.0.1", 49180, Protocol::Tcp),
+    }
+}
+
+fn flows(messages: &[Message]) -> Vec<(Kind, Flow)> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Conntrack { kind, flow: Some(flow) } => Some((*kind, *flow)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_dump_gives_both_entries_and_ends_with_done() {
+    let messages = wire::parse(DUMP).unwrap();
+    assert_eq!(messages.last(), Some(&Message::Done));
+    let flows = flows(&messages);
+    assert_eq!(flows.len(), 2, "{messages:?}");
+    assert!(flows.contains(&(Kind::New, tcp_flow())));
+    let udp = flows.iter().find(|(_, f)| f.original.protocol == Protocol::Udp).unwrap().1;
+    assert_eq!((udp.original.dst, udp.original.dst_port), ("fd99::1".parse().unwrap(), 53));
+    assert_eq!((udp.reply.src, udp.reply.src_port), ("::1".parse().unwrap(), 5353));
+    assert!(udp.is_nat());
+}
+
+#[test]
+fn a_destroy_event_carries_the_deleted_tuples() {
+    assert_eq!(flows(&wire::parse(DESTROY).unwrap()), vec![(Kind::Destroy, tcp_flow())]);
+}
+
+#[test]
+fn an_unrewritten_reply_is_not_nat() {
+    let plain = Flow {
+        original: tuple("10.0.0.1", 1000, "10.0.0.2", 80, Protocol::Tcp),
+        reply: tuple("10.0.0.2", 80, "10.0.0.1", 1000, Protocol::Tcp),
+    };
+    assert!(!plain.is_nat());
+    assert!(tcp_flow().is_nat());
+}
+
+#[test]
+fn truncated_or_corrupt_bytes_are_errors_not_panics() {
+    for cut in 1..DESTROY.len() {
+        let _ = wire::parse(&DESTROY[..cut]);
+    }
+    let mut bad = DESTROY.to_vec();
+    bad[0] = 0xff; // message length beyond the buffer
+    assert!(matches!(wire::parse(&bad), Err(WireError::MessageLength { .. })));
+    let mut bad = DESTROY.to_vec();
+    bad[20] = 0xff; // first attribute's length beyond its message
+    assert!(matches!(wire::parse(&bad), Err(WireError::AttributeLength { .. })));
+}
+
+#[test]
+fn the_dump_request_is_a_ctnetlink_get_with_the_dump_flag() {
+    let req = wire::dump_request(7);
+    assert_eq!(req.len(), 20);
+    assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()), 20);
+    assert_eq!(u16::from_ne_bytes([req[4], req[5]]), 0x0101); // CTNETLINK << 8 | GET
+    assert_eq!(u16::from_ne_bytes([req[6], req[7]]), 0x0301); // REQUEST | DUMP
+    assert_eq!(u32::from_ne_bytes(req[8..12].try_into().unwrap()), 7);
+    assert_eq!(&req[16..], &[0, 0, 0, 0]); // AF_UNSPEC: every family
+}
