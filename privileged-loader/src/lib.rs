@@ -5,6 +5,7 @@ pub mod btf;
 pub mod config;
 pub mod conntrack;
 pub mod objects;
+pub mod offsetguess;
 pub mod privileges;
 pub mod probe;
 pub mod status;

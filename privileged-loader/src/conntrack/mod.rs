@@ -6,6 +6,8 @@ pub mod config;
 pub mod core;
 pub mod ctnetlink;
 pub mod map;
+pub mod nat_table;
+pub mod prebuilt;
 pub mod sweep;
 mod tuple;
 
