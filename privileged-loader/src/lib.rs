@@ -4,6 +4,7 @@ pub mod asset;
 pub mod btf;
 pub mod config;
 pub mod conntrack;
+pub mod lockstats;
 pub mod objects;
 pub mod offsetguess;
 pub mod privileges;

@@ -1,0 +1,56 @@
+//! Every BPF map on the system with the kernel addresses of its locks, from the
+//! `iter/bpf_map` program (`bpf/lockstat_maps.bpf.c`).
+//!
+//! Why an iterator: this kernel has no kprobes to catch `struct bpf_map` pointers at map
+//! creation, and user space cannot read kernel memory. The iterator is handed each live
+//! map's pointer by the kernel and reads the fields behind it with CO-RE.
+use aya::programs::Iter;
+
+use super::error::LockStatsError;
+use super::ksym::{missing_program, run_iterator};
+use super::layout::{self, MapsSnapshot};
+use crate::asset::{AssetError, AssetLoader};
+
+pub const MAPS_ASSET: &str = "lockstat_maps";
+const MAPS_PROGRAM: &str = "lockstat_maps";
+/// Mirrors LOCKSTAT_MAX_CPUS in the object.
+const MAX_CPUS: u32 = 512;
+
+/// Runs the map iterator once. `per_cpu_offset_addr` is the address of `__per_cpu_offset`,
+/// or 0 when the kernel does not expose it: then the per-CPU offsets are measured on the
+/// object's own per-CPU probe map (see `bpf/lockstat_maps.bpf.c`).
+pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSnapshot, LockStatsError> {
+    let nr_cpus = possible_cpus()?;
+    let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
+    let output = assets.load_core_asset(MAPS_ASSET, |bytes, loader| {
+        loader.override_global("per_cpu_offset_addr", &per_cpu_offset_addr, true);
+        loader.override_global("nr_cpus", &nr_cpus, true);
+        let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(MAPS_ASSET, e))?;
+        let program: &mut Iter = ebpf
+            .program_mut(MAPS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| missing_program(MAPS_ASSET, MAPS_PROGRAM))?;
+        program.load("bpf_map", &btf.btf).map_err(|e| AssetError::from_program_load(MAPS_ASSET, MAPS_PROGRAM, e))?;
+        let output = run_iterator(program, MAPS_ASSET, MAPS_PROGRAM)?;
+        Ok((output, probe_map_id(&ebpf)))
+    })?;
+    let (output, probe_id) = output;
+    layout::decode(&output, probe_id).map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
+}
+
+/// Number of possible CPUs (ids 0..n), bounded by what the object can read.
+fn possible_cpus() -> Result<u32, LockStatsError> {
+    let n = aya::util::nr_cpus().map_err(|(path, e)| LockStatsError::Iterator {
+        iterator: MAPS_PROGRAM.into(),
+        reason: format!("reading {path}: {e}"),
+    })?;
+    Ok(u32::try_from(n).unwrap_or(MAX_CPUS).min(MAX_CPUS))
+}
+
+/// The kernel id of the object's `pcpu_probe` map, if it can be read.
+fn probe_map_id(ebpf: &aya::Ebpf) -> Option<u32> {
+    match ebpf.map("pcpu_probe")? {
+        aya::maps::Map::PerCpuArray(data) => data.info().ok().map(|info| info.id()),
+        _ => None,
+    }
+}
