@@ -48,6 +48,15 @@ impl pb::loader_server::Loader for LoaderApi {
         }))
     }
 
+    /// Placeholder until the daemon wires the lock-statistics collector in (lead's
+    /// integration of the `lockstats` branch replaces it).
+    async fn get_lock_stats(
+        &self,
+        _: Request<pb::GetLockStatsRequest>,
+    ) -> Result<Response<pb::GetLockStatsResponse>, Status> {
+        Err(Status::unimplemented("lock statistics are not wired into this build of the loader"))
+    }
+
     type ListConntrackStream = EntryStream;
 
     #[tracing::instrument(skip_all, name = "ListConntrack")]
