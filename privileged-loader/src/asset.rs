@@ -66,7 +66,7 @@ impl AssetError {
             E::BtfError(aya::BtfError::LoadError { io_error, verifier_log }) => {
                 verifier("(object BTF)", format_rejection(&io_error, &verifier_log.to_string()))
             }
-            E::BtfRelocationError(ref e) => verifier(&e.section.clone(), error_chain(&err)),
+            E::BtfRelocationError(ref e) => verifier(&e.section, error_chain(&err)),
             E::RelocationError(_) => verifier("(relocation)", error_chain(&err)),
             E::MapError(_) => verifier("(maps)", error_chain(&err)),
             E::FileError { .. }
@@ -206,19 +206,22 @@ impl AssetLoader {
         name: &str,
         f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
     ) -> Result<T, AssetError> {
+        let _span = tracing::info_span!("load_core_asset", asset = name).entered();
         let started = Instant::now();
         let result = self.run_core_load(name, f).map_err(|e| self.with_origin(name, e));
         let elapsed = started.elapsed();
-        let (outcome, detail) = match &result {
-            Ok(_) => {
-                let source = self.btf.as_ref().ok().map(|found| found.source);
-                (AssetOutcome::Loaded { btf_source: source }, String::new())
-            }
-            Err(e) => (e.outcome(), e.detail()),
+        let (outcome, detail) = match (&result, &self.btf) {
+            (Ok(_), Ok(found)) => (
+                AssetOutcome::Loaded { btf_source: Some(found.source) },
+                format!("BTF from {} ({})", found.source.as_str(), found.path.display()),
+            ),
+            // Unreachable today (no BTF fails before `f` runs), kept total on purpose.
+            (Ok(_), Err(_)) => (AssetOutcome::Loaded { btf_source: None }, String::new()),
+            (Err(e), _) => (e.outcome(), e.detail()),
         };
         match &result {
-            Ok(_) => tracing::info!(asset = name, ?outcome, ?elapsed, "eBPF asset loaded"),
-            Err(e) => tracing::warn!(asset = name, ?outcome, ?elapsed, error = %e, "eBPF asset not loaded"),
+            Ok(_) => tracing::info!(?outcome, ?elapsed, "eBPF asset loaded"),
+            Err(e) => tracing::warn!(?outcome, ?elapsed, error = %e, "eBPF asset not loaded"),
         }
         self.registry.record_asset(name, outcome, detail, elapsed);
         result

@@ -268,6 +268,16 @@ mod tests {
     }
 
     #[test]
+    fn config_section_defaults_and_rejects_typos() {
+        let cfg: BtfConfig =
+            serde_json::from_str(r#"{"hub_dir": "/var/lib/btfhub"}"#).expect("valid section");
+        assert_eq!(cfg.hub_dir.as_deref(), Some(Path::new("/var/lib/btfhub")));
+        assert!(!cfg.no_sysfs && cfg.file.is_none());
+        let typo = serde_json::from_str::<BtfConfig>(r#"{"no_sysfs_btf": true}"#);
+        assert!(typo.is_err(), "an unknown key must not be silently ignored");
+    }
+
+    #[test]
     fn arch_names_are_btfhub_names() {
         assert_eq!(btfhub_arch("x86_64"), "x86_64");
         assert_eq!(btfhub_arch("aarch64"), "arm64");

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use privileged_loader::api::{self, LoaderApi};
 use privileged_loader::asset::AssetLoader;
-use privileged_loader::config::{LogFormat, LoaderConfig};
+use privileged_loader::config::{LoaderConfig, LogFormat};
 use privileged_loader::conntrack::{self, Conntracker};
 use privileged_loader::status::{ModuleState, Registry};
 use privileged_loader::{btf, privileges, probe};
@@ -28,18 +28,33 @@ pub fn probe_command(config: &LoaderConfig, json: bool) -> Result<()> {
 
 pub fn run_command(config: LoaderConfig, exec: Instant) -> Result<()> {
     init_tracing(&config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    if config.privileges.drop {
+        // Capabilities are per thread. Loading runs on this (main) thread; every runtime
+        // thread drops to the steady-state set the moment it starts, so no worker or
+        // blocking-pool thread ever serves a call with more. The main thread drops once
+        // loading is done (in `run`).
+        let keep = privileges::parse_caps(&config.privileges.keep)?;
+        builder.on_thread_start(move || {
+            if let Err(err) = privileges::drop_to(&keep) {
+                // Fail closed: a thread that kept its privileges must not serve.
+                eprintln!("privileged-loader: a runtime thread could not drop privileges: {err}");
+                std::process::abort();
+            }
+        });
+    }
+    let runtime = builder.build().context("starting the async runtime")?;
     runtime.block_on(run(config, exec))
 }
 
 fn init_tracing(format: &LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -48,8 +63,7 @@ fn init_tracing(format: &LogFormat) {
 
 async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     let registry = Registry::default();
-    let started_at_unix_ms =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let started_at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let found_btf = btf::discover(&config.btf);
     match &found_btf {
         Ok(found) => info!(source = found.source.as_str(), path = %found.path.display(), "kernel BTF found"),
@@ -125,7 +139,8 @@ async fn start_conntrack(
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         error!("cannot install signal handlers: stop the loader with SIGKILL");
         return;
     };

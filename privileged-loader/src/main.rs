@@ -8,7 +8,11 @@ use privileged_loader::config::LoaderConfig;
 mod daemon;
 
 #[derive(Parser)]
-#[command(name = "privileged-loader", version, about = "Loads and owns the agent's eBPF objects; serves the loader API")]
+#[command(
+    name = "privileged-loader",
+    version,
+    about = "Loads and owns the agent's eBPF objects; serves the loader API"
+)]
 struct Cli {
     /// TOML configuration file (see docs/configuration.md).
     #[arg(long, global = true)]

@@ -5,8 +5,6 @@
 //! CAP_NET_ADMIN. After start-up the loader keeps only what its running work needs
 //! (reading its own maps, netlink conntrack events) and sets `no_new_privs`, so nothing it
 //! executes could regain the rest.
-use std::collections::HashSet;
-
 use caps::{CapSet, Capability, CapsHashSet};
 
 /// The capabilities the loader keeps after start-up unless configured otherwise.
@@ -52,13 +50,32 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
     set_no_new_privs()
 }
 
-/// Names of the capabilities in the effective set now, sorted.
+/// Names of the capabilities that any thread of this process holds in its effective set,
+/// sorted. Capabilities are per thread on Linux, so a drop that missed one thread would
+/// show here: the union over `/proc/self/task/*/status` is the honest answer.
 pub fn effective() -> Vec<String> {
-    let mut names: Vec<String> = caps::read(None, CapSet::Effective)
-        .unwrap_or_else(|_| HashSet::new())
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let mut mask = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                mask |= cap_eff(&status).unwrap_or(0);
+            }
+        }
+    }
+    names_of(mask)
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` document.
+fn cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+fn names_of(mask: u64) -> Vec<String> {
+    let mut names: Vec<String> =
+        caps::all().into_iter().filter(|c| mask & c.bitmask() != 0).map(|c| c.to_string()).collect();
     names.sort();
     names
 }
@@ -82,10 +99,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_the_effective_mask_of_a_status_document() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000001000\n";
+        let mask = cap_eff(status).expect("CapEff line");
+        assert_eq!(names_of(mask), vec!["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
+    }
+
+    #[test]
     fn parses_names_and_rejects_unknown_ones() {
         let set = parse_caps(&["cap_bpf".into(), "CAP_PERFMON".into()]).expect("valid names");
         assert!(set.contains(&Capability::CAP_BPF));
         assert!(set.contains(&Capability::CAP_PERFMON));
-        assert!(matches!(parse_caps(&["CAP_FLY".into()]), Err(PrivilegeError::UnknownCapability(n)) if n == "CAP_FLY"));
+        assert!(
+            matches!(parse_caps(&["CAP_FLY".into()]), Err(PrivilegeError::UnknownCapability(n)) if n == "CAP_FLY")
+        );
     }
 }

@@ -252,6 +252,7 @@ fn a_valid_object_in_bpf_dir_loads_with_its_btf_source() {
     let rec = record(&registry, PROBE_ASSET);
     assert_eq!(rec.outcome, AssetOutcome::Loaded { btf_source: Some(BtfSource::Sysfs) });
     assert!(!rec.load_time.is_zero());
+    assert!(rec.detail.contains(SYSFS_VMLINUX), "the status names the BTF used: {}", rec.detail);
 }
 
 /// A program the verifier must reject: it dereferences a scalar (the raw tracepoint's
@@ -315,4 +316,154 @@ fn set_global_takes_values_that_live_only_as_long_as_the_call() {
         loader.load(object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
     });
     assert!(result.is_ok(), "{:?}", result.err());
+}
+
+/// A Debian 6.1 kernel package unpacked with `dpkg -x` (linux-image-6.1.0-*-cloud-amd64-
+/// unsigned): its `boot/vmlinuz-*` and `lib/modules/*` are used by the qemu test.
+const GUEST_KERNEL_ROOT: &str = "PROBE_GUEST_KERNEL_ROOT";
+/// Set inside the guest, to label the guest-side report.
+const GUEST_LABEL: &str = "PROBE_GUEST_LABEL";
+/// Modules the guest loads between its two probes, in dependency order.
+const GUEST_CONNTRACK_MODULES: [&str; 6] = [
+    "kernel/lib/libcrc32c.ko",
+    "kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko",
+    "kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko",
+    "kernel/net/netfilter/nf_conntrack.ko",
+    "kernel/net/netfilter/nfnetlink.ko",
+    "kernel/net/netfilter/nf_conntrack_netlink.ko",
+];
+
+/// The guest half of the test below: prints the report as one JSON line.
+#[test]
+#[ignore = "runs inside the qemu guest of probe_on_a_kernel_with_kprobes_and_fentry_says_yes"]
+fn guest_side_probe_report() {
+    let Ok(label) = std::env::var(GUEST_LABEL) else {
+        eprintln!("{GUEST_LABEL} unset: this is the guest half of a qemu test, nothing to do on the host");
+        return;
+    };
+    let report = probe(&sysfs_assets(&Registry::default(), None));
+    println!("PROBE-JSON-{label} {}", serde_json::to_string(&report).expect("report serializes"));
+}
+
+/// The same probe on another kernel, where kprobes and fentry exist: it must say "yes"
+/// to both, because it tries rather than reading a table. Boots Debian's 6.1 kernel
+/// under qemu (TCG) with this test binary as the payload, probes, loads the conntrack
+/// modules, probes again.
+#[test]
+#[ignore = "needs qemu-system-x86 and a Debian 6.1 kernel unpacked at $PROBE_GUEST_KERNEL_ROOT (docs/bpf.md)"]
+fn probe_on_a_kernel_with_kprobes_and_fentry_says_yes() {
+    let root = PathBuf::from(std::env::var(GUEST_KERNEL_ROOT).expect("PROBE_GUEST_KERNEL_ROOT is set"));
+    let vmlinuz = fs::read_dir(root.join("boot"))
+        .expect("boot/ in the kernel root")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .expect("a vmlinuz in boot/");
+    let modules = fs::read_dir(root.join("lib/modules"))
+        .expect("lib/modules in the kernel root")
+        .flatten()
+        .next()
+        .expect("one module tree")
+        .path();
+    let work = tempfile::tempdir().expect("temp dir");
+    let initrd = build_guest_initramfs(work.path(), &modules);
+
+    let output = Command::new("timeout")
+        .args([
+            "--kill-after=5",
+            "120",
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+        ])
+        .args(["-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .output()
+        .expect("qemu-system-x86_64 runs");
+    let console = String::from_utf8_lossy(&output.stdout);
+    let report = |label: &str| -> serde_json::Value {
+        let prefix = format!("PROBE-JSON-{label} ");
+        let line = console
+            .lines()
+            .find_map(|l| l.find(&prefix).map(|at| &l[at + prefix.len()..]))
+            .unwrap_or_else(|| panic!("no {label} report on the guest console:\n{console}"));
+        serde_json::from_str(line).expect("guest report is JSON")
+    };
+    let available = |report: &serde_json::Value, kind: &str| -> bool {
+        report["attach_kinds"]
+            .as_array()
+            .expect("attach kinds")
+            .iter()
+            .find(|k| k["name"] == kind)
+            .and_then(|k| k["available"].as_bool())
+            .unwrap_or_else(|| panic!("{kind} not in {report}"))
+    };
+
+    let before = report("before");
+    assert!(before["release"].as_str().is_some_and(|r| r.starts_with("6.1.")), "{before}");
+    for kind in ["fentry", "kprobe", "tp_btf", "raw_tracepoint", "iter"] {
+        assert!(available(&before, kind), "{kind} must work on Debian 6.1: {before}");
+    }
+    assert_eq!(before["lock_contention_tracepoints"]["available"], true, "{before}");
+    assert_eq!(before["conntrack"]["available"], false, "nf_conntrack is a module, not loaded yet: {before}");
+    assert!(
+        before["conntrack"]["reason"].as_str().is_some_and(|r| r.contains("nf_conntrack not loaded")),
+        "{before}"
+    );
+    let after = report("after");
+    assert_eq!(after["conntrack"]["available"], true, "{after}");
+}
+
+/// busybox, this test binary and the libraries it links, the conntrack modules, and an
+/// /init that probes, loads the modules, probes again and powers off.
+fn build_guest_initramfs(work: &Path, modules: &Path) -> PathBuf {
+    let tree = work.join("initramfs");
+    for dir in ["bin", "proc", "sys", "dev", "tmp", "modules"] {
+        fs::create_dir_all(tree.join(dir)).expect("mkdir");
+    }
+    fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static is installed");
+    let me = std::env::current_exe().expect("test binary path");
+    fs::copy(&me, tree.join("probe-tests")).expect("copy test binary");
+    let ldd = Command::new("ldd").arg(&me).output().expect("ldd runs");
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|t| t.starts_with('/')) {
+        let target = tree.join(lib.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().expect("library dir")).expect("mkdir");
+        fs::copy(lib, &target).expect("copy library");
+    }
+    let mut insmods = String::new();
+    for (i, module) in GUEST_CONNTRACK_MODULES.iter().enumerate() {
+        fs::copy(modules.join(module), tree.join(format!("modules/{i}.ko"))).expect("copy module");
+        insmods.push_str(&format!("insmod /modules/{i}.ko\n"));
+    }
+    let run = |label: &str| {
+        format!(
+            "{GUEST_LABEL}={label} /probe-tests --exact guest_side_probe_report --ignored --nocapture --test-threads=1\n"
+        )
+    };
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs dev /dev\n{}{insmods}{}poweroff -f\n",
+        run("before"),
+        run("after")
+    );
+    fs::write(tree.join("init"), init).expect("write init");
+    let status = Command::new("chmod").arg("+x").arg(tree.join("init")).status().expect("chmod");
+    assert!(status.success());
+    let initrd = work.join("initrd.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
+        .arg(&initrd)
+        .current_dir(&tree)
+        .status()
+        .expect("cpio and gzip run");
+    assert!(status.success(), "building the initramfs failed");
+    initrd
 }

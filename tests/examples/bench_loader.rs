@@ -29,12 +29,19 @@ const BACKEND_PORT: u16 = 8080;
 fn main() -> anyhow::Result<()> {
     let release = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
     let loader_bin = release.join("privileged-loader");
-    anyhow::ensure!(loader_bin.exists(), "{} missing: cargo build --release --bins first", loader_bin.display());
+    anyhow::ensure!(
+        loader_bin.exists(),
+        "{} missing: cargo build --release --bins first",
+        loader_bin.display()
+    );
     let _ns = Netns::create()?;
     let work = tempfile::tempdir()?;
 
     let startup = measure_startup(&loader_bin, work.path())?;
-    println!("startup exec->serving: median {:.1} ms, min {:.1} ms, max {:.1} ms (10 starts)", startup.0, startup.1, startup.2);
+    println!(
+        "startup exec->serving: median {:.1} ms, min {:.1} ms, max {:.1} ms (10 starts)",
+        startup.0, startup.1, startup.2
+    );
 
     let backend = start_backend()?;
     let (tput_off, rate_off, tput_on, rate_on) = data_path(&loader_bin, work.path())?;
@@ -277,18 +284,28 @@ fn completeness(loader: &Loader) -> anyhow::Result<()> {
 
 /// Source ports of the NAT'd TCP entries to the VIP, from the kernel's own table.
 fn conntrack_nat_sources() -> anyhow::Result<std::collections::HashSet<u16>> {
-    let out = Command::new("conntrack").args(["-L", "-p", "tcp", "--orig-dst", VIP]).stderr(Stdio::null()).output()?;
+    let out = Command::new("conntrack")
+        .args(["-L", "-p", "tcp", "--orig-dst", VIP])
+        .stderr(Stdio::null())
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok()))
+        .filter_map(|l| {
+            l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok())
+        })
         .collect())
 }
 
 fn lookups(loader: &Loader) -> anyhow::Result<()> {
-    let out = Command::new("conntrack").args(["-L", "-p", "tcp", "--orig-dst", VIP]).stderr(Stdio::null()).output()?;
+    let out = Command::new("conntrack")
+        .args(["-L", "-p", "tcp", "--orig-dst", VIP])
+        .stderr(Stdio::null())
+        .output()?;
     let sport: u32 = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok()))
+        .find_map(|l| {
+            l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok())
+        })
         .ok_or_else(|| anyhow::anyhow!("no NAT'd entry to look up"))?;
     let request = pb::LookupTranslationRequest {
         tuple: Some(pb::Tuple {
@@ -311,7 +328,11 @@ fn lookups(loader: &Loader) -> anyhow::Result<()> {
         }
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-        println!("LookupTranslation (found={found}): p50 {:.0} us, p99 {:.0} us (20,000 sequential calls)", pct(0.5), pct(0.99));
+        println!(
+            "LookupTranslation (found={found}): p50 {:.0} us, p99 {:.0} us (20,000 sequential calls)",
+            pct(0.5),
+            pct(0.99)
+        );
         let t0 = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..8 {
@@ -331,7 +352,10 @@ fn lookups(loader: &Loader) -> anyhow::Result<()> {
         while let Some(n) = tasks.join_next().await {
             total += n?;
         }
-        println!("LookupTranslation throughput: {:.0}/s (8 concurrent callers, 3 s)", total as f64 / t0.elapsed().as_secs_f64());
+        println!(
+            "LookupTranslation throughput: {:.0}/s (8 concurrent callers, 3 s)",
+            total as f64 / t0.elapsed().as_secs_f64()
+        );
         anyhow::Ok(())
     })
 }

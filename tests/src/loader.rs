@@ -61,8 +61,10 @@ impl LoaderProcess {
             .stderr(std::fs::File::create(&log).expect("log file"));
         let process = ChildGuard::spawn("privileged-loader", &mut command);
         let mut loader = Self { socket, log, process, dir };
+        // The socket is bound before the modules load (binding may need privileges the
+        // loader drops); it serves once loading is done, so wait for a real answer.
         let up = wait_until(Duration::from_secs(20), || {
-            loader.socket.exists() && std::os::unix::net::UnixStream::connect(&loader.socket).is_ok()
+            loader.socket.exists() && loaderctl(&loader.socket, &["status"], None).status.success()
         });
         assert!(up && loader.process.running(), "the loader did not start serving:\n{}", loader.log_text());
         loader

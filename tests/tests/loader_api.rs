@@ -52,7 +52,8 @@ fn python_grpcio_passes_the_health_check_over_the_socket() {
     let loader = LoaderProcess::start(LoaderOptions::default());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/health_check.py");
     for service in ["", "loader.v1.Loader"] {
-        let out = Command::new("python3").arg(&script).arg(&loader.socket).arg(service).output().expect("python3");
+        let out =
+            Command::new("python3").arg(&script).arg(&loader.socket).arg(service).output().expect("python3");
         assert!(
             out.status.success(),
             "health check of {service:?} failed: {}{}",
@@ -99,7 +100,10 @@ fn status_shows_the_conntracker_fallback_chain() {
     let names: Vec<&str> = attempts.iter().filter_map(|a| a["strategy"].as_str()).collect();
     assert!(names.len() >= 3, "fentry, kprobe and tp_btf must all be recorded: {module:#}");
     for failed in attempts.iter().filter(|a| a["ok"] == false) {
-        assert!(!failed["reason"].as_str().unwrap_or("").is_empty(), "a failed attempt needs a reason: {failed}");
+        assert!(
+            !failed["reason"].as_str().unwrap_or("").is_empty(),
+            "a failed attempt needs a reason: {failed}"
+        );
     }
     assert_eq!(attempts.last().expect("attempt")["ok"], true);
     let status = loader.status();
@@ -124,7 +128,13 @@ fn btfhub_dir(root: &Path, compress: bool) {
     let name = format!("{}.btf", release.trim());
     std::fs::copy("/sys/kernel/btf/vmlinux", dir.join(&name)).expect("copy BTF");
     if compress {
-        let ok = Command::new("tar").arg("-C").arg(&dir).args(["-cJf", &format!("{name}.tar.xz"), &name]).status();
+        let ok = Command::new("tar")
+            .arg("-cJf")
+            .arg(dir.join(format!("{name}.tar.xz")))
+            .arg("-C")
+            .arg(&dir)
+            .arg(&name)
+            .status();
         assert!(ok.expect("tar").success());
         std::fs::remove_file(dir.join(&name)).expect("remove plain copy");
     }
@@ -157,7 +167,8 @@ fn without_any_btf_the_result_is_btf_not_found_and_the_loader_keeps_serving() {
     });
     let status = loader.status();
     assert_eq!(status["kernel"]["btf"]["found"], false, "{status:#}");
-    assert!(status["kernel"]["btf"]["reason"].as_str().unwrap_or("").contains("not found"), "{status:#}");
+    let reason = status["kernel"]["btf"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains(hub_arg), "the reason must list the places tried: {reason}");
     assert_eq!(asset(&status, "conntrack")["outcome"], "btf-not-found", "{status:#}");
     assert!(loader.ctl(&["status"]).status.success());
 }
@@ -165,7 +176,8 @@ fn without_any_btf_the_result_is_btf_not_found_and_the_loader_keeps_serving() {
 #[test]
 fn a_corrupt_object_in_bpf_dir_is_an_asset_read_error_and_the_loader_keeps_serving() {
     let objects = tempfile::tempdir().expect("bpf dir");
-    std::fs::write(objects.path().join("conntrack.bpf.o"), b"\x7fELF this is not a valid object").expect("write");
+    std::fs::write(objects.path().join("conntrack.bpf.o"), b"\x7fELF this is not a valid object")
+        .expect("write");
     let dir_arg = objects.path().to_str().expect("utf-8 path");
     let loader = LoaderProcess::start(LoaderOptions { args: &["--bpf-dir", dir_arg], ..Default::default() });
     let status = loader.status();
@@ -174,4 +186,31 @@ fn a_corrupt_object_in_bpf_dir_is_an_asset_read_error_and_the_loader_keeps_servi
     assert!(!asset(&status, "conntrack")["detail"].as_str().unwrap_or("").is_empty());
     // Still serving, and says so.
     assert!(loader.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn every_thread_of_the_running_loader_holds_only_the_steady_state_capabilities() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).
+    let steady = (1u64 << 12) | (1 << 38) | (1 << 39);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", loader.process.pid())).expect("tasks");
+    let mut seen = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).expect("task status");
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect("field")
+        };
+        for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            let mask = u64::from_str_radix(&field(set), 16).expect("hex mask");
+            assert_eq!(
+                mask & !steady,
+                0,
+                "thread {:?} {set} {mask:#x} exceeds the steady state",
+                task.path()
+            );
+        }
+        assert_eq!(field("NoNewPrivs:"), "1");
+        seen += 1;
+    }
+    assert!(seen >= 2, "expected the main thread and runtime workers");
 }

@@ -72,7 +72,8 @@ async fn run(cli: Cli) -> Result<()> {
     let mut client = client::connect(&cli.socket).await?;
     match cli.command {
         Command::Status => {
-            let status = client.get_status(pb::GetStatusRequest {}).await.map_err(client::explain)?.into_inner();
+            let status =
+                client.get_status(pb::GetStatusRequest {}).await.map_err(client::explain)?.into_inner();
             print(cli.json, render::status_json(&status), || render::status_text(&status))
         }
         Command::Conntrack(ConntrackCommand::List { netns }) => {

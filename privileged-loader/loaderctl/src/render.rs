@@ -23,7 +23,10 @@ fn endpoint(addr: &str, port: u32) -> String {
 }
 
 fn tuple_text(t: Option<&pb::Tuple>) -> String {
-    t.map_or_else(|| "-".into(), |t| format!("{} -> {}", endpoint(&t.src_addr, t.src_port), endpoint(&t.dst_addr, t.dst_port)))
+    t.map_or_else(
+        || "-".into(),
+        |t| format!("{} -> {}", endpoint(&t.src_addr, t.src_port), endpoint(&t.dst_addr, t.dst_port)),
+    )
 }
 
 pub fn entries_json(entries: &[pb::ConntrackEntry]) -> Value {
@@ -137,12 +140,19 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
     if let Some(k) = &s.kernel {
         out.push_str(&format!("\nkernel {} ({})\n", k.release, k.arch));
         if let Some(b) = &k.btf {
-            let btf = if b.found { format!("{} ({})", b.source, b.path) } else { format!("not found: {}", b.reason) };
+            let btf = if b.found {
+                format!("{} ({})", b.source, b.path)
+            } else {
+                format!("not found: {}", b.reason)
+            };
             out.push_str(&format!("BTF: {btf}\n"));
         }
-        let features = k.attach_kinds.iter().chain(k.conntrack.iter()).chain(k.lock_contention_tracepoints.iter());
+        let features =
+            k.attach_kinds.iter().chain(k.conntrack.iter()).chain(k.lock_contention_tracepoints.iter());
         let rows: Vec<Vec<String>> = features
-            .map(|f| vec![f.name.clone(), if f.available { "yes".into() } else { "no".into() }, f.reason.clone()])
+            .map(|f| {
+                vec![f.name.clone(), if f.available { "yes".into() } else { "no".into() }, f.reason.clone()]
+            })
             .collect();
         out.push_str(&table(&["FEATURE", "AVAILABLE", "REASON"], &rows));
     }
@@ -151,8 +161,18 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
         .modules
         .iter()
         .map(|m| {
-            let fill = m.maps.iter().map(|f| format!("{} {}/{}", f.name, f.entries, f.max_entries)).collect::<Vec<_>>();
-            vec![m.name.clone(), module_state(m.state).into(), m.strategy.clone(), fill.join(", "), m.last_error.clone()]
+            let fill = m
+                .maps
+                .iter()
+                .map(|f| format!("{} {}/{}", f.name, f.entries, f.max_entries))
+                .collect::<Vec<_>>();
+            vec![
+                m.name.clone(),
+                module_state(m.state).into(),
+                m.strategy.clone(),
+                fill.join(", "),
+                m.last_error.clone(),
+            ]
         })
         .collect();
     out.push_str(&table(&["MODULE", "STATE", "STRATEGY", "MAPS", "LAST ERROR"], &rows));

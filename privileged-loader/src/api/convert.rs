@@ -71,7 +71,11 @@ fn map_fill(t: &TableFill) -> pb::MapFill {
 
 fn feature(f: &crate::probe::Feature) -> pb::Feature {
     // A "yes" may carry a note (e.g. which program proved it); the API's reason is for "no".
-    pb::Feature { name: f.name.clone(), available: f.available, reason: if f.available { String::new() } else { f.reason.clone() } }
+    pb::Feature {
+        name: f.name.clone(),
+        available: f.available,
+        reason: if f.available { String::new() } else { f.reason.clone() },
+    }
 }
 
 pub fn kernel(k: &crate::probe::KernelReport) -> pb::KernelReport {

@@ -34,7 +34,10 @@ type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::ConntrackEntry, Status>>
 #[tonic::async_trait]
 impl pb::loader_server::Loader for LoaderApi {
     #[tracing::instrument(skip_all, name = "GetStatus")]
-    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let tables = self.conntrack.as_ref().map(|c| c.tables()).unwrap_or_default();
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
         Ok(Response::new(pb::GetStatusResponse {
@@ -79,13 +82,17 @@ impl pb::loader_server::Loader for LoaderApi {
     ) -> Result<Response<pb::LookupTranslationResponse>, Status> {
         let request = request.into_inner();
         let tuple = request.tuple.ok_or_else(|| Status::invalid_argument("tuple is required"))?;
-        let tuple = Tuple::parse(&tuple.src_addr, tuple.src_port, &tuple.dst_addr, tuple.dst_port, tuple.protocol)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let found = self.conntracker()?.lookup(&tuple, request.netns).map_err(|e| Status::internal(e.to_string()))?;
+        let tuple =
+            Tuple::parse(&tuple.src_addr, tuple.src_port, &tuple.dst_addr, tuple.dst_port, tuple.protocol)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let found =
+            self.conntracker()?.lookup(&tuple, request.netns).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(match found {
-            Some((translated, netns)) => {
-                pb::LookupTranslationResponse { found: true, translated: Some(convert::tuple(&translated)), netns }
-            }
+            Some((translated, netns)) => pb::LookupTranslationResponse {
+                found: true,
+                translated: Some(convert::tuple(&translated)),
+                netns,
+            },
             None => pb::LookupTranslationResponse::default(),
         }))
     }

@@ -105,6 +105,8 @@ pub struct CoreConntracker {
     strategy: Strategy,
     root_netns: u32,
     max_entries: u32,
+    tcpv6_enabled: bool,
+    udpv6_enabled: bool,
 }
 
 /// Loads the CO-RE conntracker, trying fentry → kprobe → tp_btf and recording each
@@ -166,7 +168,8 @@ async fn start_enabled(
                     .filter(|_| strategy.refreshes_last_seen())
                     .map(|d| d.as_nanos() as u64),
             };
-            let listener = DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
+            let listener =
+                DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
             tasks.spawn(listener.run(events, shutdown.clone()));
             let sweeper = Sweeper { tracker: tracker.clone(), stats: stats.clone(), policy, resync };
             tasks.spawn(sweeper.run(dump, cfg.sweep_interval(), shutdown));
@@ -198,7 +201,9 @@ async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, timeout: Duration
     match tokio::time::timeout(timeout, dump.dump()).await {
         Ok(Ok(entries)) => {
             let now = monotonic_ns();
-            let nat: Vec<Entry> = entries.into_iter().filter(is_nat).collect();
+            // The same filter the eBPF side applies (tcpv6/udpv6_enabled), so a seeded map
+            // never holds what the live hook would not have recorded.
+            let nat: Vec<Entry> = entries.into_iter().filter(is_nat).filter(|e| tracker.records(e)).collect();
             nat.iter().filter(|e| tracker.insert(e, now)).count()
         }
         Ok(Err(e)) => {
@@ -206,7 +211,11 @@ async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, timeout: Duration
             0
         }
         Err(_) => {
-            tracing::warn!(module = MODULE, ?timeout, "initial conntrack dump timed out; continuing without it");
+            tracing::warn!(
+                module = MODULE,
+                ?timeout,
+                "initial conntrack dump timed out; continuing without it"
+            );
             0
         }
     }
@@ -220,7 +229,11 @@ fn is_nat(entry: &Entry) -> bool {
 impl CoreConntracker {
     /// Loads the object with the configured constants and map size, and attaches the
     /// first strategy that works.
-    fn load(cfg: &ConntrackConfig, assets: &AssetLoader, registry: &Registry) -> Result<Self, ConntrackError> {
+    fn load(
+        cfg: &ConntrackConfig,
+        assets: &AssetLoader,
+        registry: &Registry,
+    ) -> Result<Self, ConntrackError> {
         let (mut ebpf, strategy) = assets.load_core_asset(ASSET, |bytes, loader| {
             loader.map_max_entries(map::MAP_NAME, cfg.max_entries);
             loader.override_global("tcpv6_enabled", flag(cfg.tcpv6_enabled), true);
@@ -230,7 +243,8 @@ impl CoreConntracker {
             let strategy = attach_first(&mut ebpf, &btf.btf, registry)?;
             Ok((ebpf, strategy))
         })?;
-        let missing = || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
+        let missing =
+            || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
         let map = ebpf.take_map(map::MAP_NAME).ok_or_else(missing)?;
         let map = HashMap::try_from(map).map_err(|e| map_error(&e))?;
         Ok(Self {
@@ -239,13 +253,25 @@ impl CoreConntracker {
             strategy,
             root_netns: root_netns(),
             max_entries: cfg.max_entries,
+            tcpv6_enabled: cfg.tcpv6_enabled,
+            udpv6_enabled: cfg.udpv6_enabled,
         })
+    }
+
+    /// Whether the configuration asks for entries of this family and protocol.
+    fn records(&self, entry: &Entry) -> bool {
+        let ipv6 = entry.original.src.is_ipv6();
+        match entry.original.protocol {
+            super::Protocol::Tcp => !ipv6 || self.tcpv6_enabled,
+            super::Protocol::Udp => !ipv6 || self.udpv6_enabled,
+        }
     }
 
     /// Writes both slots of `entry`; false (and a log line) if the kernel refused.
     pub fn insert(&self, entry: &Entry, now_ns: u64) -> bool {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        let result = map::slots_of(entry, now_ns).iter().try_for_each(|(key, value)| map.insert(key, value, 0));
+        let result =
+            map::slots_of(entry, now_ns).iter().try_for_each(|(key, value)| map.insert(key, value, 0));
         if let Err(e) = &result {
             tracing::warn!(module = MODULE, ?entry, error = %e, "cannot insert conntrack entry");
         }
@@ -337,7 +363,9 @@ fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strat
             Err(e) => {
                 let reason = attempt_reason(&e);
                 tracing::info!(module = MODULE, hook = strategy.hook(), %reason, "attach strategy unavailable");
-                registry.update_module(MODULE, |m| m.attempts.push(StrategyAttempt::failed(strategy.hook(), reason)));
+                registry.update_module(MODULE, |m| {
+                    m.attempts.push(StrategyAttempt::failed(strategy.hook(), reason))
+                });
                 last_error = Some(e);
             }
         }
@@ -350,10 +378,25 @@ fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strat
 }
 
 fn attempt_reason(err: &AssetError) -> String {
-    match err {
+    let raw = match err {
         AssetError::Verifier { log_tail, .. } => format!("load failed: {log_tail}"),
         AssetError::Attach { reason, .. } => format!("attach failed: {reason}"),
         other => other.to_string(),
+    };
+    match likely_cause(&raw) {
+        Some(cause) => format!("{cause} ({raw})"),
+        None => raw,
+    }
+}
+
+/// The usual cause behind a raw attach/load error, in words an operator can act on.
+fn likely_cause(raw: &str) -> Option<&'static str> {
+    if raw.contains("devices/kprobe/type") {
+        Some("kprobes unavailable: the kernel has no kprobe PMU (CONFIG_KPROBES not set)")
+    } else if raw.contains("load failed") && raw.contains("Operation not permitted") {
+        Some("EPERM on load: tracing trampolines are blocked here (lockdown or ftrace disabled)")
+    } else {
+        None
     }
 }
 
@@ -361,7 +404,8 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetErr
     match strategy {
         Strategy::FEntry => {
             let prog: &mut FEntry = program(ebpf, "ct_fentry_hash_insert")?;
-            prog.load("__nf_conntrack_hash_insert", btf).map_err(|e| load_error("ct_fentry_hash_insert", e))?;
+            prog.load("__nf_conntrack_hash_insert", btf)
+                .map_err(|e| load_error("ct_fentry_hash_insert", e))?;
             prog.attach().map(drop).map_err(|e| attach_error("ct_fentry_hash_insert", e))
         }
         Strategy::KProbeHashInsert => kprobe(ebpf, "ct_kprobe_hash_insert", "__nf_conntrack_hash_insert"),
@@ -427,14 +471,22 @@ fn flag(on: bool) -> &'static u8 {
 /// Inode of the root network namespace (that of pid 1), where the original system looks
 /// first; falls back to the calling thread's namespace when /proc/1 is not visible.
 fn root_netns() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata("/proc/1/ns/net") {
-        Ok(meta) => meta.ino() as u32,
-        Err(e) => {
+    // readlink, not stat: stat of another process's namespace file needs ptrace access,
+    // which sandboxes deny even to root; the link text `net:[<inode>]` does not.
+    let link = std::fs::read_link("/proc/1/ns/net").map(|l| l.to_string_lossy().into_owned());
+    match link.as_deref().map(parse_ns_link) {
+        Ok(Some(inode)) => inode,
+        other => {
+            let e = format!("{other:?}");
             tracing::warn!(module = MODULE, error = %e, "cannot read /proc/1/ns/net; using the own namespace as root");
             super::ctnetlink::current_netns().unwrap_or(0)
         }
     }
+}
+
+/// The inode in a namespace link's text, `net:[4026531840]`.
+fn parse_ns_link(text: &str) -> Option<u32> {
+    text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -463,7 +515,10 @@ impl DestroyListener {
                 Ok(events) => self.apply(&events),
                 Err(NetlinkError::Overrun) => {
                     self.stats.enobufs.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(module = MODULE, "conntrack destroy events were lost (ENOBUFS); resynchronising");
+                    tracing::warn!(
+                        module = MODULE,
+                        "conntrack destroy events were lost (ENOBUFS); resynchronising"
+                    );
                     self.resync.notify_one();
                 }
                 Err(e) => {
@@ -550,5 +605,43 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
             ticker.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_reasons_name_the_likely_cause_and_keep_the_raw_error() {
+        let no_pmu = AssetError::Attach {
+            asset: ASSET.into(),
+            program: "p".into(),
+            reason: "`/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2)"
+                .into(),
+        };
+        let reason = attempt_reason(&no_pmu);
+        assert!(reason.starts_with("kprobes unavailable"), "{reason}");
+        assert!(reason.contains("os error 2"), "{reason}");
+        let eperm = AssetError::Verifier {
+            asset: ASSET.into(),
+            program: "p".into(),
+            log_tail: "Operation not permitted (os error 1)".into(),
+        };
+        assert!(attempt_reason(&eperm).starts_with("EPERM on load"));
+    }
+
+    #[test]
+    fn namespace_links_give_their_inode() {
+        assert_eq!(parse_ns_link("net:[4026531833]"), Some(4026531833));
+        assert_eq!(parse_ns_link("mnt:[1]"), None);
+        assert_eq!(parse_ns_link("net:[x]"), None);
+    }
+
+    #[test]
+    fn only_the_per_packet_hook_refreshes_last_seen() {
+        let refreshing: Vec<_> = Strategy::ORDER.into_iter().filter(|s| s.refreshes_last_seen()).collect();
+        assert_eq!(refreshing, vec![Strategy::TpBtf]);
+        assert_eq!(Strategy::TpBtf.name(), "core/tp_btf");
     }
 }

@@ -147,11 +147,18 @@ fn bytes_addr(bytes: &[u8; 16], family: u8) -> Result<IpAddr, LayoutError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 
     fn tuple(src: &str, sport: u16, dst: &str, dport: u16, protocol: Protocol) -> Tuple {
-        Tuple { src: src.parse().unwrap(), src_port: sport, dst: dst.parse().unwrap(), dst_port: dport, protocol }
+        Tuple {
+            src: src.parse().unwrap(),
+            src_port: sport,
+            dst: dst.parse().unwrap(),
+            dst_port: dport,
+            protocol,
+        }
     }
 
     fn dnat_entry() -> Entry {

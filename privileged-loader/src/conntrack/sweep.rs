@@ -93,6 +93,7 @@ fn connection_gone(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
     use crate::conntrack::map::slots_of;
@@ -110,7 +111,11 @@ mod tests {
             dst_port: dp,
             protocol: Protocol::Tcp,
         };
-        Entry { original: t("10.0.0.1", port, "10.0.0.9", 80), reply: t("127.0.0.1", 8080, "10.0.0.1", port), netns }
+        Entry {
+            original: t("10.0.0.1", port, "10.0.0.9", 80),
+            reply: t("127.0.0.1", 8080, "10.0.0.1", port),
+            netns,
+        }
     }
 
     fn policy() -> SweepPolicy {

@@ -15,4 +15,5 @@ pub mod wire;
 pub use socket::{CtNetlink, Event, Groups, NetlinkError, current_netns};
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests;

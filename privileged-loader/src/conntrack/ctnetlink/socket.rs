@@ -100,8 +100,10 @@ impl CtNetlink {
         let netns = current_netns()?;
         // SAFETY: `fd` is an open OwnedFd that the AsyncFd owns from here on, so the
         // descriptor stays valid and unchanged for the AsyncFd's whole lifetime.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(|e| NetlinkError::Open { step: "register with tokio", errno: io_errno(&std::io::Error::from(e)) })?;
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| NetlinkError::Open {
+            step: "register with tokio",
+            errno: io_errno(&std::io::Error::from(e)),
+        })?;
         Ok(Self { fd, netns, seq: 0, buf: vec![0; RECV_BUFFER] })
     }
 
@@ -136,7 +138,9 @@ impl CtNetlink {
     pub async fn next_events(&mut self) -> Result<Vec<Event>, NetlinkError> {
         let netns = self.netns;
         let events = self.next_datagram().await?.into_iter().filter_map(|message| match message {
-            Message::Conntrack { kind: Kind::New, flow: Some(flow) } => Some(Event::New(flow.into_entry(netns))),
+            Message::Conntrack { kind: Kind::New, flow: Some(flow) } => {
+                Some(Event::New(flow.into_entry(netns)))
+            }
             Message::Conntrack { kind: Kind::Destroy, flow: Some(flow) } => {
                 Some(Event::Destroy(flow.into_entry(netns)))
             }
