@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::btf::{BtfConfig, discover};
 use privileged_loader::lockstats::{
-    self, CollectorState, LockStatsConfig, LockStatsReport, LockType, MapLockStats, OwnedMap, inventory, ksym, ranges,
+    self, CollectorState, LockStatsConfig, LockStatsReport, LockType, MapLockStats, OwnedMap, inventory,
+    ksym, ranges,
 };
 use privileged_loader::status::{ModuleState, Registry};
 use support::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, Hammer, RawMap, unique_name};
@@ -27,12 +28,15 @@ fn config(track_all_maps: bool, max_ranges: u32) -> LockStatsConfig {
     LockStatsConfig { enabled: true, track_all_maps, max_ranges }
 }
 
-fn map_in<'r>(report: &'r LockStatsReport, id: u32) -> &'r MapLockStats {
+fn map_in(report: &LockStatsReport, id: u32) -> &MapLockStats {
     report.maps.iter().find(|m| m.id == id).unwrap_or_else(|| panic!("map {id} not tracked: {report:#?}"))
 }
 
 fn lock_count(map: &MapLockStats, lock_type: LockType) -> (u64, u64) {
-    map.locks.iter().find(|l| l.lock_type == lock_type).map_or((0, 0), |l| (l.contended_count, l.total_wait_ns))
+    map.locks
+        .iter()
+        .find(|l| l.lock_type == lock_type)
+        .map_or((0, 0), |l| (l.contended_count, l.total_wait_ns))
 }
 
 fn total_count(map: &MapLockStats) -> u64 {
@@ -46,10 +50,12 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
     // 16 entries → 16 buckets: one key always lands in the same bucket lock.
     // 1 KiB values: copied under the bucket lock, they keep it held long enough for
     // waiters to queue (the only waiters the lock tracepoints report).
-    let hot_hash =
-        Arc::new(RawMap::create_sized(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_hh"), 1024).expect("create hash"));
-    let hot_lru =
-        Arc::new(RawMap::create_sized(BPF_MAP_TYPE_LRU_HASH, 16, 0, &unique_name("ls_hl"), 1024).expect("create lru"));
+    let hot_hash = Arc::new(
+        RawMap::create_sized(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_hh"), 1024).expect("create hash"),
+    );
+    let hot_lru = Arc::new(
+        RawMap::create_sized(BPF_MAP_TYPE_LRU_HASH, 16, 0, &unique_name("ls_hl"), 1024).expect("create lru"),
+    );
     let idle = RawMap::create(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_id")).expect("create idle hash");
     let owned = [
         OwnedMap::by_id(hot_hash.id, "test-hot"),
@@ -80,18 +86,31 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
 
     let hash = map_in(&report, hot_hash.id);
     let (count, total) = lock_count(hash, LockType::HashBucket);
-    assert!(count > 0 && total > 0, "no bucket contention on the hammered hash map after {updates} updates: {hash:#?}");
+    assert!(
+        count > 0 && total > 0,
+        "no bucket contention on the hammered hash map after {updates} updates: {hash:#?}"
+    );
     assert_eq!(hash.owner, "test-hot");
     assert_eq!(hash.map_type, "hash");
     // An LRU update takes its LRU list locks and, briefly, its bucket lock: either may be
     // the one that contends.
     let lru = map_in(&report, hot_lru.id);
     let lru_total: u64 = lru.locks.iter().map(|l| l.total_wait_ns).sum();
-    assert!(total_count(lru) > 0 && lru_total > 0, "no contention on the hammered LRU map after {updates} updates: {lru:#?}");
+    assert!(
+        total_count(lru) > 0 && lru_total > 0,
+        "no contention on the hammered LRU map after {updates} updates: {lru:#?}"
+    );
     assert_eq!(lru.map_type, "lru_hash");
     let bucket = hash.locks.iter().find(|l| l.lock_type == LockType::HashBucket).expect("bucket stats");
-    assert!(bucket.min_wait_ns <= bucket.avg_wait_ns && bucket.avg_wait_ns <= bucket.max_wait_ns, "{bucket:#?}");
-    assert_eq!(total_count(map_in(&report, idle.id)), 0, "contention attributed to the idle map: {report:#?}");
+    assert!(
+        bucket.min_wait_ns <= bucket.avg_wait_ns && bucket.avg_wait_ns <= bucket.max_wait_ns,
+        "{bucket:#?}"
+    );
+    assert_eq!(
+        total_count(map_in(&report, idle.id)),
+        0,
+        "contention attributed to the idle map: {report:#?}"
+    );
 }
 
 /// `sizeof(struct bucket)` from the kernel's BTF, as bpftool reads it.
@@ -149,7 +168,8 @@ fn collector_off_attaches_nothing_and_disabling_detaches() {
     assert_eq!(report.status.state, CollectorState::Disabled);
     assert!(report.status.programs.is_empty());
     assert!(report.status.reasons.iter().any(|r| r.contains("disabled")), "{:?}", report.status.reasons);
-    let module = registry.modules().into_iter().find(|m| m.name == lockstats::MODULE).expect("module recorded");
+    let module =
+        registry.modules().into_iter().find(|m| m.name == lockstats::MODULE).expect("module recorded");
     assert_eq!(module.state, ModuleState::Disabled);
 
     let map = RawMap::create(BPF_MAP_TYPE_HASH, 8, 0, &unique_name("ls_on")).expect("create hash");
@@ -169,7 +189,8 @@ fn collector_off_attaches_nothing_and_disabling_detaches() {
         assert!(Instant::now() < deadline, "programs {programs:?} still loaded after disable");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let module = registry.modules().into_iter().find(|m| m.name == lockstats::MODULE).expect("module recorded");
+    let module =
+        registry.modules().into_iter().find(|m| m.name == lockstats::MODULE).expect("module recorded");
     assert_eq!(module.state, ModuleState::Disabled);
 }
 
@@ -178,11 +199,13 @@ fn track_all_maps_watches_external_maps_and_reports_those_over_the_bound() {
     let registry = Registry::default();
     let assets = assets(&registry);
     let mine = RawMap::create(BPF_MAP_TYPE_HASH, 8, 0, &unique_name("ls_mi")).expect("create hash");
-    let others: Vec<RawMap> =
-        (0..3).map(|_| RawMap::create(BPF_MAP_TYPE_LRU_HASH, 8, 0, &unique_name("ls_ex")).expect("create lru")).collect();
+    let others: Vec<RawMap> = (0..3)
+        .map(|_| RawMap::create(BPF_MAP_TYPE_LRU_HASH, 8, 0, &unique_name("ls_ex")).expect("create lru"))
+        .collect();
     let array = RawMap::create(BPF_MAP_TYPE_ARRAY, 8, 0, &unique_name("ls_ar")).expect("create array");
 
-    let everything = lockstats::start(&config(true, 1_000_000), &assets, &registry, &[OwnedMap::by_id(mine.id, "mine")]);
+    let everything =
+        lockstats::start(&config(true, 1_000_000), &assets, &registry, &[OwnedMap::by_id(mine.id, "mine")]);
     let report = everything.snapshot();
     assert_eq!(report.status.state, CollectorState::Running, "{:#?}", report.status);
     assert_eq!(map_in(&report, mine.id).owner, "mine");
@@ -190,21 +213,27 @@ fn track_all_maps_watches_external_maps_and_reports_those_over_the_bound() {
         let tracked = map_in(&report, other.id);
         assert_eq!(tracked.owner, "external");
         let types: Vec<LockType> = tracked.locks.iter().map(|l| l.lock_type).collect();
-        assert!(types.contains(&LockType::LruGlobalList) && types.contains(&LockType::LruPcpuList), "{types:?}");
+        assert!(
+            types.contains(&LockType::LruGlobalList) && types.contains(&LockType::LruPcpuList),
+            "{types:?}"
+        );
     }
     assert!(report.maps.iter().all(|m| m.id != array.id), "array maps have no map lock to track");
     drop(everything);
 
     // A bound that fits the owned map (buckets + one freelist head per CPU) and little more.
     let cpus = u32::try_from(aya::util::nr_cpus().expect("possible CPUs")).expect("few CPUs");
-    let bounded = lockstats::start(&config(true, 1 + cpus), &assets, &registry, &[OwnedMap::by_id(mine.id, "mine")]);
+    let bounded =
+        lockstats::start(&config(true, 1 + cpus), &assets, &registry, &[OwnedMap::by_id(mine.id, "mine")]);
     let status = bounded.snapshot().status;
     assert_eq!(status.state, CollectorState::Running);
     assert_eq!(status.tracked_ranges, 1 + cpus, "{status:#?}");
-    let left_out: BTreeMap<u32, &str> = status.maps_left_out.iter().map(|m| (m.id, m.reason.as_str())).collect();
+    let left_out: BTreeMap<u32, &str> =
+        status.maps_left_out.iter().map(|m| (m.id, m.reason.as_str())).collect();
     assert!(!left_out.contains_key(&mine.id), "owned maps get the budget first");
     for other in &others {
-        let reason = left_out.get(&other.id).unwrap_or_else(|| panic!("map {} not listed: {status:#?}", other.id));
+        let reason =
+            left_out.get(&other.id).unwrap_or_else(|| panic!("map {} not listed: {status:#?}", other.id));
         assert!(reason.contains("max_ranges"), "{reason}");
     }
     assert!(status.reasons.iter().any(|r| r.contains("left out")), "{:?}", status.reasons);

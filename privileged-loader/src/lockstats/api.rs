@@ -1,7 +1,9 @@
 //! [`LockStatsReport`] → the `GetLockStats` proto messages (`loader.v1`).
 use shared_proto::loader::v1 as pb;
 
-use super::report::{CollectorState, LockStatsReport, LockStatsStatus, LockTypeStats, MapLeftOut, MapLockStats};
+use super::report::{
+    CollectorState, LockStatsReport, LockStatsStatus, LockTypeStats, MapLeftOut, MapLockStats,
+};
 
 impl From<&LockStatsReport> for pb::GetLockStatsResponse {
     fn from(report: &LockStatsReport) -> Self {
@@ -35,7 +37,11 @@ impl From<&LockStatsStatus> for pb::LockStatsStatus {
             events_seen: s.events_seen,
             events_tracked: s.events_tracked,
             initialize_us: s.initialize_us,
-            programs: s.programs.iter().map(|p| pb::LockStatsProgram { name: p.name.clone(), id: p.id }).collect(),
+            programs: s
+                .programs
+                .iter()
+                .map(|p| pb::LockStatsProgram { name: p.name.clone(), id: p.id })
+                .collect(),
         }
     }
 }

@@ -22,7 +22,9 @@ pub enum LockStatsError {
     #[error("running BPF iterator {iterator}: {reason}")]
     Iterator { iterator: String, reason: String },
     /// The iterator's output does not have the layout this loader was built with.
-    #[error("decoding the output of BPF iterator {iterator}: {reason}; the object and the loader are out of step, rebuild both")]
+    #[error(
+        "decoding the output of BPF iterator {iterator}: {reason}; the object and the loader are out of step, rebuild both"
+    )]
     Decode { iterator: String, reason: String },
     /// A map of the contention object could not be filled or read.
     #[error("lock stats map {map}: {reason}")]

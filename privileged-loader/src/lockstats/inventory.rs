@@ -30,12 +30,15 @@ pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSn
             .program_mut(MAPS_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| missing_program(MAPS_ASSET, MAPS_PROGRAM))?;
-        program.load("bpf_map", &btf.btf).map_err(|e| AssetError::from_program_load(MAPS_ASSET, MAPS_PROGRAM, e))?;
+        program
+            .load("bpf_map", &btf.btf)
+            .map_err(|e| AssetError::from_program_load(MAPS_ASSET, MAPS_PROGRAM, e))?;
         let output = run_iterator(program, MAPS_ASSET, MAPS_PROGRAM)?;
         Ok((output, probe_map_id(&ebpf)))
     })?;
     let (output, probe_id) = output;
-    layout::decode(&output, probe_id).map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
+    layout::decode(&output, probe_id)
+        .map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
 }
 
 /// Number of possible CPUs (ids 0..n), bounded by what the object can read.

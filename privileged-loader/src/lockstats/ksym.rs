@@ -36,7 +36,9 @@ impl KernelSymbols {
     pub fn address(&self, symbol: &str) -> Result<u64, LockStatsError> {
         match self.addresses.get(symbol) {
             None => Err(LockStatsError::SymbolMissing { symbol: symbol.into(), tried: self.source.into() }),
-            Some(0) => Err(LockStatsError::SymbolHidden { symbol: symbol.into(), source_name: self.source.into() }),
+            Some(0) => {
+                Err(LockStatsError::SymbolHidden { symbol: symbol.into(), source_name: self.source.into() })
+            }
             Some(&addr) => Ok(addr),
         }
     }
@@ -55,7 +57,10 @@ pub fn resolve(assets: &AssetLoader, wanted: &[&str]) -> (KernelSymbols, Option<
     tracing::info!(reason = %iter_error, "kernel symbols: falling back to {KALLSYMS}");
     let from_file = std::fs::read_to_string(KALLSYMS)
         .map(|text| KernelSymbols { source: KALLSYMS, addresses: parse_kallsyms(&text, wanted) })
-        .unwrap_or_else(|_| KernelSymbols { source: "iter/ksym and /proc/kallsyms", addresses: BTreeMap::new() });
+        .unwrap_or_else(|_| KernelSymbols {
+            source: "iter/ksym and /proc/kallsyms",
+            addresses: BTreeMap::new(),
+        });
     (from_file, Some(iter_error))
 }
 
@@ -70,17 +75,22 @@ fn from_iterator(assets: &AssetLoader, wanted: &[&str]) -> Result<KernelSymbols,
             .program_mut(KSYM_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| missing_program(KSYM_ASSET, KSYM_PROGRAM))?;
-        program.load("ksym", &btf.btf).map_err(|e| AssetError::from_program_load(KSYM_ASSET, KSYM_PROGRAM, e))?;
+        program
+            .load("ksym", &btf.btf)
+            .map_err(|e| AssetError::from_program_load(KSYM_ASSET, KSYM_PROGRAM, e))?;
         run_iterator(program, KSYM_ASSET, KSYM_PROGRAM)
     })?;
-    let addresses = decode_records(&output)
-        .ok_or_else(|| LockStatsError::Decode { iterator: KSYM_PROGRAM.into(), reason: format!("{} bytes is not a whole number of records", output.len()) })?;
+    let addresses = decode_records(&output).ok_or_else(|| LockStatsError::Decode {
+        iterator: KSYM_PROGRAM.into(),
+        reason: format!("{} bytes is not a whole number of records", output.len()),
+    })?;
     Ok(KernelSymbols { source: "iter/ksym", addresses })
 }
 
 /// Attaches an iterator program, reads everything it writes, and detaches it.
 pub(super) fn run_iterator(program: &mut Iter, asset: &str, name: &str) -> Result<Vec<u8>, AssetError> {
-    let attach_error = |reason: String| AssetError::Attach { asset: asset.into(), program: name.into(), reason };
+    let attach_error =
+        |reason: String| AssetError::Attach { asset: asset.into(), program: name.into(), reason };
     let link_id = program.attach().map_err(|e| AssetError::from_program_attach(asset, name, e))?;
     let link = program.take_link(link_id).map_err(|e| attach_error(e.to_string()))?;
     let mut file = link.into_file().map_err(|e| attach_error(format!("bpf_iter_create: {e}")))?;
@@ -90,7 +100,11 @@ pub(super) fn run_iterator(program: &mut Iter, asset: &str, name: &str) -> Resul
 }
 
 pub(super) fn missing_program(asset: &str, program: &str) -> AssetError {
-    AssetError::Read { asset: asset.into(), path: String::new(), reason: format!("program {program} is not in the object") }
+    AssetError::Read {
+        asset: asset.into(),
+        path: String::new(),
+        reason: format!("program {program} is not in the object"),
+    }
 }
 
 /// The `wanted` array of the object: NUL-padded names, one per slot. Names that do not
@@ -105,7 +119,7 @@ fn wanted_slots(wanted: &[&str]) -> Vec<u8> {
 
 /// `struct lockstat_ksym_record` × n; None if the length is not a multiple.
 fn decode_records(bytes: &[u8]) -> Option<BTreeMap<String, u64>> {
-    if bytes.len() % RECORD_SIZE != 0 {
+    if !bytes.len().is_multiple_of(RECORD_SIZE) {
         return None;
     }
     let records = bytes.chunks_exact(RECORD_SIZE).map(|rec| {

@@ -75,7 +75,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], LayoutError> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(LayoutError::Truncated(self.at))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(LayoutError::Truncated(self.at))?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
@@ -132,7 +136,11 @@ fn decode_header(reader: &mut Reader<'_>) -> Result<PerCpuValues, LayoutError> {
 
 /// `per_cpu_ptr(p, cpu) = p + offset[cpu]`, so `offset[cpu] = address[cpu] - p` for the
 /// probe map's element pointer `p` (wrapping: offsets are "negative" on x86-64).
-fn offsets_from_probe(addrs: &[u64], maps: &[MapLayout], probe_map_id: Option<u32>) -> Result<Vec<u64>, LayoutError> {
+fn offsets_from_probe(
+    addrs: &[u64],
+    maps: &[MapLayout],
+    probe_map_id: Option<u32>,
+) -> Result<Vec<u64>, LayoutError> {
     let probe = probe_map_id
         .and_then(|id| maps.iter().find(|m| m.id == id))
         .ok_or_else(|| LayoutError::PerCpu("the iterator did not visit the pcpu_probe map".into()))?;
@@ -192,8 +200,17 @@ pub(crate) mod tests {
         let mut name = [0u8; 16];
         name[..m.name.len()].copy_from_slice(m.name.as_bytes());
         out.extend_from_slice(&name);
-        for v in [m.map_addr, m.buckets, m.freelist_pcpu, m.extralist, m.lru_global, m.lru_pcpu, m.rb_waitq, m.rb_spinlock, m.pcpu_base]
-        {
+        for v in [
+            m.map_addr,
+            m.buckets,
+            m.freelist_pcpu,
+            m.extralist,
+            m.lru_global,
+            m.lru_pcpu,
+            m.rb_waitq,
+            m.rb_spinlock,
+            m.pcpu_base,
+        ] {
             out.extend_from_slice(&v.to_ne_bytes());
         }
         for v in [
@@ -263,6 +280,9 @@ pub(crate) mod tests {
 
     #[test]
     fn foreign_bytes_are_an_error() {
-        assert!(matches!(decode(&[1, 2, 3, 4, 5, 6, 7, 8], None), Err(LayoutError::BadMagic { magic: 0x0403_0201, at: 0 })));
+        assert!(matches!(
+            decode(&[1, 2, 3, 4, 5, 6, 7, 8], None),
+            Err(LayoutError::BadMagic { magic: 0x0403_0201, at: 0 })
+        ));
     }
 }

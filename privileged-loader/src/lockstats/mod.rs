@@ -87,7 +87,9 @@ pub fn start(
             us = inner.status.initialize_us,
             "lock contention collector running"
         ),
-        state => tracing::warn!(?state, reasons = ?inner.status.reasons, "lock contention collector not running"),
+        state => {
+            tracing::warn!(?state, reasons = ?inner.status.reasons, "lock contention collector not running")
+        }
     }
     LockStatsCollector { inner: Mutex::new(inner), registry: registry.clone() }
 }
@@ -107,13 +109,19 @@ fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMa
     };
     let (targets, unmatched) = targets::select(&snapshot.maps, owned_maps, cfg.track_all_maps);
     for owned in unmatched {
-        status.reasons.push(format!("owned map {:?} of module {} not found on the system", owned.selector, owned.owner));
+        status.reasons.push(format!(
+            "owned map {:?} of module {} not found on the system",
+            owned.selector, owned.owner
+        ));
     }
     let (held, table, meta) = plan(&targets, &snapshot, cfg.max_ranges, &mut status);
     match ContentionProbe::load(assets, &table) {
         Ok(probe) => {
-            status.programs =
-                probe.program_ids.iter().map(|(name, id)| ProgramRef { name: name.clone(), id: *id }).collect();
+            status.programs = probe
+                .program_ids
+                .iter()
+                .map(|(name, id)| ProgramRef { name: name.clone(), id: *id })
+                .collect();
             Inner { status, probe: Some(probe), table, meta, _held: held }
         }
         Err(e) => failed(status, format!("loading the contention object: {e}")),
@@ -159,7 +167,9 @@ fn plan(
                 held.push(h);
                 candidates.push(ranges);
             }
-            Err(reason) => status.maps_left_out.push(left_out(target, format!("could not be opened: {reason}"))),
+            Err(reason) => {
+                status.maps_left_out.push(left_out(target, format!("could not be opened: {reason}")))
+            }
         }
     }
     let (table, dropped) = RangeTable::build(&candidates, usize::try_from(max_ranges).unwrap_or(usize::MAX));
@@ -170,7 +180,9 @@ fn plan(
         }
     }
     if !status.maps_left_out.is_empty() {
-        status.reasons.push(format!("{} map(s) with locks left out: see maps_left_out", status.maps_left_out.len()));
+        status
+            .reasons
+            .push(format!("{} map(s) with locks left out: see maps_left_out", status.maps_left_out.len()));
     }
     let tracked: std::collections::BTreeSet<u32> = table.ranges.iter().map(|r| r.map_id).collect();
     held.retain(|h| tracked.contains(&h.id));
@@ -178,7 +190,10 @@ fn plan(
         .iter()
         .filter_map(|id| by_id.get(id))
         .map(|t| {
-            (t.layout.id, MapMeta { name: t.layout.name.clone(), map_type: t.layout.map_type, owner: t.owner.clone() })
+            (
+                t.layout.id,
+                MapMeta { name: t.layout.name.clone(), map_type: t.layout.map_type, owner: t.owner.clone() },
+            )
         })
         .collect();
     status.tracked_maps = u32::try_from(tracked.len()).unwrap_or(u32::MAX);

@@ -72,8 +72,19 @@ pub fn lock_ranges(map: &MapLayout, per_cpu_offsets: &[u64]) -> Vec<LockRange> {
     let mut out = Vec::new();
     let bucket_bytes = u64::from(map.n_buckets) * u64::from(map.bucket_size);
     out.extend(LockRange::new(map.buckets, bucket_bytes, id, LockType::HashBucket));
-    out.extend(per_cpu(map.freelist_pcpu, map.freelist_head_size, per_cpu_offsets, id, LockType::HashFreelistPcpu));
-    out.extend(LockRange::new(map.extralist, map.freelist_head_size.into(), id, LockType::HashFreelistGlobal));
+    out.extend(per_cpu(
+        map.freelist_pcpu,
+        map.freelist_head_size,
+        per_cpu_offsets,
+        id,
+        LockType::HashFreelistPcpu,
+    ));
+    out.extend(LockRange::new(
+        map.extralist,
+        map.freelist_head_size.into(),
+        id,
+        LockType::HashFreelistGlobal,
+    ));
     out.extend(LockRange::new(map.lru_global, map.lru_list_size.into(), id, LockType::LruGlobalList));
     let pcpu_list_size = if map.lru_percpu { map.lru_list_size } else { map.lru_locallist_size };
     out.extend(per_cpu(map.lru_pcpu, pcpu_list_size, per_cpu_offsets, id, LockType::LruPcpuList));
@@ -126,8 +137,13 @@ impl RangeTable {
                 });
                 continue;
             }
-            if let Some(other) = ranges.iter().find_map(|r| overlapping(&accepted, r)).or_else(|| self_overlap(ranges)) {
-                left_out.push(LeftOut { map_id, reason: format!("its lock ranges overlap those of map {other}") });
+            if let Some(other) =
+                ranges.iter().find_map(|r| overlapping(&accepted, r)).or_else(|| self_overlap(ranges))
+            {
+                left_out.push(LeftOut {
+                    map_id,
+                    reason: format!("its lock ranges overlap those of map {other}"),
+                });
                 continue;
             }
             accepted.extend(ranges.iter().map(|r| (r.start, *r)));
@@ -168,15 +184,21 @@ mod tests {
     #[test]
     fn hash_buckets_span_n_buckets_times_bucket_size() {
         let ranges = lock_ranges(&hash_map(3, 0x1000, 16), &[]);
-        assert_eq!(ranges, vec![LockRange { start: 0x1000, end: 0x1100, map_id: 3, lock_type: LockType::HashBucket }]);
+        assert_eq!(
+            ranges,
+            vec![LockRange { start: 0x1000, end: 0x1100, map_id: 3, lock_type: LockType::HashBucket }]
+        );
     }
 
     #[test]
     fn per_cpu_freelists_add_each_cpu_offset() {
         let map = MapLayout { freelist_pcpu: 0x2_0000, freelist_head_size: 24, ..hash_map(1, 0x1000, 2) };
         let ranges = lock_ranges(&map, &[0x10_0000, 0x20_0000]);
-        let freelists: Vec<_> =
-            ranges.iter().filter(|r| r.lock_type == LockType::HashFreelistPcpu).map(|r| (r.start, r.end)).collect();
+        let freelists: Vec<_> = ranges
+            .iter()
+            .filter(|r| r.lock_type == LockType::HashFreelistPcpu)
+            .map(|r| (r.start, r.end))
+            .collect();
         assert_eq!(freelists, vec![(0x12_0000, 0x12_0018), (0x22_0000, 0x22_0018)]);
     }
 
@@ -218,7 +240,13 @@ mod tests {
 
     #[test]
     fn ring_buffers_have_spinlock_and_waitq() {
-        let rb = MapLayout { rb_waitq: 0x9000, waitq_size: 24, rb_spinlock: 0x9100, rb_spinlock_size: 4, ..MapLayout::default() };
+        let rb = MapLayout {
+            rb_waitq: 0x9000,
+            waitq_size: 24,
+            rb_spinlock: 0x9100,
+            rb_spinlock_size: 4,
+            ..MapLayout::default()
+        };
         let types: Vec<_> = lock_ranges(&rb, &[]).iter().map(|r| r.lock_type).collect();
         assert_eq!(types, vec![LockType::RingbufSpinlock, LockType::RingbufWaitq]);
     }
@@ -244,10 +272,14 @@ mod tests {
 
     #[test]
     fn maps_beyond_the_bound_are_left_out_whole_in_priority_order() {
-        let with_freelists =
-            |id, base| MapLayout { freelist_pcpu: base + 0x100, freelist_head_size: 8, ..hash_map(id, base, 1) };
+        let with_freelists = |id, base| MapLayout {
+            freelist_pcpu: base + 0x100,
+            freelist_head_size: 8,
+            ..hash_map(id, base, 1)
+        };
         let offsets = [0, 0x1000];
-        let maps: Vec<_> = (1..=3).map(|id| lock_ranges(&with_freelists(id, u64::from(id) * 0x10_0000), &offsets)).collect();
+        let maps: Vec<_> =
+            (1..=3).map(|id| lock_ranges(&with_freelists(id, u64::from(id) * 0x10_0000), &offsets)).collect();
         let (table, left_out) = RangeTable::build(&maps, 7);
         assert_eq!(table.ranges.len(), 6, "two maps of three ranges fit in seven");
         assert_eq!(left_out.len(), 1);
@@ -260,6 +292,9 @@ mod tests {
         let maps = vec![lock_ranges(&hash_map(1, 0x1000, 4), &[]), lock_ranges(&hash_map(2, 0x1020, 4), &[])];
         let (table, left_out) = RangeTable::build(&maps, 16);
         assert_eq!(table.ranges.len(), 1);
-        assert_eq!(left_out, vec![LeftOut { map_id: 2, reason: "its lock ranges overlap those of map 1".into() }]);
+        assert_eq!(
+            left_out,
+            vec![LeftOut { map_id: 2, reason: "its lock ranges overlap those of map 1".into() }]
+        );
     }
 }

@@ -132,7 +132,11 @@ pub struct MapMeta {
 
 /// Per map and lock type: folds the per-range statistics of `stats` (range index →
 /// figures) over `table`. Every tracked map appears, with zeros when it saw no contention.
-pub fn aggregate(table: &RangeTable, meta: &BTreeMap<u32, MapMeta>, stats: &[(u32, RangeStats)]) -> Vec<MapLockStats> {
+pub fn aggregate(
+    table: &RangeTable,
+    meta: &BTreeMap<u32, MapMeta>,
+    stats: &[(u32, RangeStats)],
+) -> Vec<MapLockStats> {
     let by_range: BTreeMap<u32, &RangeStats> = stats.iter().map(|(i, s)| (*i, s)).collect();
     let mut per_lock: BTreeMap<(u32, LockType), (u32, RangeStats)> = BTreeMap::new();
     for (i, range) in table.ranges.iter().enumerate() {
@@ -212,8 +216,12 @@ mod tests {
         let maps = aggregate(&table, &meta, &stats);
         assert_eq!(maps.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2, 1]);
         let hot = &maps[0];
-        assert_eq!((hot.name.as_str(), hot.map_type.as_str(), hot.owner.as_str()), ("hot", "lru_hash", "conntrack"));
-        let freelist = hot.locks.iter().find(|l| l.lock_type == LockType::HashFreelistPcpu).expect("freelist");
+        assert_eq!(
+            (hot.name.as_str(), hot.map_type.as_str(), hot.owner.as_str()),
+            ("hot", "lru_hash", "conntrack")
+        );
+        let freelist =
+            hot.locks.iter().find(|l| l.lock_type == LockType::HashFreelistPcpu).expect("freelist");
         assert_eq!(
             (freelist.ranges, freelist.contended_count, freelist.total_wait_ns, freelist.avg_wait_ns),
             (2, 4, 100, 25)

@@ -50,7 +50,13 @@ impl RawMap {
     /// A map with u32 keys and `value_size`-byte values. Large values make a hash map
     /// update hold its bucket lock longer (the value is copied under it), which makes
     /// contention likely enough to observe on a small, busy machine.
-    pub fn create_sized(map_type: u32, max_entries: u32, flags: u32, name: &str, value_size: u32) -> std::io::Result<Self> {
+    pub fn create_sized(
+        map_type: u32,
+        max_entries: u32,
+        flags: u32,
+        name: &str,
+        value_size: u32,
+    ) -> std::io::Result<Self> {
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, map_type);
         put_u32(&mut attr, 4, 4);
@@ -132,7 +138,7 @@ impl Hammer {
                             let _ = m.update_batch(0, &value);
                         }
                         n += 1;
-                        if n % 64 == 0 {
+                        if n.is_multiple_of(64) {
                             updates.fetch_add((64 * BATCH * maps.len()) as u64, Ordering::Relaxed);
                         }
                     }
