@@ -36,13 +36,15 @@ ONLY=
 RUN_HOST=1
 
 # The cargo test targets (privileged-loader/tests/<name>.rs) run on every kernel, with
-# the libtest arguments they need there. probe_btf_asset's first test asserts the host's
+# the libtest arguments they need in the guests (the host row runs them whole). Tests
+# that assert this host's own attach kinds are skipped in guests, where the matrix checks
+# the probe report and the chosen strategy against kernels.conf instead. probe_btf_asset's first test asserts the host's
 # own attach kinds (no kprobes, fentry EPERM); on other kernels the matrix checks the
 # probe report itself instead; its verifier-rejection test compiles an object with clang
 # at run time (no compiler in the guests): the broken-object check covers that there.
 TEST_TARGETS=(
   "probe_btf_asset|--skip probe_reports_this_kernel_with_a_reason_for_every_no --skip a_verifier_rejection_is_recorded_with_the_log_tail"
-  "conntrack_core|"
+  "conntrack_core|--skip on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not"
   "offsetguess|"
   "conntrack_chain_prebuilt_map|"
   "lockstats|"
@@ -164,15 +166,17 @@ module_order() {
 # ---------------------------------------------------------------------------------------
 # The project: test executables, binaries, objects.
 
-# build_project → fills the associative arrays TEST_EXE (target → executable) and sets
+# build_project → fills the associative array TEST_EXE (target → executable) and sets
 # LOADER_BIN, LOADERCTL_BIN, OBJECT_DIR. Incremental after the host tests' build.
 declare -A TEST_EXE=()
 build_project() {
   local json
   json=$(mktemp)
   log "building the test executables and binaries (cargo, incremental)"
-  (cd "$REPO" && cargo test -p privileged-loader --no-run --locked --message-format=json) >"$json"
-  (cd "$REPO" && cargo build -p privileged-loader -p loaderctl --bins --locked --message-format=json) >>"$json"
+  # The same commands as tests/run.sh (whole workspace: same feature unification), so
+  # after the host tests nothing is rebuilt.
+  (cd "$REPO" && cargo build --workspace --bins --locked --message-format=json) >"$json"
+  (cd "$REPO" && cargo test --workspace --no-run --locked --message-format=json) >>"$json"
   local name exe
   while IFS=$'\t' read -r name exe; do
     TEST_EXE[$name]=$exe
@@ -180,9 +184,9 @@ build_project() {
                    and .target.kind == ["test"] and (.package_id | test("privileged-loader")))
                   | [.target.name, .executable] | @tsv' "$json")
   LOADER_BIN=$(jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bin"]
-                       and .target.name == "privileged-loader") | .executable' "$json" | tail -n1)
+                       and .profile.test == false and .target.name == "privileged-loader") | .executable' "$json" | tail -n1)
   LOADERCTL_BIN=$(jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bin"]
-                          and .target.name == "loaderctl") | .executable' "$json" | tail -n1)
+                          and .profile.test == false and .target.name == "loaderctl") | .executable' "$json" | tail -n1)
   OBJECT_DIR=$(jq -r 'select(.reason == "build-script-executed"
                        and (.package_id | test("privileged-loader"))) | .out_dir' "$json" | tail -n1)
   rm -f "$json"
@@ -205,12 +209,14 @@ make_suite() {
     -I "/usr/include/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)" \
     -c "$HERE/broken/conntrack.bpf.c" -o "$dir/bpf-broken/conntrack.bpf.o"
   : >"$dir/tests.list"
+  : >"$dir/tests-host.list"
   for entry in "${TEST_TARGETS[@]}"; do
     name=${entry%%|*}
     args=${entry#*|}
     [ -z "$TARGETS" ] || [[ ,$TARGETS, == *,$name,* ]] || continue
     exe=${TEST_EXE[$name]:--}
     echo "$name|$exe|$REPO/privileged-loader|$args" >>"$dir/tests.list"
+    echo "$name|$exe|$REPO/privileged-loader|" >>"$dir/tests-host.list"
   done
   echo "$TEST_TIMEOUT" >"$dir/test-timeout"
 }
@@ -307,7 +313,7 @@ run_host() {
   mkdir -p "$dir"
   rm -f "$dir"/{console.log,markers.log,timeout}
   log "host: running the suite on $(uname -r)"
-  QM_ROOT=$suite QM_MARK=$dir/markers.log QM_WORK=$(mktemp -d) QM_TEST_TIMEOUT=$TEST_TIMEOUT \
+  QM_ROOT=$suite QM_TESTS=$suite/tests-host.list QM_MARK=$dir/markers.log QM_WORK=$(mktemp -d) QM_TEST_TIMEOUT=$TEST_TIMEOUT \
     bash "$suite/suite.sh" >"$dir/console.log" 2>&1 || true
 }
 

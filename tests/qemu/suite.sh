@@ -21,7 +21,8 @@
 #   bpf-broken/      every embedded object, with conntrack.bpf.o replaced by the
 #                    test-only object from tests/qemu/broken/ (the proof the matrix fails)
 #
-# Environment: QM_ROOT (required), QM_MARK (marker output, default stdout), QM_WORK
+# Environment: QM_ROOT (required), QM_TESTS (test list, default $QM_ROOT/tests.list; the
+# host row uses tests-host.list, without the guest-only skips), QM_MARK (marker output, default stdout), QM_WORK
 # (scratch dir, default /tmp/qm-work), QM_TEST_TIMEOUT (per test target, seconds).
 set -u
 
@@ -135,6 +136,6 @@ daemon_status status-broken --bpf-dir "$QM_ROOT/bpf-broken"
 while IFS='|' read -r name exe cwd args; do
 	case $name in '' | '#'*) continue ;; esac
 	run_target "$name" "$exe" "$cwd" "$args"
-done <"$QM_ROOT/tests.list"
+done <"${QM_TESTS:-$QM_ROOT/tests.list}"
 
 mark done
