@@ -11,7 +11,8 @@
 # Exits non-zero when any test fails, a guest times out or crashes, or an expectation of
 # kernels.conf (attach strategy, broken-object outcome) is not met.
 #
-# Usage: tests/qemu/run-matrix.sh [--only LABEL[,LABEL]] [--no-host]
+# Usage: tests/qemu/run-matrix.sh [--only LABEL[,LABEL]] [--no-host] [--report]
+#   --report  print the verdict of the last run again (from QEMU_MATRIX_OUT), run nothing
 # Environment (defaults in brackets):
 #   QEMU_MATRIX_CACHE         downloads and extracted kernels [/var/cache/ebpf-agent-qemu]
 #   QEMU_MATRIX_OUT           per-kernel console and marker logs [target/qemu-matrix]
@@ -34,6 +35,7 @@ TARGETS=${QEMU_MATRIX_TARGETS:-}
 CPU=${QEMU_MATRIX_CPU:-max,-la57}
 ONLY=
 RUN_HOST=1
+REPORT_ONLY=0
 
 # The cargo test targets (privileged-loader/tests/<name>.rs) run on every kernel, with
 # the libtest arguments they need in the guests (the host row runs them whole). Tests
@@ -49,9 +51,12 @@ TEST_TARGETS=(
   "conntrack_chain_prebuilt_map|"
   "lockstats|"
 )
-# Modules the tests need (their dependencies come from modules.dep). A module that the
-# kernel has built in is skipped.
-MODULES=(nf_conntrack nf_conntrack_netlink nf_nat nf_tables nft_chain_nat nft_nat nft_ct
+# Modules the tests need, loaded in this order after their dependencies (from
+# modules.dep). A module that the kernel has built in is skipped. crc32c_generic first:
+# libcrc32c only asks the crypto API for "crc32c" at init (no symbol dependency, so
+# modules.dep does not list it), and where it is a module (the RT flavour) nothing else
+# would load it: libcrc32c then fails with ENOENT.
+MODULES=(crc32c_generic nf_conntrack nf_conntrack_netlink nf_nat nf_tables nft_chain_nat nft_nat nft_ct
   nft_masq nft_redir nf_defrag_ipv4 nf_defrag_ipv6 libcrc32c veth dummy)
 # Tools the tests and the suite call, copied with their libraries.
 TOOLS=(ip nft conntrack bpftool tar xz)
@@ -62,6 +67,9 @@ declare -A APT_FOR=(
   [strip]=binutils [xz]=xz-utils [tar]=tar [timeout]=coreutils [dash]=dash
 )
 
+# Separates the fields of one kernel's expectations (regexes may contain '|').
+SEP=$'\x1f'
+
 log() { printf 'qemu-matrix: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
@@ -70,6 +78,7 @@ parse_args() {
     case $1 in
       --only) ONLY=${2:?--only needs a label}; shift 2 ;;
       --no-host) RUN_HOST=0; shift ;;
+      --report) REPORT_ONLY=1; shift ;;
       -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -328,7 +337,9 @@ json_block() {
 
 verdict() {
   local label=$1 want_strategy=$2 want_broken=$3 dir=$OUT/$1 m failures=0
-  m=$dir/markers.log
+  # A guest's serial port turns every \n into \r\n.
+  m=$dir/markers.txt
+  tr -d '\r' <"$dir/markers.log" >"$m" 2>/dev/null || : >"$m"
   fail() { printf '    FAIL  %s\n' "$*"; failures=$((failures + 1)); }
   echo
   if [ -f "$dir/timeout" ]; then
@@ -346,6 +357,7 @@ verdict() {
   # Attach kinds from the probe, each "no" with its reason.
   local probe status broken
   probe=$(json_block "$m" probe)
+  [ -n "$probe" ] || fail "no probe report"
   if [ -n "$probe" ]; then
     echo "  probe (privileged-loader probe --json):"
     jq -r '.attach_kinds[] | "    \(.name): \(if .available then "yes" else "no  (\(.reason))" end)"' <<<"$probe"
@@ -355,6 +367,7 @@ verdict() {
   # The CO-RE conntracker's choice, and every strategy it tried before.
   status=$(json_block "$m" status)
   local strategy=""
+  [ -n "$status" ] || fail "no loader status (daemon with the embedded objects)"
   if [ -n "$status" ]; then
     strategy=$(jq -r '.modules[] | select(.name == "conntrack") | .strategy' <<<"$status")
     echo "  CO-RE conntracker (loaderctl status --json): strategy ${strategy:-none}, state $(jq -r '.modules[] | select(.name == "conntrack") | .state' <<<"$status")"
@@ -366,6 +379,7 @@ verdict() {
 
   # The deliberately broken object: the asset outcome the loader reports.
   broken=$(json_block "$m" status-broken)
+  [ -n "$broken" ] || fail "no loader status for the broken object"
   if [ -n "$broken" ]; then
     local outcome detail
     outcome=$(jq -r '.assets[] | select(.asset == "conntrack") | .outcome' <<<"$broken")
@@ -396,8 +410,25 @@ verdict() {
   echo "  => $label: all passed"
 }
 
+report_only() {
+  local -a args=() failed=()
+  [ "$RUN_HOST" = 1 ] && [ -d "$OUT/host" ] && args+=("host${SEP}^core/${SEP}")
+  local label regex want_strategy want_broken entry
+  while read -r label regex want_strategy want_broken; do
+    case $label in '' | '#'*) continue ;; esac
+    [ -z "$ONLY" ] || [[ ,$ONLY, == *,$label,* ]] || continue
+    [ -d "$OUT/$label" ] && args+=("$label${SEP}$want_strategy${SEP}$want_broken")
+  done <"$HERE/kernels.conf"
+  for entry in "${args[@]}"; do
+    IFS=$SEP read -r label want_strategy want_broken <<<"$entry"
+    verdict "$label" "$want_strategy" "$want_broken" || failed+=("$label")
+  done
+  [ ${#failed[@]} -eq 0 ]
+}
+
 main() {
   parse_args "$@"
+  [ "$REPORT_ONLY" = 1 ] && { report_only; return; }
   [ "$(id -u)" -eq 0 ] || die "run as root: it installs packages and loads eBPF"
   local start
   start=$(date +%s)
@@ -415,7 +446,7 @@ main() {
     run_host "$work/suite"
     labels+=(host)
     # The host's kernel decides its own strategy (6.18 here: tp_btf); any core/ one is fine.
-    verdict_args+=("host|^core/|")
+    verdict_args+=("host${SEP}^core/${SEP}")
   fi
 
   local common=""
@@ -438,7 +469,7 @@ main() {
     log "$label: guest ran $((SECONDS - t0)) s"
     rm -f "$work/initrd-$label.cpio"
     labels+=("$label")
-    verdict_args+=("$label|$want_strategy|$want_broken")
+    verdict_args+=("$label${SEP}$want_strategy${SEP}$want_broken")
   done <"$HERE/kernels.conf"
 
   echo
@@ -446,7 +477,7 @@ main() {
   local failed=0 entry
   local -a failed_labels=()
   for entry in "${verdict_args[@]}"; do
-    IFS='|' read -r label want_strategy want_broken <<<"$entry"
+    IFS=$SEP read -r label want_strategy want_broken <<<"$entry"
     verdict "$label" "$want_strategy" "$want_broken" || failed_labels+=("$label")
   done
   failed=${#failed_labels[@]}
@@ -460,4 +491,5 @@ main() {
   [ "$failed" -eq 0 ]
 }
 
-main "$@"
+# On one line, so that editing this file while it runs cannot make bash read on.
+main "$@"; exit $?
