@@ -18,7 +18,10 @@ use privileged_loader::lockstats::{
     ksym, ranges,
 };
 use privileged_loader::status::{ModuleState, Registry};
-use support::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, Hammer, RawMap, unique_name};
+use support::{
+    BPF_F_NO_COMMON_LRU, BPF_F_ZERO_SEED, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_RINGBUF, ChainHammer, RawMap, colliding_keys, unique_name,
+};
 
 fn assets(registry: &Registry) -> AssetLoader {
     AssetLoader::new(discover(&BtfConfig::default()), None, registry.clone())
@@ -43,19 +46,28 @@ fn total_count(map: &MapLockStats) -> u64 {
     map.locks.iter().map(|l| l.contended_count).sum()
 }
 
+/// Number of buckets (and entries) of the hammered maps: long chains in one bucket.
+const CHAIN: u32 = 2048;
+
 #[test]
 fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
     let registry = Registry::default();
     let assets = assets(&registry);
-    // 16 entries → 16 buckets: one key always lands in the same bucket lock.
-    // 1 KiB values: copied under the bucket lock, they keep it held long enough for
-    // waiters to queue (the only waiters the lock tracepoints report).
+    // Zero-seed maps whose every key lands in bucket 0: the update path walks a chain of
+    // CHAIN elements under that bucket's lock, so the lock is held most of the time.
+    let keys = colliding_keys(CHAIN, CHAIN as usize + 64);
     let hot_hash = Arc::new(
-        RawMap::create_sized(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_hh"), 1024).expect("create hash"),
+        RawMap::create(BPF_MAP_TYPE_HASH, CHAIN, BPF_F_ZERO_SEED, &unique_name("ls_hh"))
+            .expect("create hash"),
     );
     let hot_lru = Arc::new(
-        RawMap::create_sized(BPF_MAP_TYPE_LRU_HASH, 16, 0, &unique_name("ls_hl"), 1024).expect("create lru"),
+        RawMap::create(BPF_MAP_TYPE_LRU_HASH, CHAIN, BPF_F_ZERO_SEED, &unique_name("ls_hl"))
+            .expect("create lru"),
     );
+    for key in &keys[..CHAIN as usize] {
+        hot_hash.update(*key, &[0u8; 8]).expect("fill the hash map");
+        hot_lru.update(*key, &[0u8; 8]).expect("fill the LRU map");
+    }
     let idle = RawMap::create(BPF_MAP_TYPE_HASH, 16, 0, &unique_name("ls_id")).expect("create idle hash");
     let owned = [
         OwnedMap::by_id(hot_hash.id, "test-hot"),
@@ -67,39 +79,34 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
     assert_eq!(status.state, CollectorState::Running, "{status:#?}");
     assert_eq!(status.tracked_maps, 3, "{status:#?}");
 
-    // The lock tracepoints report only queued waiters, which on 2 (virtual) CPUs means
-    // rare moments like a lock holder's vCPU being preempted: hammer until both hot maps
-    // show contention (typically a few seconds), at most 45 s.
-    let hammer = Hammer::start(vec![hot_hash.clone(), hot_lru.clone()], 4);
-    let deadline = Instant::now() + Duration::from_secs(45);
+    // The lock tracepoints report only queued waiters; on 2 vCPUs that needs a waiter
+    // to be descheduled at a hand-over. Hammer until both hot maps show contention
+    // (typically seconds), at most 40 s. The hash map is full, so updating an absent key
+    // walks the chain and fails; the LRU map cycles through more keys than it holds.
+    let absent = keys[CHAIN as usize];
+    let hash_hammer = ChainHammer::start(hot_hash.clone(), vec![absent], 2);
+    let lru_hammer = ChainHammer::start(hot_lru.clone(), keys.clone(), 2);
+    let deadline = Instant::now() + Duration::from_secs(40);
     let report = loop {
         std::thread::sleep(Duration::from_millis(500));
         let report = collector.snapshot();
         let hash_seen = lock_count(map_in(&report, hot_hash.id), LockType::HashBucket).0 > 0;
-        let lru_seen = total_count(map_in(&report, hot_lru.id)) > 0;
+        let lru_seen = lock_count(map_in(&report, hot_lru.id), LockType::HashBucket).0 > 0;
         if (hash_seen && lru_seen) || Instant::now() > deadline {
             break report;
         }
     };
-    let updates = hammer.stop();
-    eprintln!("status after hammering: {:#?}", report.status);
+    let calls = hash_hammer.stop() + lru_hammer.stop();
+    eprintln!("status after {calls} updates: {:#?}", report.status);
 
     let hash = map_in(&report, hot_hash.id);
     let (count, total) = lock_count(hash, LockType::HashBucket);
-    assert!(
-        count > 0 && total > 0,
-        "no bucket contention on the hammered hash map after {updates} updates: {hash:#?}"
-    );
+    assert!(count > 0 && total > 0, "no bucket contention on the hammered hash map: {hash:#?}");
     assert_eq!(hash.owner, "test-hot");
     assert_eq!(hash.map_type, "hash");
-    // An LRU update takes its LRU list locks and, briefly, its bucket lock: either may be
-    // the one that contends.
     let lru = map_in(&report, hot_lru.id);
-    let lru_total: u64 = lru.locks.iter().map(|l| l.total_wait_ns).sum();
-    assert!(
-        total_count(lru) > 0 && lru_total > 0,
-        "no contention on the hammered LRU map after {updates} updates: {lru:#?}"
-    );
+    let (count, total) = lock_count(lru, LockType::HashBucket);
+    assert!(count > 0 && total > 0, "no bucket contention on the hammered LRU map: {lru:#?}");
     assert_eq!(lru.map_type, "lru_hash");
     let bucket = hash.locks.iter().find(|l| l.lock_type == LockType::HashBucket).expect("bucket stats");
     assert!(
@@ -115,12 +122,19 @@ fn hammered_maps_show_bucket_contention_and_an_idle_map_none() {
 
 /// `sizeof(struct bucket)` from the kernel's BTF, as bpftool reads it.
 fn bucket_size_from_btf() -> u64 {
+    struct_size_from_btf("bucket")
+}
+
+/// `sizeof(struct <name>)` from the kernel's BTF, as bpftool reads it (the test oracle).
+fn struct_size_from_btf(name: &str) -> u64 {
     let out = std::process::Command::new("bpftool")
         .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "raw"])
         .output()
         .expect("bpftool installed (apt-get install bpftool)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("STRUCT 'bucket' ")).expect("struct bucket in vmlinux BTF");
+    let pattern = format!("STRUCT '{name}' ");
+    let line =
+        text.lines().find(|l| l.contains(&pattern)).unwrap_or_else(|| panic!("struct {name} in vmlinux BTF"));
     let size = line.split_whitespace().find_map(|w| w.strip_prefix("size=")).expect("size= in bpftool line");
     size.parse().expect("numeric size")
 }
@@ -151,6 +165,33 @@ fn hash_map_bucket_range_matches_the_kernel() {
     // A preallocated hash map has one freelist head per possible CPU, each its own range.
     let freelists = ranges.iter().filter(|r| r.lock_type == LockType::HashFreelistPcpu).count();
     assert_eq!(freelists, cpus);
+}
+
+#[test]
+fn percpu_lru_and_ring_buffer_ranges_have_kernel_sizes() {
+    let registry = Registry::default();
+    let assets = assets(&registry);
+    let lru = RawMap::create(BPF_MAP_TYPE_LRU_HASH, 64, BPF_F_NO_COMMON_LRU, &unique_name("ls_pl"))
+        .expect("create lru");
+    let ringbuf = RawMap::create_raw(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0, &unique_name("ls_rb"))
+        .expect("create ringbuf");
+    let (symbols, _) = ksym::resolve(&assets, &[ksym::PER_CPU_OFFSET]);
+    let snapshot = inventory::snapshot(&assets, symbols.address(ksym::PER_CPU_OFFSET).unwrap_or(0))
+        .expect("map iterator");
+    let layout_of = |id| snapshot.maps.iter().find(|m| m.id == id).expect("iterator sees the map");
+
+    // BPF_F_NO_COMMON_LRU: one whole bpf_lru_list per CPU, no global list.
+    let lru_ranges = ranges::lock_ranges(layout_of(lru.id), &snapshot.per_cpu_offsets);
+    let lists: Vec<_> = lru_ranges.iter().filter(|r| r.lock_type == LockType::LruPcpuList).collect();
+    assert_eq!(lists.len(), aya::util::nr_cpus().expect("possible CPUs"));
+    assert!(lists.iter().all(|r| r.end - r.start == struct_size_from_btf("bpf_lru_list")));
+    assert!(lru_ranges.iter().all(|r| r.lock_type != LockType::LruGlobalList));
+
+    let rb_ranges = ranges::lock_ranges(layout_of(ringbuf.id), &snapshot.per_cpu_offsets);
+    let size_of = |t| rb_ranges.iter().find(|r| r.lock_type == t).map(|r| r.end - r.start);
+    assert_eq!(size_of(LockType::RingbufWaitq), Some(struct_size_from_btf("wait_queue_head")));
+    // rqspinlock_t (6.18) is a struct qspinlock.
+    assert_eq!(size_of(LockType::RingbufSpinlock), Some(struct_size_from_btf("qspinlock")));
 }
 
 /// Kernel ids of the programs currently loaded.
@@ -237,4 +278,28 @@ fn track_all_maps_watches_external_maps_and_reports_those_over_the_bound() {
         assert!(reason.contains("max_ranges"), "{reason}");
     }
     assert!(status.reasons.iter().any(|r| r.contains("left out")), "{:?}", status.reasons);
+}
+
+#[test]
+fn without_kernel_btf_initialize_fails_as_a_status_line() {
+    let registry = Registry::default();
+    // No sysfs BTF and no other source: every CO-RE load must fail cleanly.
+    let no_btf = BtfConfig { no_sysfs: true, ..BtfConfig::default() };
+    let assets = AssetLoader::new(discover(&no_btf), None, registry.clone());
+    let collector = lockstats::start(&config(true, 64), &assets, &registry, &[]);
+    let report = collector.snapshot();
+    assert_eq!(report.status.state, CollectorState::Failed);
+    assert!(report.status.programs.is_empty() && report.maps.is_empty());
+    assert!(report.status.reasons[0].contains("BTF"), "{:?}", report.status.reasons);
+    let module =
+        registry.modules().into_iter().find(|m| m.name == lockstats::MODULE).expect("module recorded");
+    assert_eq!(module.state, ModuleState::Failed);
+    assert!(module.last_error.is_some());
+    let outcomes: Vec<_> = registry.assets().into_iter().map(|a| (a.asset, a.outcome)).collect();
+    assert!(
+        outcomes
+            .iter()
+            .any(|(a, o)| a == "lockstat_maps" && *o == privileged_loader::status::AssetOutcome::BtfNotFound),
+        "{outcomes:?}"
+    );
 }

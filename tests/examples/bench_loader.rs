@@ -76,7 +76,7 @@ impl Netns {
         run("ip", &["link", "set", "lo", "up"])?;
         run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         let rules = format!(
-            "table ip nat {{ chain output {{ type nat hook output priority -100; ip daddr {VIP} tcp dport 80 dnat to 127.0.0.1:{BACKEND_PORT} }} }}"
+            "table ip nat {{ chain output {{ type nat hook output priority -100; ip daddr {VIP} tcp dport 80 dnat to 127.0.0.1:{BACKEND_PORT}; }} }}"
         );
         run("nft", &[&rules])?;
         // Many short connections: let TIME_WAIT sockets be reused by the client side.

@@ -15,9 +15,9 @@ use crate::{HarnessError, Netns};
 const POLL: Duration = Duration::from_millis(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A TCP or UDP server inside a namespace: TCP connections are accepted and held open
-/// (so their conntrack entries stay ESTABLISHED); UDP datagrams are echoed. Stops and
-/// closes everything on drop.
+/// A TCP or UDP server inside a namespace: TCP connections are accepted, drained and held
+/// open until the client closes them (so their conntrack entries stay ESTABLISHED); UDP
+/// datagrams are echoed. Stops and closes everything on drop.
 pub struct Backend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -62,12 +62,35 @@ impl Drop for Backend {
     }
 }
 
-fn accept_until(listener: TcpListener, stop: &AtomicBool) {
-    let mut held = Vec::new();
+fn accept_until(listener: TcpListener, stop: &Arc<AtomicBool>) {
+    let mut readers = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => held.push(stream),
+            Ok((stream, _)) => {
+                let stop = stop.clone();
+                readers.push(std::thread::spawn(move || drain_until(stream, &stop)));
+                readers.retain(|r: &JoinHandle<()>| !r.is_finished());
+            }
             Err(_) => std::thread::sleep(POLL),
+        }
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+}
+
+/// Reads and discards until the client closes (or the backend stops), so that clients
+/// can stream data through the NAT rule; the connection stays open meanwhile.
+fn drain_until(mut stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(POLL * 10));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }
@@ -118,9 +141,7 @@ impl Connection {
         let conn = conn.map_err(io.clone())?;
         if let Connection::Tcp(stream) = &conn {
             let mut stream = stream;
-            stream.write_all(b"ping").map_err(io.clone())?;
-            stream.set_read_timeout(Some(POLL)).map_err(io)?;
-            let _ = stream.read(&mut [0u8; 4]);
+            stream.write_all(b"ping").map_err(io)?;
         }
         Ok(conn)
     }

@@ -107,11 +107,18 @@ impl Fetcher {
         call.set_timeout(self.settings.request_timeout);
         match self.client.client_get_configs(call).await {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(FetchError::Status {
-                endpoint: self.settings.endpoint.clone(),
-                code: status.code(),
-                message: describe(&status),
-            }),
+            Err(status) => {
+                let mut message = describe(&status);
+                if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) {
+                    let path = self.settings.token_file.display();
+                    message.push_str(&format!(" (the service refused the bearer token read from {path})"));
+                }
+                Err(FetchError::Status {
+                    endpoint: self.settings.endpoint.clone(),
+                    code: status.code(),
+                    message,
+                })
+            }
         }
     }
 }
@@ -170,6 +177,13 @@ fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Dependencies enable two rustls crypto backends (ring for tonic, aws-lc-rs for tough),
+/// and rustls then refuses to guess which one to use: pick ring explicitly, once per
+/// process. An error only means a provider is already installed, which is what we need.
+fn select_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn endpoint(settings: &FetchSettings) -> Result<Endpoint, FetchError> {
     let transport = transport_for(&settings.endpoint)?;
     let endpoint = Endpoint::from_shared(settings.endpoint.clone())
@@ -179,6 +193,7 @@ fn endpoint(settings: &FetchSettings) -> Result<Endpoint, FetchError> {
     let Transport::Tls { host } = transport else {
         return Ok(endpoint);
     };
+    select_crypto_provider();
     let mut tls = ClientTlsConfig::new().domain_name(host);
     tls = match &settings.ca_file {
         Some(path) => {

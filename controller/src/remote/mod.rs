@@ -5,3 +5,4 @@ pub mod backoff;
 pub mod fetch;
 pub mod poll;
 pub mod request;
+pub mod schedule;

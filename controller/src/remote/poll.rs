@@ -3,12 +3,9 @@
 //! Each tick builds a request from the trusted state, fetches, verifies and commits the
 //! response, tells the listeners of changed products, and writes `status.json`. Timing:
 //! - first poll immediately;
-//! - until a first success, a service that cannot be reached is retried every second
-//!   (the controller often starts before the service); logs stay at info level for the
-//!   first failures, then turn to rate-limited errors;
-//! - otherwise the next poll is `interval + backoff`, where `interval` is the configured
-//!   poll interval or the service's suggestion if inside [1 s, 60 s], and backoff grows
-//!   (jittered, ×2, capped) with consecutive errors and steps down on success;
+//! - then as [`Schedule`] decides: every second while a never-reached service is starting,
+//!   otherwise `interval + backoff` (jittered, ×2, capped, stepping down on success);
+//! - failures are logged at info level at first, then as rate-limited errors;
 //! - `UNIMPLEMENTED` means remote config is off on the service: said once, recorded in
 //!   the status as `disabled`, and polling stops.
 
@@ -20,26 +17,19 @@ use shared_proto::remoteconfig::v1::ClientGetConfigsResponse;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::backoff::{Backoff, BackoffPolicy};
 use super::fetch::{FailureKind, FetchError, FetchSettings, Fetcher};
 use super::request::{ClientIdentity, build_request};
+use super::schedule::{SUGGESTED_BOUNDS_SECS, Schedule};
 use crate::config::Config;
 use crate::listeners::Listeners;
 use crate::status::Status;
 use crate::store::{Store, StoreError};
 use crate::tuf::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
 
-/// Retry delay while the service has never been reached.
-const STARTUP_RETRY: Duration = Duration::from_secs(1);
 /// Failures logged quietly before logs turn to errors.
 const QUIET_FAILURES: u64 = 5;
 /// At most one error log per this period while failures continue.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Bounds inside which a server-suggested interval is honoured.
-const SUGGESTED_MIN_SECS: u64 = 1;
-const SUGGESTED_MAX_SECS: u64 = 60;
-/// Unit of the exponential backoff (the delay after the first error).
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 /// Why the controller could not start polling.
 #[derive(Debug, thiserror::Error)]
@@ -81,26 +71,18 @@ impl PollError {
     }
 }
 
-/// The loop's timing knobs.
-#[derive(Debug, Clone)]
-pub struct PollSettings {
-    pub poll_interval: Duration,
-    pub max_backoff: Duration,
-    pub clock_skew_secs: i64,
-}
-
 /// Everything the loop owns.
 pub struct Poller {
     fetcher: Fetcher,
     store: Store,
     identity: ClientIdentity,
     listeners: Listeners,
-    settings: PollSettings,
+    /// Allowed clock skew when checking metadata expiry.
+    clock_skew_secs: i64,
     state: TrustedState,
-    backoff: Backoff,
+    schedule: Schedule,
     status: Status,
     last_update_error: Option<String>,
-    ever_succeeded: bool,
     last_error_log: Option<Instant>,
     warned_interval: Option<u64>,
 }
@@ -138,22 +120,16 @@ impl Poller {
             client_id = %id, root_version = state.root_version(), targets_version = state.targets_version(),
             configs = state.configs().len(), endpoint = %rc.endpoint, "remote-config state loaded"
         );
-        let settings = PollSettings {
-            poll_interval: rc.poll_interval(),
-            max_backoff: Duration::from_secs(rc.max_backoff_secs),
-            clock_skew_secs: i64::try_from(rc.clock_skew_secs).unwrap_or(i64::MAX),
-        };
         Ok(Self {
             fetcher,
             store,
             identity: ClientIdentity { id: id.clone(), products: rc.products.clone() },
             listeners,
-            backoff: Backoff::new(BackoffPolicy { base: BACKOFF_BASE, max: settings.max_backoff }),
-            settings,
+            schedule: Schedule::new(rc.poll_interval(), Duration::from_secs(rc.max_backoff_secs)),
+            clock_skew_secs: i64::try_from(rc.clock_skew_secs).unwrap_or(i64::MAX),
             state,
             status: Status { client_id: id, ..Status::default() },
             last_update_error: None,
-            ever_succeeded: false,
             last_error_log: None,
             warned_interval: None,
         })
@@ -182,7 +158,7 @@ impl Poller {
         let request = build_request(&self.identity, &self.state, self.last_update_error.as_deref());
         let response = self.fetcher.get_configs(request).await?;
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let expiry = ExpiryCheck::At { now_unix, clock_skew_secs: self.settings.clock_skew_secs };
+        let expiry = ExpiryCheck::At { now_unix, clock_skew_secs: self.clock_skew_secs };
         let (state, changed) = match apply_update(&self.state, &update_from(&response), expiry)? {
             Applied::Unchanged => return Ok(()),
             Applied::Changed { state, changed_products } => (state, changed_products),
@@ -225,16 +201,14 @@ impl Poller {
         if self.status.consecutive_errors > 0 {
             info!(failures = self.status.consecutive_errors, "remote-config poll succeeded again");
         }
-        self.ever_succeeded = true;
         self.last_update_error = None;
         self.last_error_log = None;
-        self.backoff.on_success();
         self.status.polls_ok += 1;
         self.status.consecutive_errors = 0;
         self.status.last_error = None;
-        self.status.last_success_unix_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| millis(d));
-        self.interval() + self.backoff.delay(rand::random::<f64>())
+        self.status.last_success_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis);
+        let suggested = self.suggested_interval();
+        self.schedule.after_success(suggested, rand::random::<f64>())
     }
 
     fn on_failure(&mut self, e: &PollError) -> Duration {
@@ -244,13 +218,8 @@ impl Poller {
         if e.is_update_error() {
             self.last_update_error = Some(e.to_string());
         }
-        let starting_up = !self.ever_succeeded && e.kind() == FailureKind::Unreachable;
-        let delay = if starting_up {
-            STARTUP_RETRY
-        } else {
-            self.backoff.on_error();
-            self.interval() + self.backoff.delay(rand::random::<f64>())
-        };
+        let suggested = self.suggested_interval();
+        let delay = self.schedule.after_failure(e.kind(), suggested, rand::random::<f64>());
         self.log_failure(e, delay);
         self.status.record_retry_delay(millis(delay));
         delay
@@ -270,7 +239,7 @@ impl Poller {
     fn log_failure(&mut self, e: &PollError, delay: Duration) {
         let n = self.status.consecutive_errors;
         if n <= QUIET_FAILURES {
-            match self.ever_succeeded {
+            match self.schedule.ever_succeeded() {
                 false => info!(error = %e, failures = n, retry_in = ?delay, "remote-config poll failed"),
                 true => warn!(error = %e, failures = n, retry_in = ?delay, "remote-config poll failed"),
             }
@@ -284,22 +253,16 @@ impl Poller {
         }
     }
 
-    /// The configured interval, or the service's suggestion when inside local bounds.
-    fn interval(&mut self) -> Duration {
-        match self.state.suggested_interval_secs() {
-            Some(s) if (SUGGESTED_MIN_SECS..=SUGGESTED_MAX_SECS).contains(&s) => Duration::from_secs(s),
-            Some(s) => {
-                if self.warned_interval != Some(s) {
-                    self.warned_interval = Some(s);
-                    warn!(
-                        suggested_secs = s,
-                        "ignoring the service's suggested poll interval: outside [1, 60] s"
-                    );
-                }
-                self.settings.poll_interval
-            }
-            None => self.settings.poll_interval,
+    /// The service's suggested interval; an out-of-bounds one is reported once per value.
+    fn suggested_interval(&mut self) -> Option<u64> {
+        let suggested = self.state.suggested_interval_secs();
+        if let Some(s) = suggested.filter(|s| !SUGGESTED_BOUNDS_SECS.contains(s))
+            && self.warned_interval != Some(s)
+        {
+            self.warned_interval = Some(s);
+            warn!(suggested_secs = s, "ignoring the service's suggested poll interval: outside [1, 60] s");
         }
+        suggested
     }
 
     fn write_status(&mut self) {

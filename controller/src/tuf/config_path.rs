@@ -45,6 +45,7 @@ fn is_safe_segment(segment: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

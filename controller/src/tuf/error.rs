@@ -3,6 +3,8 @@
 /// A rejected update. The previous trusted state is kept whenever one of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("the pinned root is not valid TUF root JSON: {reason}")]
+    PinnedRootParse { reason: String },
     #[error("root document #{index} in the response is not valid TUF root JSON: {reason}")]
     RootParse { index: usize, reason: String },
     #[error(

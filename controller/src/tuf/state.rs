@@ -97,7 +97,7 @@ impl TrustedState {
     /// own root keys (its expiry is checked with every update, like any newest root).
     pub fn from_pinned_root(raw: &[u8]) -> Result<Self, VerifyError> {
         let root: Signed<Root> = serde_json::from_slice(raw)
-            .map_err(|e| VerifyError::RootParse { index: 0, reason: e.to_string() })?;
+            .map_err(|e| VerifyError::PinnedRootParse { reason: e.to_string() })?;
         let version = root.signed.version.get();
         root.signed
             .verify_role(&root)

@@ -84,12 +84,12 @@ pub fn apply_update(
     Ok(Applied::Changed { state, changed_products })
 }
 
+/// A verified root and the bytes it arrived as.
+type WalkedRoot<'a> = (Signed<Root>, &'a [u8]);
+
 /// Step 1: the chain of new roots, each checked against its predecessor and itself.
-fn walk_roots<'a>(
-    trusted: &Signed<Root>,
-    raws: &[&'a [u8]],
-) -> Result<Vec<(Signed<Root>, &'a [u8])>, VerifyError> {
-    let mut walked: Vec<(Signed<Root>, &[u8])> = Vec::with_capacity(raws.len());
+fn walk_roots<'a>(trusted: &Signed<Root>, raws: &[&'a [u8]]) -> Result<Vec<WalkedRoot<'a>>, VerifyError> {
+    let mut walked: Vec<WalkedRoot<'a>> = Vec::with_capacity(raws.len());
     for (index, raw) in raws.iter().enumerate() {
         let next: Signed<Root> = serde_json::from_slice(raw)
             .map_err(|e| VerifyError::RootParse { index, reason: e.to_string() })?;

@@ -241,8 +241,7 @@ fn follows_a_root_rotation_signed_by_old_and_new_keys() {
     assert_eq!(next.roots_raw().len(), 1);
 
     // The same rotation without re-signed targets cannot keep the old targets.
-    let mut stale = Update::default();
-    stale.roots = vec![&r2];
+    let stale = Update { roots: vec![&r2], ..Default::default() };
     assert_rejected(&state, &stale, |e| matches!(e, VerifyError::TargetsNotResigned { .. }));
 }
 
@@ -253,8 +252,7 @@ fn rejects_a_root_not_signed_by_the_previous_root() {
     let new_key = TestKey::generate();
     let r2 = repo::root(2, expires_in_days(30), &[&new_key], 1, &[&repo.targets_key], 1);
     let only_new = sign(&r2, &[&new_key]);
-    let mut u = Update::default();
-    u.roots = vec![&only_new];
+    let mut u = Update { roots: vec![&only_new], ..Default::default() };
     assert_rejected(&state, &u, |e| matches!(e, VerifyError::RootNotSignedByPrevious { version: 2, .. }));
     let only_old = sign(&r2, &[&repo.root_key]);
     u.roots = vec![&only_old];
@@ -267,8 +265,7 @@ fn rejects_a_gap_in_the_root_chain() {
     let state = state_with(&repo, 1, b"{}");
     let r3 = repo::root(3, expires_in_days(30), &[&repo.root_key], 1, &[&repo.targets_key], 1);
     let r3 = sign(&r3, &[&repo.root_key]);
-    let mut u = Update::default();
-    u.roots = vec![&r3];
+    let u = Update { roots: vec![&r3], ..Default::default() };
     assert_rejected(&state, &u, |e| matches!(e, VerifyError::RootVersionGap { trusted: 1, found: 3 }));
 }
 

@@ -3,6 +3,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::core::Strategy;
+use super::{Entry, Protocol};
+
 /// Settings of the conntracker. Every key has a default; `docs/conntrack.md` explains the
 /// stale-entry policy the last three keys tune.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -24,6 +27,10 @@ pub struct ConntrackConfig {
     /// Entries of *other* network namespaces not seen for this long are dropped by the
     /// sweep (their destroy events are invisible to the loader). 0 disables that rule.
     pub stale_after_secs: u64,
+    /// Attach strategies the loader may use, among `fentry`, `kprobe`, `kprobe_confirm`,
+    /// `tp_btf`. They are always tried in that order; leaving one out
+    /// skips it (e.g. to avoid the per-packet `tp_btf` hook, or to test a fallback).
+    pub strategies: Vec<Strategy>,
 }
 
 impl Default for ConntrackConfig {
@@ -36,6 +43,7 @@ impl Default for ConntrackConfig {
             initial_dump_timeout_secs: 10,
             sweep_interval_secs: 60,
             stale_after_secs: 3600,
+            strategies: Strategy::ORDER.to_vec(),
         }
     }
 }
@@ -45,6 +53,8 @@ impl Default for ConntrackConfig {
 pub enum ConfigError {
     #[error("conntrack.max_entries = {0}: must be at least 2 (one slot per direction)")]
     MaxEntries(u32),
+    #[error("conntrack.strategies is empty: allow at least one attach strategy")]
+    NoStrategy,
 }
 
 impl ConntrackConfig {
@@ -53,7 +63,23 @@ impl ConntrackConfig {
         if self.max_entries < 2 {
             return Err(ConfigError::MaxEntries(self.max_entries));
         }
+        if self.strategies.is_empty() {
+            return Err(ConfigError::NoStrategy);
+        }
         Ok(())
+    }
+
+    /// Whether an entry from ctnetlink (dump or sweep) belongs in the map: the same rule
+    /// the eBPF program applies — NAT'd, and IPv6 only when enabled for its protocol.
+    pub fn records(&self, entry: &Entry) -> bool {
+        let (o, r) = (&entry.original, &entry.reply);
+        let nat = !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port);
+        let family_enabled = o.src.is_ipv4()
+            || match o.protocol {
+                Protocol::Tcp => self.tcpv6_enabled,
+                Protocol::Udp => self.udpv6_enabled,
+            };
+        nat && family_enabled
     }
 
     pub fn initial_dump_timeout(&self) -> Duration {
@@ -72,6 +98,7 @@ impl ConntrackConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 
@@ -89,6 +116,39 @@ mod tests {
         let cfg = ConntrackConfig { sweep_interval_secs: 0, stale_after_secs: 0, ..Default::default() };
         assert_eq!(cfg.sweep_interval(), None);
         assert_eq!(cfg.stale_after(), None);
+    }
+
+    fn entry(src: &str, dst: &str, backend: &str, protocol: Protocol) -> Entry {
+        let t = |src: &str, sp, dst: &str, dp| super::super::Tuple {
+            src: src.parse().unwrap(),
+            src_port: sp,
+            dst: dst.parse().unwrap(),
+            dst_port: dp,
+            protocol,
+        };
+        Entry { original: t(src, 40000, dst, 80), reply: t(backend, 8080, src, 40000), netns: 1 }
+    }
+
+    #[test]
+    fn records_only_nat_entries_of_enabled_families() {
+        let cfg = ConntrackConfig { udpv6_enabled: false, ..Default::default() };
+        assert!(cfg.records(&entry("10.0.0.1", "10.0.0.9", "127.0.0.1", Protocol::Udp)));
+        assert!(cfg.records(&entry("fd99::1", "fd99::1", "::1", Protocol::Tcp)));
+        assert!(!cfg.records(&entry("fd99::1", "fd99::1", "::1", Protocol::Udp)));
+        let mut plain = entry("10.0.0.1", "10.0.0.9", "10.0.0.9", Protocol::Tcp);
+        plain.reply.src_port = 80;
+        assert!(!cfg.records(&plain), "a reply that is the original turned around is not NAT");
+    }
+
+    #[test]
+    fn strategies_are_named_as_in_the_docs_and_cannot_all_be_removed() {
+        let names: Vec<String> = Strategy::ORDER
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["fentry", "kprobe", "kprobe_confirm", "tp_btf"]);
+        let cfg = ConntrackConfig { strategies: Vec::new(), ..Default::default() };
+        assert_eq!(cfg.validate(), Err(ConfigError::NoStrategy));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! [`start`] also seeds the map with the entries that existed before the program was
 //! attached (a ctnetlink dump), and starts the tasks that keep it clean: the DESTROY
 //! event listener and the sweep (`sweep.rs`). `docs/conntrack.md` states the policy.
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -31,16 +32,21 @@ const SWEEP_DUMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an unexpected netlink error, so a broken socket cannot spin a core.
 const NETLINK_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// How the eBPF program is hooked into the kernel, in the order they are tried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the eBPF program is hooked into the kernel, in the order they are tried. The
+/// serde names are those of `[conntrack] strategies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum Strategy {
     /// fentry on `__nf_conntrack_hash_insert`: once per new entry.
+    #[serde(rename = "fentry")]
     FEntry,
     /// kprobe on `__nf_conntrack_hash_insert`.
+    #[serde(rename = "kprobe")]
     KProbeHashInsert,
     /// kprobe + kretprobe on `__nf_conntrack_confirm`.
+    #[serde(rename = "kprobe_confirm")]
     KProbeConfirm,
     /// `tp_btf/net_dev_queue`: every transmitted packet's `skb->_nfct`.
+    #[serde(rename = "tp_btf")]
     TpBtf,
 }
 
@@ -105,8 +111,6 @@ pub struct CoreConntracker {
     strategy: Strategy,
     root_netns: u32,
     max_entries: u32,
-    tcpv6_enabled: bool,
-    udpv6_enabled: bool,
 }
 
 /// Loads the CO-RE conntracker, trying fentry → kprobe → tp_btf and recording each
@@ -158,7 +162,7 @@ async fn start_enabled(
     let mut tasks = JoinSet::new();
     match open_netlink() {
         Ok((events, mut dump)) => {
-            let seeded = seed(&tracker, &mut dump, cfg.initial_dump_timeout()).await;
+            let seeded = seed(&tracker, &mut dump, cfg).await;
             stats.initial_entries.store(seeded as u64, Ordering::Relaxed);
             let resync = Arc::new(Notify::new());
             let policy = SweepPolicy {
@@ -171,7 +175,14 @@ async fn start_enabled(
             let listener =
                 DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
             tasks.spawn(listener.run(events, shutdown.clone()));
-            let sweeper = Sweeper { tracker: tracker.clone(), stats: stats.clone(), policy, resync };
+            let sweeper = Sweeper {
+                tracker: tracker.clone(),
+                stats: stats.clone(),
+                policy,
+                resync,
+                cfg: cfg.clone(),
+                suspects: HashSet::new(),
+            };
             tasks.spawn(sweeper.run(dump, cfg.sweep_interval(), shutdown));
         }
         Err(e) => {
@@ -196,15 +207,14 @@ fn open_netlink() -> Result<(CtNetlink, CtNetlink), NetlinkError> {
     Ok((events, dump))
 }
 
-/// Inserts the NAT'd entries of a dump of the own namespace; returns how many.
-async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, timeout: Duration) -> usize {
+/// Inserts the entries of a dump of the own namespace that the configuration records
+/// (NAT'd, enabled families); returns how many.
+async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, cfg: &ConntrackConfig) -> usize {
+    let timeout = cfg.initial_dump_timeout();
     match tokio::time::timeout(timeout, dump.dump()).await {
         Ok(Ok(entries)) => {
             let now = monotonic_ns();
-            // The same filter the eBPF side applies (tcpv6/udpv6_enabled), so a seeded map
-            // never holds what the live hook would not have recorded.
-            let nat: Vec<Entry> = entries.into_iter().filter(is_nat).filter(|e| tracker.records(e)).collect();
-            nat.iter().filter(|e| tracker.insert(e, now)).count()
+            entries.iter().filter(|e| cfg.records(e)).filter(|e| tracker.insert(e, now)).count()
         }
         Ok(Err(e)) => {
             tracing::warn!(module = MODULE, error = %e, "initial conntrack dump failed; continuing without it");
@@ -240,7 +250,7 @@ impl CoreConntracker {
             loader.override_global("udpv6_enabled", flag(cfg.udpv6_enabled), true);
             let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
             let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
-            let strategy = attach_first(&mut ebpf, &btf.btf, registry)?;
+            let strategy = attach_first(&mut ebpf, &btf.btf, registry, &cfg.strategies)?;
             Ok((ebpf, strategy))
         })?;
         let missing =
@@ -253,18 +263,7 @@ impl CoreConntracker {
             strategy,
             root_netns: root_netns(),
             max_entries: cfg.max_entries,
-            tcpv6_enabled: cfg.tcpv6_enabled,
-            udpv6_enabled: cfg.udpv6_enabled,
         })
-    }
-
-    /// Whether the configuration asks for entries of this family and protocol.
-    fn records(&self, entry: &Entry) -> bool {
-        let ipv6 = entry.original.src.is_ipv6();
-        match entry.original.protocol {
-            super::Protocol::Tcp => !ipv6 || self.tcpv6_enabled,
-            super::Protocol::Udp => !ipv6 || self.udpv6_enabled,
-        }
     }
 
     /// Writes both slots of `entry`; false (and a log line) if the kernel refused.
@@ -349,11 +348,16 @@ impl Conntracker for CoreConntracker {
     }
 }
 
-/// Tries each [`Strategy`] in order; records every attempt; returns the first that
-/// attached, or the last failure.
-fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strategy, AssetError> {
+/// Tries each allowed [`Strategy`] in the fixed order; records every attempt; returns
+/// the first that attached, or the last failure.
+fn attach_first(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    registry: &Registry,
+    allowed: &[Strategy],
+) -> Result<Strategy, AssetError> {
     let mut last_error = None;
-    for strategy in Strategy::ORDER {
+    for strategy in Strategy::ORDER.into_iter().filter(|s| allowed.contains(s)) {
         match attach(ebpf, btf, strategy) {
             Ok(()) => {
                 tracing::info!(module = MODULE, hook = strategy.hook(), "conntracker attached");
@@ -373,7 +377,7 @@ fn attach_first(ebpf: &mut Ebpf, btf: &Btf, registry: &Registry) -> Result<Strat
     Err(last_error.unwrap_or_else(|| AssetError::Attach {
         asset: ASSET.into(),
         program: "(none)".into(),
-        reason: "no attach strategy is defined".into(),
+        reason: "no attach strategy allowed: conntrack.strategies is empty".into(),
     }))
 }
 
@@ -550,10 +554,14 @@ struct Sweeper {
     stats: Arc<ConntrackStats>,
     policy: SweepPolicy,
     resync: Arc<Notify>,
+    /// Decides which dumped entries belong in the map (the families the program records).
+    cfg: ConntrackConfig,
+    /// Own-namespace connections the last dump did not list (see `sweep.rs`).
+    suspects: HashSet<CtKey>,
 }
 
 impl Sweeper {
-    async fn run(self, mut dump: CtNetlink, interval: Option<Duration>, shutdown: CancellationToken) {
+    async fn run(mut self, mut dump: CtNetlink, interval: Option<Duration>, shutdown: CancellationToken) {
         let mut ticker = interval.map(|every| {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -569,10 +577,10 @@ impl Sweeper {
         }
     }
 
-    async fn sweep_once(&self, dump: &mut CtNetlink) {
+    async fn sweep_once(&mut self, dump: &mut CtNetlink) {
         let started_ns = monotonic_ns();
         let entries = match tokio::time::timeout(SWEEP_DUMP_TIMEOUT, dump.dump()).await {
-            Ok(Ok(entries)) => Some(entries.into_iter().filter(is_nat).collect::<Vec<_>>()),
+            Ok(Ok(entries)) => Some(entries.into_iter().filter(|e| self.cfg.records(e)).collect::<Vec<_>>()),
             Ok(Err(e)) => {
                 tracing::warn!(module = MODULE, error = %e, "sweep: conntrack dump failed; own namespace not checked");
                 None
@@ -589,7 +597,8 @@ impl Sweeper {
                 return;
             }
         };
-        let plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns);
+        let plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns, &self.suspects);
+        self.suspects = plan.suspects;
         let deleted = self.tracker.remove_keys(&plan.delete);
         let now = monotonic_ns();
         let inserted = plan.insert.iter().filter(|e| self.tracker.insert(e, now)).count();

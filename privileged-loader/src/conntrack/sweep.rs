@@ -4,12 +4,15 @@
 //! network namespace; `core.rs` does the I/O. The policy (see `docs/conntrack.md`):
 //! - never touch a slot written or refreshed after the sweep started (the eBPF program
 //!   may be inserting it right now);
-//! - a connection of the loader's namespace that the dump no longer lists is gone: its
-//!   DESTROY event was missed (queue overrun, or the entry predates our subscription);
+//! - a connection of the loader's namespace that two consecutive dumps no longer list is
+//!   gone: its DESTROY event was missed (queue overrun, or the entry predates our
+//!   subscription). One miss only makes it a suspect, because a dump can skip an entry
+//!   that moves while the table is walked, and with fentry/kprobe a wrongly deleted
+//!   entry would never come back;
 //! - a connection of another namespace (whose events the loader cannot see) goes when
 //!   it was not seen for `stale_after`, if the attach strategy refreshes "seen" at all;
 //! - a reply-direction slot whose original slot is gone (LRU eviction) goes too;
-//! - a NAT'd connection of the dump missing from the map is (re)inserted.
+//! - a recordable connection of the dump missing from the map is (re)inserted.
 use std::collections::{HashMap, HashSet};
 
 use super::Entry;
@@ -25,21 +28,25 @@ pub struct SweepPolicy {
     pub stale_after_ns: Option<u64>,
 }
 
-/// The changes one sweep makes.
+/// The changes one sweep makes, and what the next sweep must remember.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepPlan {
     pub delete: Vec<CtKey>,
     pub insert: Vec<Entry>,
+    /// Original keys of the own namespace missing from this dump for the first time.
+    pub suspects: HashSet<CtKey>,
 }
 
-/// Plans a sweep started at `started_ns` (CLOCK_MONOTONIC), given the map's slots and
-/// the NAT'd entries of a dump of the own namespace taken after `started_ns` (`None`
-/// when the dump failed: then the own namespace is left alone).
+/// Plans a sweep started at `started_ns` (CLOCK_MONOTONIC), given the map's slots, the
+/// recordable entries of a dump of the own namespace taken after `started_ns` (`None`
+/// when the dump failed: then the own namespace is left alone) and the previous sweep's
+/// suspects.
 pub fn plan(
     slots: &[(CtKey, CtValue)],
     dump: Option<&[Entry]>,
     policy: &SweepPolicy,
     started_ns: u64,
+    suspects: &HashSet<CtKey>,
 ) -> SweepPlan {
     let originals: HashMap<CtKey, &CtValue> = slots
         .iter()
@@ -50,19 +57,28 @@ pub fn plan(
         dump.map(|entries| entries.iter().map(|e| CtKey::from_tuple(&e.original, e.netns)).collect());
 
     let mut plan = SweepPlan::default();
-    for (key, value) in slots {
-        if value.last_seen_ns >= started_ns {
-            continue;
+    let mut gone = HashSet::new();
+    for (key, value) in &originals {
+        match verdict(key, value, alive.as_ref(), policy, started_ns) {
+            Verdict::Keep => {}
+            Verdict::Missing if !suspects.contains(key) => {
+                plan.suspects.insert(*key);
+            }
+            Verdict::Missing | Verdict::Expired => {
+                gone.insert(*key);
+            }
         }
-        let gone = match value.direction() {
-            Ok(Direction::Original) => connection_gone(key, value, alive.as_ref(), policy, started_ns),
-            Ok(Direction::Reply) => match originals.get(&value.other) {
-                Some(original) => connection_gone(&value.other, original, alive.as_ref(), policy, started_ns),
-                None => true,
-            },
+    }
+    for (key, value) in slots {
+        let delete = match value.direction() {
+            Ok(Direction::Original) => gone.contains(key),
+            Ok(Direction::Reply) => {
+                gone.contains(&value.other)
+                    || (!originals.contains_key(&value.other) && value.last_seen_ns < started_ns)
+            }
             Err(_) => true,
         };
-        if gone {
+        if delete {
             plan.delete.push(*key);
         }
     }
@@ -76,20 +92,34 @@ pub fn plan(
     plan
 }
 
-fn connection_gone(
+enum Verdict {
+    Keep,
+    /// Own namespace, not in the dump.
+    Missing,
+    /// Other namespace, not seen for too long.
+    Expired,
+}
+
+fn verdict(
     original: &CtKey,
     value: &CtValue,
     alive: Option<&HashSet<CtKey>>,
     policy: &SweepPolicy,
     started_ns: u64,
-) -> bool {
+) -> Verdict {
     if value.last_seen_ns >= started_ns {
-        return false;
+        return Verdict::Keep;
     }
     if original.netns == policy.own_netns {
-        return alive.is_some_and(|alive| !alive.contains(original));
+        return match alive {
+            Some(alive) if !alive.contains(original) => Verdict::Missing,
+            _ => Verdict::Keep,
+        };
     }
-    policy.stale_after_ns.is_some_and(|limit| started_ns - value.last_seen_ns > limit)
+    match policy.stale_after_ns {
+        Some(limit) if started_ns - value.last_seen_ns > limit => Verdict::Expired,
+        _ => Verdict::Keep,
+    }
 }
 
 #[cfg(test)]
@@ -126,25 +156,47 @@ mod tests {
         slots_of(e, 0).iter().map(|(k, _)| *k).collect()
     }
 
+    fn none() -> HashSet<CtKey> {
+        HashSet::new()
+    }
+
     #[test]
-    fn own_namespace_entries_missing_from_the_dump_go_with_both_slots() {
+    fn own_namespace_entries_missing_from_two_dumps_go_with_both_slots() {
         let (live, dead) = (entry(1, OWN), entry(2, OWN));
         let slots: Vec<_> = [live, dead].iter().flat_map(|e| slots_of(e, 5 * SEC)).collect();
-        let plan = plan(&slots, Some(&[live]), &policy(), 10 * SEC);
-        assert_eq!(plan.delete, keys_of(&dead));
-        assert!(plan.insert.is_empty());
+        let first = plan(&slots, Some(&[live]), &policy(), 10 * SEC, &none());
+        assert!(first.delete.is_empty(), "one miss only makes a suspect");
+        assert_eq!(first.suspects, HashSet::from([keys_of(&dead)[0]]));
+        let second = plan(&slots, Some(&[live]), &policy(), 20 * SEC, &first.suspects);
+        let mut deleted = second.delete.clone();
+        deleted.sort_by_key(|k| k.dport);
+        let mut want = keys_of(&dead);
+        want.sort_by_key(|k| k.dport);
+        assert_eq!(deleted, want);
+        assert!(second.insert.is_empty() && second.suspects.is_empty());
+    }
+
+    #[test]
+    fn a_suspect_seen_again_is_cleared() {
+        let e = entry(1, OWN);
+        let slots = slots_of(&e, SEC);
+        let suspects = HashSet::from([keys_of(&e)[0]]);
+        let plan = plan(&slots, Some(&[e]), &policy(), 10 * SEC, &suspects);
+        assert!(plan.delete.is_empty() && plan.suspects.is_empty());
     }
 
     #[test]
     fn without_a_dump_the_own_namespace_is_left_alone() {
         let slots = slots_of(&entry(1, OWN), 5 * SEC);
-        assert_eq!(plan(&slots, None, &policy(), 10 * SEC), SweepPlan::default());
+        assert_eq!(plan(&slots, None, &policy(), 10 * SEC, &none()), SweepPlan::default());
     }
 
     #[test]
     fn slots_written_after_the_sweep_started_are_kept() {
         let slots = slots_of(&entry(1, OWN), 11 * SEC);
-        assert!(plan(&slots, Some(&[]), &policy(), 10 * SEC).delete.is_empty());
+        let suspects = HashSet::from([keys_of(&entry(1, OWN))[0]]);
+        let plan = plan(&slots, Some(&[]), &policy(), 10 * SEC, &suspects);
+        assert!(plan.delete.is_empty());
     }
 
     #[test]
@@ -153,16 +205,20 @@ mod tests {
         let mut slots = slots_of(&old, SEC).to_vec();
         slots.extend(slots_of(&fresh, 100 * SEC));
         let now = 120 * SEC;
-        assert_eq!(plan(&slots, Some(&[]), &policy(), now).delete, keys_of(&old));
+        let mut deleted = plan(&slots, Some(&[]), &policy(), now, &none()).delete;
+        deleted.sort_by_key(|k| k.dport);
+        let mut want = keys_of(&old);
+        want.sort_by_key(|k| k.dport);
+        assert_eq!(deleted, want, "no second miss needed: other namespaces go by age");
         let keep = SweepPolicy { stale_after_ns: None, ..policy() };
-        assert!(plan(&slots, Some(&[]), &keep, now).delete.is_empty());
+        assert!(plan(&slots, Some(&[]), &keep, now, &none()).delete.is_empty());
     }
 
     #[test]
     fn a_reply_slot_without_its_original_is_dropped() {
         let e = entry(1, OTHER);
         let [_, reply] = slots_of(&e, SEC);
-        let plan = plan(&[reply], None, &SweepPolicy { stale_after_ns: None, ..policy() }, 10 * SEC);
+        let plan = plan(&[reply], None, &SweepPolicy { stale_after_ns: None, ..policy() }, 10 * SEC, &none());
         assert_eq!(plan.delete, vec![reply.0]);
     }
 
@@ -170,7 +226,7 @@ mod tests {
     fn dumped_connections_missing_from_the_map_are_inserted() {
         let (known, missed) = (entry(1, OWN), entry(2, OWN));
         let slots = slots_of(&known, SEC);
-        let plan = plan(&slots, Some(&[known, missed]), &policy(), 10 * SEC);
+        let plan = plan(&slots, Some(&[known, missed]), &policy(), 10 * SEC, &none());
         assert_eq!(plan.insert, vec![missed]);
         assert!(plan.delete.is_empty());
     }

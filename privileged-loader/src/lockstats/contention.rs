@@ -5,7 +5,7 @@ use aya::maps::{Array, MapError, PerCpuArray, PerCpuHashMap};
 use aya::programs::BtfTracePoint;
 
 use super::error::LockStatsError;
-use super::ksym::missing_program;
+use super::ksym::missing_in_object;
 use super::ranges::RangeTable;
 use crate::asset::{AssetError, AssetLoader};
 
@@ -74,12 +74,16 @@ impl ContentionProbe {
     pub fn load(assets: &AssetLoader, table: &RangeTable) -> Result<Self, LockStatsError> {
         let nr_ranges = u32::try_from(table.ranges.len()).unwrap_or(u32::MAX);
         let capacity = nr_ranges.max(1);
-        let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
         let probe = assets.load_core_asset(CONTENTION_ASSET, |bytes, loader| {
+            // Checked by load_core_asset before calling us (and recorded if missing).
+            let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
             loader.override_global("nr_ranges", &nr_ranges, true);
             loader.map_max_entries("ranges", capacity).map_max_entries("stats", capacity);
+            let started = std::time::Instant::now();
             let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(CONTENTION_ASSET, e))?;
+            let loaded = started.elapsed();
             fill_ranges(&mut ebpf, table)?;
+            tracing::debug!(?loaded, filled = ?started.elapsed() - loaded, "lockstats: contention object maps");
             let mut program_ids = Vec::new();
             for name in PROGRAMS {
                 program_ids.push((name.to_string(), attach(&mut ebpf, name, &btf.btf)?));
@@ -129,7 +133,7 @@ fn fill_ranges(ebpf: &mut Ebpf, table: &RangeTable) -> Result<(), AssetError> {
         program: "(map ranges)".into(),
         log_tail: format!("filling the range table: {e}"),
     };
-    let map = ebpf.map_mut("ranges").ok_or_else(|| missing_program(CONTENTION_ASSET, "map ranges"))?;
+    let map = ebpf.map_mut("ranges").ok_or_else(|| missing_in_object(CONTENTION_ASSET, "map ranges"))?;
     let mut ranges: Array<_, RawRange> = Array::try_from(map).map_err(fill_error)?;
     for (i, r) in table.ranges.iter().enumerate() {
         let index = u32::try_from(i).unwrap_or(u32::MAX);
@@ -142,7 +146,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, btf: &aya::Btf) -> Result<u32, AssetError
     let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| missing_program(CONTENTION_ASSET, name))?;
+        .ok_or_else(|| missing_in_object(CONTENTION_ASSET, &format!("program {name}")))?;
     program.load(name, btf).map_err(|e| AssetError::from_program_load(CONTENTION_ASSET, name, e))?;
     program.attach().map_err(|e| AssetError::from_program_attach(CONTENTION_ASSET, name, e))?;
     let info = program.info().map_err(|e| AssetError::from_program_attach(CONTENTION_ASSET, name, e))?;

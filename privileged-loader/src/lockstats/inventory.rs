@@ -7,7 +7,7 @@
 use aya::programs::Iter;
 
 use super::error::LockStatsError;
-use super::ksym::{missing_program, run_iterator};
+use super::ksym::{missing_in_object, run_iterator};
 use super::layout::{self, MapsSnapshot};
 use crate::asset::{AssetError, AssetLoader};
 
@@ -21,15 +21,16 @@ const MAX_CPUS: u32 = 512;
 /// object's own per-CPU probe map (see `bpf/lockstat_maps.bpf.c`).
 pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSnapshot, LockStatsError> {
     let nr_cpus = possible_cpus()?;
-    let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
     let output = assets.load_core_asset(MAPS_ASSET, |bytes, loader| {
+        // Checked by load_core_asset before calling us (and recorded if missing).
+        let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
         loader.override_global("per_cpu_offset_addr", &per_cpu_offset_addr, true);
         loader.override_global("nr_cpus", &nr_cpus, true);
         let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(MAPS_ASSET, e))?;
         let program: &mut Iter = ebpf
             .program_mut(MAPS_PROGRAM)
             .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| missing_program(MAPS_ASSET, MAPS_PROGRAM))?;
+            .ok_or_else(|| missing_in_object(MAPS_ASSET, "program lockstat_maps"))?;
         program
             .load("bpf_map", &btf.btf)
             .map_err(|e| AssetError::from_program_load(MAPS_ASSET, MAPS_PROGRAM, e))?;

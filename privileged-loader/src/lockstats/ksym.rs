@@ -44,14 +44,13 @@ impl KernelSymbols {
     }
 }
 
-/// Looks `wanted` up with the iterator, then `/proc/kallsyms` if the iterator failed or
-/// did not find every symbol with a non-zero address. The iterator's error is returned
-/// beside the result so the status can say why the fallback was used.
+/// Looks `wanted` up with the iterator, then in `/proc/kallsyms` if the iterator could
+/// not run. When it ran, its answer stands even if incomplete: it walks the same symbol
+/// table /proc/kallsyms prints, and reading that file costs ~0.2 s. The iterator's error
+/// is returned beside the result so the status can say why the fallback was used.
 pub fn resolve(assets: &AssetLoader, wanted: &[&str]) -> (KernelSymbols, Option<String>) {
-    let complete = |s: &KernelSymbols| wanted.iter().all(|w| s.address(w).is_ok());
     let iter_error = match from_iterator(assets, wanted) {
-        Ok(found) if complete(&found) => return (found, None),
-        Ok(found) => format!("iter/ksym found {:?} only", found.addresses),
+        Ok(found) => return (found, None),
         Err(e) => e.to_string(),
     };
     tracing::info!(reason = %iter_error, "kernel symbols: falling back to {KALLSYMS}");
@@ -67,14 +66,15 @@ pub fn resolve(assets: &AssetLoader, wanted: &[&str]) -> (KernelSymbols, Option<
 /// Runs the ksym iterator and decodes its records.
 fn from_iterator(assets: &AssetLoader, wanted: &[&str]) -> Result<KernelSymbols, LockStatsError> {
     let slots = wanted_slots(wanted);
-    let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
     let output = assets.load_core_asset(KSYM_ASSET, |bytes, loader| {
+        // Checked by load_core_asset before calling us (and recorded if missing).
+        let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
         loader.override_global("wanted", slots.as_slice(), true);
         let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(KSYM_ASSET, e))?;
         let program: &mut Iter = ebpf
             .program_mut(KSYM_PROGRAM)
             .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| missing_program(KSYM_ASSET, KSYM_PROGRAM))?;
+            .ok_or_else(|| missing_in_object(KSYM_ASSET, "program lockstat_ksym"))?;
         program
             .load("ksym", &btf.btf)
             .map_err(|e| AssetError::from_program_load(KSYM_ASSET, KSYM_PROGRAM, e))?;
@@ -99,11 +99,12 @@ pub(super) fn run_iterator(program: &mut Iter, asset: &str, name: &str) -> Resul
     Ok(output)
 }
 
-pub(super) fn missing_program(asset: &str, program: &str) -> AssetError {
+/// The object lacks a program or map this loader expects: built from other sources.
+pub(super) fn missing_in_object(asset: &str, what: &str) -> AssetError {
     AssetError::Read {
         asset: asset.into(),
         path: String::new(),
-        reason: format!("program {program} is not in the object"),
+        reason: format!("{what} is not in the object; rebuild the eBPF objects with this loader"),
     }
 }
 

@@ -102,11 +102,16 @@ impl Inner {
 
 fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMap]) -> Inner {
     let mut status = LockStatsStatus::new(CollectorState::Running, cfg.max_ranges);
+    let step = Instant::now();
     let per_cpu_offset = resolve_per_cpu_offset(assets, &mut status);
+    tracing::debug!(elapsed = ?step.elapsed(), "lockstats: kernel symbols resolved");
+    let step = Instant::now();
     let snapshot = match inventory::snapshot(assets, per_cpu_offset) {
         Ok(snapshot) => snapshot,
         Err(e) => return failed(status, format!("walking BPF maps: {e}")),
     };
+    tracing::debug!(elapsed = ?step.elapsed(), maps = snapshot.maps.len(), "lockstats: maps walked");
+    let step = Instant::now();
     let (targets, unmatched) = targets::select(&snapshot.maps, owned_maps, cfg.track_all_maps);
     for owned in unmatched {
         status.reasons.push(format!(
@@ -115,7 +120,11 @@ fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMa
         ));
     }
     let (held, table, meta) = plan(&targets, &snapshot, cfg.max_ranges, &mut status);
-    match ContentionProbe::load(assets, &table) {
+    tracing::debug!(elapsed = ?step.elapsed(), ranges = table.ranges.len(), "lockstats: maps opened, ranges planned");
+    let step = Instant::now();
+    let probe = ContentionProbe::load(assets, &table);
+    tracing::debug!(elapsed = ?step.elapsed(), "lockstats: contention object loaded");
+    match probe {
         Ok(probe) => {
             status.programs = probe
                 .program_ids
@@ -157,10 +166,18 @@ fn plan(
 ) -> (Vec<HeldMap>, RangeTable, BTreeMap<u32, MapMeta>) {
     let mut held = Vec::new();
     let mut candidates = Vec::new();
+    let fd_budget = usize::try_from(targets::fd_budget()).unwrap_or(usize::MAX);
     for target in targets {
         let ranges = ranges::lock_ranges(&target.layout, &snapshot.per_cpu_offsets);
         if ranges.is_empty() {
             continue; // arrays, queues, ...: no lock of their own that we track
+        }
+        if held.len() >= fd_budget {
+            let reason = format!(
+                "holding its fd would leave too few under RLIMIT_NOFILE ({fd_budget} map fds available); raise the loader's open-file limit"
+            );
+            status.maps_left_out.push(left_out(target, reason));
+            continue;
         }
         match targets::hold(target) {
             Ok(h) => {
@@ -279,5 +296,15 @@ impl LockStatsCollector {
 
     pub fn state(&self) -> CollectorState {
         self.lock().status.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The lead shares the collector between gRPC handlers behind an `Arc`.
+    #[test]
+    fn collector_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::LockStatsCollector>();
     }
 }

@@ -77,6 +77,36 @@ pub fn select(maps: &[MapLayout], owned: &[OwnedMap], track_all: bool) -> (Vec<T
     (targets, unmatched)
 }
 
+/// Fds kept free for the rest of the loader (gRPC connections, other modules).
+const FD_RESERVE: u64 = 256;
+
+/// How many more map fds the collector may hold. Raises the soft RLIMIT_NOFILE to the
+/// hard limit first: watching every map holds one fd per map, and the common soft limit
+/// (1024) is below what a busy system's maps need.
+pub fn fd_budget() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::info!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised RLIMIT_NOFILE to hold watched maps"
+                );
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    soft.saturating_sub(open).saturating_sub(FD_RESERVE)
+}
+
 /// A watched map's fd, held open.
 pub struct HeldMap {
     pub id: u32,

@@ -11,6 +11,11 @@ use std::thread::JoinHandle;
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+/// LRU maps: one LRU list per CPU instead of a global one with per-CPU local lists.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// Hash with seed 0 (root only): lets the test compute which bucket a key lands in.
+pub const BPF_F_ZERO_SEED: u32 = 1 << 6;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -57,9 +62,22 @@ impl RawMap {
         name: &str,
         value_size: u32,
     ) -> std::io::Result<Self> {
+        Self::create_raw(map_type, 4, value_size, max_entries, flags, name)
+    }
+
+    /// Any map type: a ring buffer wants key and value size 0 and a power-of-2 page
+    /// multiple as max_entries.
+    pub fn create_raw(
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        flags: u32,
+        name: &str,
+    ) -> std::io::Result<Self> {
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, map_type);
-        put_u32(&mut attr, 4, 4);
+        put_u32(&mut attr, 4, key_size);
         put_u32(&mut attr, 8, value_size);
         put_u32(&mut attr, 12, max_entries);
         put_u32(&mut attr, 16, flags);
@@ -171,4 +189,83 @@ pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{}_{n}", std::process::id() % 10_000)
+}
+
+/// The kernel's `jhash2()` (lookup3) of one 32-bit word, as `htab_map_hash()` computes it
+/// for a 4-byte key.
+pub fn jhash_word(key: u32, seed: u32) -> u32 {
+    let init = 0xdead_beef_u32.wrapping_add(4).wrapping_add(seed);
+    let (mut a, mut b, mut c) = (init.wrapping_add(key), init, init);
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c.wrapping_sub(b.rotate_left(24))
+}
+
+/// `count` keys that all hash to bucket 0 of a zero-seed map with `n_buckets` buckets.
+pub fn colliding_keys(n_buckets: u32, count: usize) -> Vec<u32> {
+    (0u32..).filter(|k| jhash_word(*k, 0) & (n_buckets - 1) == 0).take(count).collect()
+}
+
+/// Threads updating, in turn, `keys` that all share one bucket of a full map. For a
+/// full hash map and an absent key, each call walks the whole chain under the bucket lock
+/// and fails (E2BIG); for an LRU map cycling through more keys than it holds, each call
+/// walks the chain, inserts and evicts. Either way the bucket lock is held most of the
+/// time, so waiters queue on it — the only waiters the lock tracepoints report.
+pub struct ChainHammer {
+    stop: Arc<AtomicBool>,
+    pub calls: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ChainHammer {
+    pub fn start(map: Arc<RawMap>, keys: Vec<u32>, threads: usize) -> Self {
+        let keys = Arc::new(keys);
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, calls, map, keys) = (stop.clone(), calls.clone(), map.clone(), keys.clone());
+                std::thread::spawn(move || {
+                    let value = vec![0u8; map.value_size as usize];
+                    let mut next = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..256 {
+                            let _ = map.update(keys[next % keys.len()], &value);
+                            next = next.wrapping_add(1);
+                        }
+                        calls.fetch_add(256, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, calls, threads }
+    }
+
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.drain(..).for_each(|t| {
+            let _ = t.join();
+        });
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ChainHammer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.drain(..).for_each(|t| {
+            let _ = t.join();
+        });
+    }
 }

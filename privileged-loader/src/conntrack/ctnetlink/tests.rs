@@ -79,3 +79,10 @@ fn the_dump_request_is_a_ctnetlink_get_with_the_dump_flag() {
     assert_eq!(u32::from_ne_bytes(req[8..12].try_into().unwrap()), 7);
     assert_eq!(&req[16..], &[0, 0, 0, 0]); // AF_UNSPEC: every family
 }
+
+#[test]
+fn replies_carry_the_sequence_number_of_their_request() {
+    // capture.py sent its dump request with sequence number 1; events carry 0.
+    assert!(wire::parse_sequenced(DUMP).unwrap().iter().all(|(seq, _)| *seq == 1));
+    assert!(wire::parse_sequenced(DESTROY).unwrap().iter().all(|(seq, _)| *seq == 0));
+}

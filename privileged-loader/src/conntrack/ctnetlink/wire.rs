@@ -108,6 +108,13 @@ pub fn dump_request(seq: u32) -> Vec<u8> {
 
 /// Every message in one datagram read from a netlink socket.
 pub fn parse(buf: &[u8]) -> Result<Vec<Message>, WireError> {
+    Ok(parse_sequenced(buf)?.into_iter().map(|(_, message)| message).collect())
+}
+
+/// Every message in one datagram with its sequence number: replies to a request carry
+/// the request's number (events carry 0), so that leftovers of an abandoned dump can be
+/// told apart from the replies to the current one.
+pub fn parse_sequenced(buf: &[u8]) -> Result<Vec<(u32, Message)>, WireError> {
     let mut messages = Vec::new();
     let mut offset = 0;
     while buf.len() - offset >= NLMSG_HDRLEN {
@@ -117,7 +124,8 @@ pub fn parse(buf: &[u8]) -> Result<Vec<Message>, WireError> {
             return Err(WireError::MessageLength { offset, len, available: rest.len() });
         }
         let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-        messages.push(parse_message(kind, &rest[NLMSG_HDRLEN..len])?);
+        let seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
+        messages.push((seq, parse_message(kind, &rest[NLMSG_HDRLEN..len])?));
         offset += align4(len).min(rest.len());
     }
     Ok(messages)
