@@ -70,7 +70,7 @@ declare -A APT_FOR=(
 # Separates the fields of one kernel's expectations (regexes may contain '|').
 SEP=$'\x1f'
 
-log() { printf 'qemu-matrix: %s\n' "$*" >&2; }
+log() { printf 'qemu-matrix [%ss]: %s\n' "$SECONDS" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
 parse_args() {
