@@ -38,14 +38,14 @@ RUN_HOST=1
 REPORT_ONLY=0
 
 # The cargo test targets (privileged-loader/tests/<name>.rs) run on every kernel, with
-# the libtest arguments they need in the guests (the host row runs them whole). Tests
-# that assert this host's own attach kinds are skipped in guests, where the matrix checks
-# the probe report and the chosen strategy against kernels.conf instead. A target that
-# cargo did not build fails the run (a renamed test cannot drop out silently), unless its
-# name ends in "?" (targets being renamed across branches: run when present). probe_btf_asset's first test asserts the host's
-# own attach kinds (no kprobes, fentry EPERM); on other kernels the matrix checks the
-# probe report itself instead; its verifier-rejection test compiles an object with clang
-# at run time (no compiler in the guests): the broken-object check covers that there.
+# the libtest arguments they need in the guests (the host row runs them whole):
+# - tests that assert this host's own attach kinds (no kprobes, fentry EPERM, tp_btf
+#   chosen) are skipped in guests, where the verdict checks the probe report and the
+#   chosen strategy against kernels.conf instead;
+# - probe_btf_asset's verifier-rejection test runs clang at test time (no compiler in the
+#   guests): the broken-object check covers verifier rejections there.
+# A target cargo did not build fails the run (a renamed test cannot drop out silently),
+# unless its name ends in "?" (targets being renamed across branches: run when present).
 TEST_TARGETS=(
   "probe_btf_asset|--skip probe_reports_this_kernel_with_a_reason_for_every_no --skip a_verifier_rejection_is_recorded_with_the_log_tail"
   "conntrack_core|--skip on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not"
