@@ -332,8 +332,11 @@ run_host() {
   mkdir -p "$dir"
   rm -f "$dir"/{console.log,markers.log,timeout}
   log "host: running the suite on $(uname -r)"
-  QM_ROOT=$suite QM_TESTS=$suite/tests-host.list QM_MARK=$dir/markers.log QM_WORK=$(mktemp -d) QM_TEST_TIMEOUT=$TEST_TIMEOUT \
+  local scratch
+  scratch=$(mktemp -d)
+  QM_ROOT=$suite QM_TESTS=$suite/tests-host.list QM_MARK=$dir/markers.log QM_WORK=$scratch QM_TEST_TIMEOUT=$TEST_TIMEOUT \
     bash "$suite/suite.sh" >"$dir/console.log" 2>&1 || true
+  rm -rf "$scratch"
 }
 
 # ---------------------------------------------------------------------------------------
