@@ -53,6 +53,8 @@ impl pb::loader_server::Loader for LoaderApi {
         }))
     }
 
+    /// Placeholder until the daemon wires the lock-statistics collector in (lead's
+    /// integration of the `lockstats` branch replaces it).
     type ListConntrackStream = EntryStream;
 
     #[tracing::instrument(skip_all, name = "ListConntrack")]
