@@ -288,7 +288,10 @@ fn conntrack_nat_sources() -> anyhow::Result<std::collections::HashSet<u16>> {
 }
 
 fn lookups(loader: &Loader) -> anyhow::Result<()> {
-    let out = Command::new("conntrack").args(["-L", "-p", "tcp", "--orig-dst", VIP]).stderr(Stdio::null()).output()?;
+    let out = Command::new("conntrack")
+        .args(["-L", "-p", "tcp", "--orig-dst", VIP])
+        .stderr(Stdio::null())
+        .output()?;
     let listing = String::from_utf8_lossy(&out.stdout);
     let line = listing.lines().next().ok_or_else(|| anyhow::anyhow!("no NAT'd entry to look up"))?;
     let field = |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name)).map(str::to_string);
