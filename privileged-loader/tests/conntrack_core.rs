@@ -290,3 +290,62 @@ fn an_entry_whose_destroy_event_never_comes_is_removed_by_the_sweep() {
     assert!(counted, "both slots were removed by the sweep, not by an event");
     assert!(ct.entries_in(netns).is_empty());
 }
+
+/// Connections made on reused 5-tuples: a SYN from the port of a connection that was just
+/// reset makes the kernel destroy the old entry and create a new one with the very same
+/// tuples (what `tcp_tw_reuse` does under load). The old entry's DESTROY event is read
+/// after the new connection was recorded, and must not delete it.
+#[test]
+fn a_new_connection_on_a_reused_tuple_survives_the_destroy_of_the_old_one() {
+    const PORTS: u16 = 10;
+    let lab = NatLab::new("ct-reuse").unwrap();
+    let ct = NsConntracker::start(&lab.netns, test_config());
+    let netns = lab.netns.inode().unwrap();
+    let front = lab.front(L4::Tcp, false);
+    let conns = lab
+        .netns
+        .run(move || {
+            (0..PORTS)
+                .map(|i| {
+                    let port = 41_000 + i;
+                    abort(connect_from(port, front));
+                    // Idle after the handshake: no later packet can re-record it.
+                    connect_from(port, front)
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+
+    let want = expected(&lab);
+    assert_eq!(want.len(), usize::from(PORTS), "conntrack -L holds the new connections: {want:#?}");
+    let destroyed = eventually(Duration::from_secs(5), || {
+        ct.stats.destroy_events.load(Ordering::Relaxed) >= u64::from(PORTS)
+    });
+    assert!(destroyed, "the old entries' DESTROY events were read");
+    assert!(
+        eventually(Duration::from_secs(2), || ct.entries_in(netns) == want),
+        "map {:#?}\n!= conntrack -L {want:#?}",
+        ct.entries_in(netns)
+    );
+    // And they stay (nothing later deletes them: no sweep runs within the test).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ct.entries_in(netns), want);
+    drop(conns);
+}
+
+/// A TCP connection to `to` from local port `port` (SO_REUSEADDR, so that the port of a
+/// connection just reset can be bound again at once).
+fn connect_from(port: u16, to: std::net::SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
+}
+
+/// Closes `stream` with a RST (SO_LINGER 0): no TIME_WAIT socket keeps the port, and
+/// conntrack marks the entry closed, so the next SYN on its tuple replaces it.
+fn abort(stream: std::net::TcpStream) {
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+}
