@@ -273,9 +273,11 @@ fn on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not() {
 #[test]
 fn an_entry_whose_destroy_event_never_comes_is_removed_by_the_sweep() {
     let lab = NatLab::new("ct-sweep").unwrap();
-    // Created before any ctnetlink listener exists: with the default
-    // net.netfilter.nf_conntrack_events=2 such entries carry no event cache, so deleting
-    // them sends no DESTROY event. Only the sweep's recheck can notice they are gone.
+    // An entry that sends no DESTROY event. With the default nf_conntrack_events=2 that
+    // is one created while no ctnetlink listener exists — on this kernel, in ANY
+    // namespace, so a test running in parallel would give it an event cache. Turning
+    // events off in this namespace makes it certain. Only the sweep can notice it gone.
+    lab.netns.run(|| std::fs::write("/proc/sys/net/netfilter/nf_conntrack_events", "0")).unwrap().unwrap();
     let conn = lab.connect(L4::Tcp, false).unwrap();
     let doomed = tuple(&conn.original_tuple().unwrap());
     let ct = NsConntracker::start(&lab.netns, ConntrackConfig { sweep_interval_secs: 1, ..test_config() });
