@@ -668,9 +668,7 @@ impl Sweeper {
         self.stats.swept_slots.fetch_add(deleted as u64, Ordering::Relaxed);
         tracing::debug!(module = MODULE, deleted, inserted, slots = slots.len(), "conntrack sweep done");
     }
-}
 
-impl Sweeper {
     /// Which of the own-namespace `originals` the kernel still holds, asked one by one:
     /// the dumps that missed them can skip entries. An entry that cannot be asked about
     /// counts as held (deleting a live entry is the worse error).
