@@ -273,9 +273,11 @@ fn on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not() {
 #[test]
 fn an_entry_whose_destroy_event_never_comes_is_removed_by_the_sweep() {
     let lab = NatLab::new("ct-sweep").unwrap();
-    // Created before any ctnetlink listener exists: with the default
-    // net.netfilter.nf_conntrack_events=2 such entries carry no event cache, so deleting
-    // them sends no DESTROY event. Only the sweep's recheck can notice they are gone.
+    // An entry that sends no DESTROY event. With the default nf_conntrack_events=2 that
+    // is one created while no ctnetlink listener exists — on this kernel, in ANY
+    // namespace, so a test running in parallel would give it an event cache. Turning
+    // events off in this namespace makes it certain. Only the sweep can notice it gone.
+    lab.netns.run(|| std::fs::write("/proc/sys/net/netfilter/nf_conntrack_events", "0")).unwrap().unwrap();
     let conn = lab.connect(L4::Tcp, false).unwrap();
     let doomed = tuple(&conn.original_tuple().unwrap());
     let ct = NsConntracker::start(&lab.netns, ConntrackConfig { sweep_interval_secs: 1, ..test_config() });
@@ -289,4 +291,63 @@ fn an_entry_whose_destroy_event_never_comes_is_removed_by_the_sweep() {
     let counted = eventually(Duration::from_secs(1), || ct.stats.swept_slots.load(Ordering::Relaxed) >= 2);
     assert!(counted, "both slots were removed by the sweep, not by an event");
     assert!(ct.entries_in(netns).is_empty());
+}
+
+/// Connections made on reused 5-tuples: a SYN from the port of a connection that was just
+/// reset makes the kernel destroy the old entry and create a new one with the very same
+/// tuples (what `tcp_tw_reuse` does under load). The old entry's DESTROY event is read
+/// after the new connection was recorded, and must not delete it.
+#[test]
+fn a_new_connection_on_a_reused_tuple_survives_the_destroy_of_the_old_one() {
+    const PORTS: u16 = 10;
+    let lab = NatLab::new("ct-reuse").unwrap();
+    let ct = NsConntracker::start(&lab.netns, test_config());
+    let netns = lab.netns.inode().unwrap();
+    let front = lab.front(L4::Tcp, false);
+    let conns = lab
+        .netns
+        .run(move || {
+            (0..PORTS)
+                .map(|i| {
+                    let port = 41_000 + i;
+                    abort(connect_from(port, front));
+                    // Idle after the handshake: no later packet can re-record it.
+                    connect_from(port, front)
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+
+    let want = expected(&lab);
+    assert_eq!(want.len(), usize::from(PORTS), "conntrack -L holds the new connections: {want:#?}");
+    let destroyed = eventually(Duration::from_secs(5), || {
+        ct.stats.destroy_events.load(Ordering::Relaxed) >= u64::from(PORTS)
+    });
+    assert!(destroyed, "the old entries' DESTROY events were read");
+    assert!(
+        eventually(Duration::from_secs(2), || ct.entries_in(netns) == want),
+        "map {:#?}\n!= conntrack -L {want:#?}",
+        ct.entries_in(netns)
+    );
+    // And they stay (nothing later deletes them: no sweep runs within the test).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ct.entries_in(netns), want);
+    drop(conns);
+}
+
+/// A TCP connection to `to` from local port `port` (SO_REUSEADDR, so that the port of a
+/// connection just reset can be bound again at once).
+fn connect_from(port: u16, to: std::net::SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
+}
+
+/// Closes `stream` with a RST (SO_LINGER 0): no TIME_WAIT socket keeps the port, and
+/// conntrack marks the entry closed, so the next SYN on its tuple replaces it.
+fn abort(stream: std::net::TcpStream) {
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
 }

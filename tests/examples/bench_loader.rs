@@ -241,10 +241,15 @@ async fn client(socket: &Path) -> anyhow::Result<pb::loader_client::LoaderClient
 fn completeness(loader: &Loader) -> anyhow::Result<()> {
     let _ = Command::new("conntrack").arg("-F").stderr(Stdio::null()).status();
     let (t0, mut opened) = (Instant::now(), 0u64);
+    // Source ports used, and how often: a port used twice reuses a 5-tuple (tcp_tw_reuse),
+    // which makes conntrack destroy the old entry and create a new one with the same tuples.
+    let mut uses = std::collections::HashMap::<u16, u32>::new();
     while t0.elapsed() < Duration::from_secs(10) {
         let due = (t0.elapsed().as_secs_f64() * 2000.0) as u64;
         while opened < due {
-            drop(TcpStream::connect(vip())?);
+            let stream = TcpStream::connect(vip())?;
+            *uses.entry(stream.local_addr()?.port()).or_default() += 1;
+            drop(stream);
             opened += 1;
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -269,6 +274,14 @@ fn completeness(loader: &Loader) -> anyhow::Result<()> {
         "completeness: {opened} connections at {achieved:.0}/s; conntrack -L shows {}; loader has {found} of them ({:.2} %); false entries: {false_entries}",
         oracle.len(),
         found as f64 * 100.0 / oracle.len().max(1) as f64
+    );
+    let missing: Vec<u16> = oracle.iter().filter(|p| !listed.contains(p)).copied().collect();
+    let reused = |p: &u16| uses.get(p).is_some_and(|n| *n > 1);
+    println!(
+        "completeness: 5-tuples reused during the run: {}; missing entries: {}, of which on a reused 5-tuple: {}",
+        uses.values().filter(|n| **n > 1).count(),
+        missing.len(),
+        missing.iter().filter(|p| reused(p)).count()
     );
     Ok(())
 }

@@ -196,7 +196,7 @@ async fn serve(
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
     match open_netlink() {
-        Ok((events, mut dump)) => {
+        Ok((events, query, mut dump)) => {
             let seeded = seed(&tracker, &mut dump, cfg).await;
             stats.initial_entries.store(seeded as u64, Ordering::Relaxed);
             let resync = Arc::new(Notify::new());
@@ -207,8 +207,13 @@ async fn serve(
                     .filter(|_| strategy.refreshes_last_seen())
                     .map(|d| d.as_nanos() as u64),
             };
-            let listener =
-                DestroyListener { tracker: tracker.clone(), stats: stats.clone(), resync: resync.clone() };
+            let listener = DestroyListener {
+                tracker: tracker.clone(),
+                stats: stats.clone(),
+                resync: resync.clone(),
+                query,
+                cfg: cfg.clone(),
+            };
             tasks.spawn(listener.run(events, shutdown.clone()));
             let sweeper = Sweeper {
                 tracker: tracker.clone(),
@@ -234,12 +239,15 @@ async fn serve(
     RunningConntracker { tracker, tasks, stats }
 }
 
-/// The DESTROY event socket first, then the dump socket: an entry destroyed between the
-/// dump and the subscription would otherwise stay in the map until the next sweep.
-fn open_netlink() -> Result<(CtNetlink, CtNetlink), NetlinkError> {
+/// The DESTROY event socket first, then the query and dump sockets: an entry destroyed
+/// between the dump and the subscription would otherwise stay in the map until the next
+/// sweep. The query socket asks the kernel, for each DESTROY, whether a newer entry with
+/// the same tuple exists (it must not be on the event socket, whose events it would eat).
+fn open_netlink() -> Result<(CtNetlink, CtNetlink, CtNetlink), NetlinkError> {
     let events = CtNetlink::event_socket(Groups::Destroy)?;
+    let query = CtNetlink::dump_socket()?;
     let dump = CtNetlink::dump_socket()?;
-    Ok((events, dump))
+    Ok((events, query, dump))
 }
 
 /// Inserts the entries of a dump of the own namespace that the configuration records
@@ -317,10 +325,17 @@ impl CoreConntracker {
         result.is_ok()
     }
 
-    /// Deletes both slots of `entry`, if present.
-    pub fn remove(&self, entry: &Entry) {
-        let keys = map::slots_of(entry, 0).map(|(key, _)| key);
-        self.remove_keys(&keys);
+    /// The slots of `entry` that still describe it (their value names `entry`'s other
+    /// direction): a slot rewritten since, for another connection, is not among them.
+    pub fn slots_describing(&self, entry: &Entry) -> Vec<CtKey> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map::slots_of(entry, 0)
+            .into_iter()
+            .filter(|(key, expected)| {
+                map.get(key, 0).is_ok_and(|v| v.other == expected.other && v.dir == expected.dir)
+            })
+            .map(|(key, _)| key)
+            .collect()
     }
 
     /// Deletes `keys`; returns how many were present.
@@ -557,17 +572,21 @@ struct DestroyListener {
     tracker: Arc<CoreConntracker>,
     stats: Arc<ConntrackStats>,
     resync: Arc<Notify>,
+    /// Asks the kernel whether a destroyed tuple already belongs to a newer entry.
+    query: CtNetlink,
+    /// Decides whether such a newer entry belongs in the map.
+    cfg: ConntrackConfig,
 }
 
 impl DestroyListener {
-    async fn run(self, mut socket: CtNetlink, shutdown: CancellationToken) {
+    async fn run(mut self, mut socket: CtNetlink, shutdown: CancellationToken) {
         loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => return,
                 batch = socket.next_events() => batch,
             };
             match batch {
-                Ok(events) => self.apply(&events),
+                Ok(events) => self.apply(&events).await,
                 Err(NetlinkError::Overrun) => {
                     self.stats.enobufs.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -587,13 +606,48 @@ impl DestroyListener {
         }
     }
 
-    fn apply(&self, events: &[Event]) {
+    async fn apply(&mut self, events: &[Event]) {
         for event in events {
             if let Event::Destroy(entry) = event {
                 self.stats.destroy_events.fetch_add(1, Ordering::Relaxed);
                 if is_nat(entry) {
-                    self.tracker.remove(entry);
+                    self.forget(entry).await;
                 }
+            }
+        }
+    }
+
+    /// Deletes the slots of the destroyed `entry`, unless they now belong to a newer
+    /// entry with the same original tuple.
+    ///
+    /// The event is read after the fact. When a port is reused (a SYN on a TIME_WAIT or
+    /// closed entry, `tcp_tw_reuse`), the kernel destroys the old entry and creates a new
+    /// one with the very same tuples in the same instant; the eBPF program has usually
+    /// recorded the new one (the same slots) before this event is read, and deleting them
+    /// would lose a live connection — for good with fentry/kprobe, until its next packet
+    /// with tp_btf. So the kernel is asked what it holds now (`CtNetlink::get`, which
+    /// ignores the dying entry itself); a live entry under the tuple keeps the slots,
+    /// rewritten to it.
+    async fn forget(&mut self, entry: &Entry) {
+        let stale = self.tracker.slots_describing(entry);
+        if stale.is_empty() {
+            return;
+        }
+        match self.query.get(&entry.original).await {
+            Ok(Some(next)) if is_nat(&next) && self.cfg.records(&next) => {
+                let kept = map::slots_of(&next, 0).map(|(key, _)| key);
+                let gone: Vec<CtKey> = stale.into_iter().filter(|k| !kept.contains(k)).collect();
+                self.tracker.remove_keys(&gone);
+                self.tracker.insert(&next, monotonic_ns());
+            }
+            Ok(_) => {
+                self.tracker.remove_keys(&stale);
+            }
+            Err(e) => {
+                // Unknown: keeping a dead entry until the sweep is better than deleting
+                // a live one that nothing would re-record.
+                tracing::warn!(module = MODULE, error = %e, ?entry, "cannot ask the kernel about a destroyed entry; resynchronising");
+                self.resync.notify_one();
             }
         }
     }
@@ -648,14 +702,37 @@ impl Sweeper {
                 return;
             }
         };
-        let plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns, &self.suspects);
-        self.suspects = plan.suspects;
+        let mut plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns, &self.suspects);
+        let held = self.held_by_kernel(dump, &sweep::own_deletions(&plan, &slots, &self.policy)).await;
+        sweep::spare(&mut plan, &slots, &held);
+        self.suspects = std::mem::take(&mut plan.suspects);
         let deleted = self.tracker.remove_keys(&plan.delete);
         let now = monotonic_ns();
         let inserted = plan.insert.iter().filter(|e| self.tracker.insert(e, now)).count();
         self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
         self.stats.swept_slots.fetch_add(deleted as u64, Ordering::Relaxed);
         tracing::debug!(module = MODULE, deleted, inserted, slots = slots.len(), "conntrack sweep done");
+    }
+
+    /// Which of the own-namespace `originals` the kernel still holds, asked one by one:
+    /// the dumps that missed them can skip entries. An entry that cannot be asked about
+    /// counts as held (deleting a live entry is the worse error).
+    async fn held_by_kernel(&self, dump: &mut CtNetlink, originals: &[CtKey]) -> HashSet<CtKey> {
+        let mut held = HashSet::new();
+        for key in originals {
+            let Ok(tuple) = key.to_tuple() else { continue };
+            match dump.get(&tuple).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    held.insert(*key);
+                }
+                Err(e) => {
+                    tracing::debug!(module = MODULE, error = %e, ?tuple, "sweep: cannot ask the kernel; keeping");
+                    held.insert(*key);
+                }
+            }
+        }
+        held
     }
 }
 

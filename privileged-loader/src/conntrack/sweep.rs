@@ -8,7 +8,8 @@
 //!   gone: its DESTROY event was missed (queue overrun, or the entry predates our
 //!   subscription). One miss only makes it a suspect, because a dump can skip an entry
 //!   that moves while the table is walked, and with fentry/kprobe a wrongly deleted
-//!   entry would never come back;
+//!   entry would never come back. Even then the kernel is asked about each one
+//!   ([`own_deletions`], [`spare`]): an entry it still holds is never deleted;
 //! - a connection of another namespace (whose events the loader cannot see) goes when
 //!   it was not seen for `stale_after`, if the attach strategy refreshes "seen" at all;
 //! - a reply-direction slot whose original slot is gone (LRU eviction) goes too;
@@ -90,6 +91,33 @@ pub fn plan(
             .collect();
     }
     plan
+}
+
+/// The own-namespace connections (original keys) that `plan` deletes because the dumps
+/// no longer list them. A dump is not proof: the caller asks the kernel about each and
+/// [`spare`]s those it still holds.
+pub fn own_deletions(plan: &SweepPlan, slots: &[(CtKey, CtValue)], policy: &SweepPolicy) -> Vec<CtKey> {
+    let deleted: HashSet<&CtKey> = plan.delete.iter().collect();
+    slots
+        .iter()
+        .filter(|(k, v)| k.netns == policy.own_netns && v.direction() == Ok(Direction::Original))
+        .filter(|(k, _)| deleted.contains(k))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// Keeps both slots of every connection whose original key is in `held` (the kernel
+/// still has it) out of `plan.delete`.
+pub fn spare(plan: &mut SweepPlan, slots: &[(CtKey, CtValue)], held: &HashSet<CtKey>) {
+    if held.is_empty() {
+        return;
+    }
+    let values: HashMap<&CtKey, &CtValue> = slots.iter().map(|(k, v)| (k, v)).collect();
+    plan.delete.retain(|key| {
+        let reply_of_held =
+            values.get(key).is_some_and(|v| v.direction() == Ok(Direction::Reply) && held.contains(&v.other));
+        !held.contains(key) && !reply_of_held
+    });
 }
 
 enum Verdict {
@@ -174,6 +202,24 @@ mod tests {
         want.sort_by_key(|k| k.dport);
         assert_eq!(deleted, want);
         assert!(second.insert.is_empty() && second.suspects.is_empty());
+    }
+
+    #[test]
+    fn connections_the_kernel_still_holds_are_spared_with_both_slots() {
+        let (held, dead, other) = (entry(1, OWN), entry(2, OWN), entry(3, OTHER));
+        let mut slots: Vec<_> = [held, dead].iter().flat_map(|e| slots_of(e, 5 * SEC)).collect();
+        slots.extend(slots_of(&other, SEC));
+        let suspects = HashSet::from([keys_of(&held)[0], keys_of(&dead)[0]]);
+        // Both missing from two dumps (a dump can skip entries); the other namespace's
+        // connection expires by age and is not the kernel's to confirm.
+        let mut plan = plan(&slots, Some(&[]), &policy(), 120 * SEC, &suspects);
+        let mut asked = own_deletions(&plan, &slots, &policy());
+        asked.sort_by_key(|k| k.sport);
+        assert_eq!(asked, vec![keys_of(&held)[0], keys_of(&dead)[0]]);
+        spare(&mut plan, &slots, &HashSet::from([keys_of(&held)[0]]));
+        let deleted: HashSet<CtKey> = plan.delete.into_iter().collect();
+        let want: HashSet<CtKey> = keys_of(&dead).into_iter().chain(keys_of(&other)).collect();
+        assert_eq!(deleted, want);
     }
 
     #[test]

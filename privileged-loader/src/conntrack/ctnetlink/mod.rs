@@ -4,7 +4,7 @@
 //! (a table dump) and to forget entries the kernel destroyed (DESTROY events). Kept
 //! independent of the eBPF map so that a netlink-only conntracker can reuse it as is:
 //! [`CtNetlink::dump`] gives a `Vec<Entry>`, [`CtNetlink::next_events`] gives
-//! [`Event::New`]/[`Event::Destroy`].
+//! [`Event::New`]/[`Event::Destroy`], [`CtNetlink::get`] the current entry of a tuple.
 //!
 //! No crate is used for the wire format: the subset needed (one request, the tuple
 //! attributes) is small and tested here against bytes captured from the kernel

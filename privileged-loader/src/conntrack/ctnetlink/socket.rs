@@ -14,7 +14,7 @@ use nix::sys::socket::{
 use tokio::io::unix::AsyncFd;
 
 use super::wire::{self, Kind, Message, WireError};
-use crate::conntrack::Entry;
+use crate::conntrack::{Entry, Tuple};
 
 /// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY` (uapi nfnetlink.h).
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
@@ -51,7 +51,7 @@ pub enum NetlinkError {
     Io { op: &'static str, errno: Errno },
     #[error("ctnetlink: the kernel dropped events (ENOBUFS); the map must be resynchronised")]
     Overrun,
-    #[error("ctnetlink dump failed: kernel error {errno}")]
+    #[error("ctnetlink request failed: kernel error {errno}")]
     Kernel { errno: Errno },
     #[error("ctnetlink: malformed message: {0}")]
     Wire(#[from] WireError),
@@ -163,15 +163,52 @@ impl CtNetlink {
         }
     }
 
+    /// The live entry the kernel holds now for the original tuple `original` in this
+    /// socket's namespace, or `None` if it holds none (or only one it is destroying).
+    ///
+    /// A DESTROY event is read after the fact: by then a new entry with the same tuples
+    /// (a reused port) may exist. Its `CTA_ID` does not tell it apart — the kernel derives
+    /// the id from the entry's address and tuples, and the new entry usually takes the
+    /// freed memory of the old one — but the destroyed one is marked `IPS_DYING` before
+    /// its event is sent, so a live entry found here is another one.
+    ///
+    /// Not to be called on an event socket (its events would be read and dropped).
+    pub async fn get(&mut self, original: &Tuple) -> Result<Option<Entry>, NetlinkError> {
+        if let Some(old) = self.unfinished_dump {
+            self.read_dump(old, |_| {}).await?;
+        }
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        send(self.fd.as_raw_fd(), &wire::get_request(seq, original), MsgFlags::empty())
+            .map_err(|errno| NetlinkError::Io { op: "send get request", errno })?;
+        let netns = self.netns;
+        loop {
+            let datagram = self.next_datagram().await?;
+            for message in datagram.into_iter().filter(|(s, _)| *s == seq).map(|(_, m)| m) {
+                match message {
+                    Message::Conntrack { flow: Some(flow), dying: false, .. } => {
+                        return Ok(Some(flow.into_entry(netns)));
+                    }
+                    Message::Conntrack { .. } => return Ok(None),
+                    Message::Error { errno } if errno == libc::ENOENT => return Ok(None),
+                    Message::Error { errno } if errno != 0 => {
+                        return Err(NetlinkError::Kernel { errno: Errno::from_raw(errno) });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// The events of the next datagram. [`NetlinkError::Overrun`] means events were lost:
     /// the caller must resynchronise (e.g. with a fresh [`CtNetlink::dump`]).
     pub async fn next_events(&mut self) -> Result<Vec<Event>, NetlinkError> {
         let netns = self.netns;
         let events = self.next_datagram().await?.into_iter().filter_map(|(_, message)| match message {
-            Message::Conntrack { kind: Kind::New, flow: Some(flow) } => {
+            Message::Conntrack { kind: Kind::New, flow: Some(flow), .. } => {
                 Some(Event::New(flow.into_entry(netns)))
             }
-            Message::Conntrack { kind: Kind::Destroy, flow: Some(flow) } => {
+            Message::Conntrack { kind: Kind::Destroy, flow: Some(flow), .. } => {
                 Some(Event::Destroy(flow.into_entry(netns)))
             }
             _ => None,

@@ -22,7 +22,7 @@ fn flows(messages: &[Message]) -> Vec<(Kind, Flow)> {
     messages
         .iter()
         .filter_map(|m| match m {
-            Message::Conntrack { kind, flow: Some(flow) } => Some((*kind, *flow)),
+            Message::Conntrack { kind, flow: Some(flow), .. } => Some((*kind, *flow)),
             _ => None,
         })
         .collect()
@@ -85,4 +85,41 @@ fn replies_carry_the_sequence_number_of_their_request() {
     // capture.py sent its dump request with sequence number 1; events carry 0.
     assert!(wire::parse_sequenced(DUMP).unwrap().iter().all(|(seq, _)| *seq == 1));
     assert!(wire::parse_sequenced(DESTROY).unwrap().iter().all(|(seq, _)| *seq == 0));
+}
+
+#[test]
+fn entries_in_the_captures_are_live_and_a_dying_status_is_seen() {
+    let live = |bytes: &[u8]| {
+        wire::parse(bytes)
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                Message::Conntrack { dying, .. } => Some(*dying),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(live(DUMP), vec![false, false], "dumped entries are live");
+    // The destroyed entry of the capture is marked dying (IPS_DYING, bit 9 of CTA_STATUS).
+    assert_eq!(live(DESTROY), vec![true]);
+}
+
+#[test]
+fn the_get_request_names_the_original_tuple_in_its_family() {
+    let t = tcp_flow().original;
+    let req = wire::get_request(9, &t);
+    assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()) as usize, req.len());
+    assert_eq!(u16::from_ne_bytes([req[4], req[5]]), 0x0101); // CTNETLINK << 8 | GET
+    assert_eq!(u16::from_ne_bytes([req[6], req[7]]), 0x0001); // REQUEST, no DUMP
+    assert_eq!(u32::from_ne_bytes(req[8..12].try_into().unwrap()), 9);
+    assert_eq!(req[16], 2, "AF_INET");
+    // CTA_TUPLE_ORIG (nested) > CTA_TUPLE_IP (nested) > CTA_IP_V4_SRC = 10.99.0.1
+    assert_eq!(u16::from_ne_bytes([req[22], req[23]]), 0x8001);
+    assert_eq!(u16::from_ne_bytes([req[26], req[27]]), 0x8001);
+    assert_eq!(&req[28..36], &[8, 0, 1, 0, 10, 99, 0, 1]);
+    // ports in network byte order, the protocol number as one byte
+    let be = |p: u16| p.to_be_bytes();
+    assert!(req.windows(2).any(|w| w == be(49180)) && req.windows(2).any(|w| w == be(80)));
+    let v6 = Tuple { src: "fd99::1".parse().unwrap(), dst: "::1".parse().unwrap(), ..t };
+    assert_eq!(wire::get_request(1, &v6)[16], 10, "AF_INET6");
 }

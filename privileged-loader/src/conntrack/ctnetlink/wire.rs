@@ -14,6 +14,7 @@ const NFGENMSG_LEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
 /// Attribute type bits; the top two are NLA_F_NESTED and NLA_F_NET_BYTEORDER.
 const NLA_TYPE_MASK: u16 = 0x3fff;
+const NLA_F_NESTED: u16 = 0x8000;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -26,9 +27,14 @@ const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NFNETLINK_V0: u8 = 0;
 const AF_UNSPEC: u8 = 0;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
+/// `IPS_DYING_BIT` of `enum ip_conntrack_status`: set when the kernel starts destroying it.
+const IPS_DYING: u32 = 1 << 9;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -70,8 +76,9 @@ impl Flow {
 /// One netlink message, decoded as far as a conntracker cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// A conntrack entry; `flow` is `None` for protocols other than TCP/UDP.
-    Conntrack { kind: Kind, flow: Option<Flow> },
+    /// A conntrack entry; `flow` is `None` for protocols other than TCP/UDP. `dying`: the
+    /// kernel has started destroying it (`IPS_DYING` in `CTA_STATUS`).
+    Conntrack { kind: Kind, flow: Option<Flow>, dying: bool },
     /// End of a dump.
     Done,
     /// An error (or, with `errno == 0`, an acknowledgement) from the kernel.
@@ -104,6 +111,60 @@ pub fn dump_request(seq: u32) -> Vec<u8> {
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     msg.extend_from_slice(&[AF_UNSPEC, NFNETLINK_V0, 0, 0]);
     msg
+}
+
+/// A request for the one entry of the socket's namespace whose original tuple is
+/// `original` (`IPCTNL_MSG_CT_GET` without `NLM_F_DUMP`): the kernel answers with that
+/// entry, or with `ENOENT`.
+pub fn get_request(seq: u32, original: &Tuple) -> Vec<u8> {
+    let family = if original.src.is_ipv6() { AF_INET6 } else { AF_INET };
+    let mut ip = Vec::new();
+    match (original.src, original.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            put_attr(&mut ip, CTA_IP_V4_SRC, &src.octets());
+            put_attr(&mut ip, CTA_IP_V4_DST, &dst.octets());
+        }
+        (src, dst) => {
+            put_attr(&mut ip, CTA_IP_V6_SRC, &ipv6_octets(src));
+            put_attr(&mut ip, CTA_IP_V6_DST, &ipv6_octets(dst));
+        }
+    }
+    let mut proto = Vec::new();
+    put_attr(&mut proto, CTA_PROTO_NUM, &[original.protocol.number()]);
+    put_attr(&mut proto, CTA_PROTO_SRC_PORT, &original.src_port.to_be_bytes());
+    put_attr(&mut proto, CTA_PROTO_DST_PORT, &original.dst_port.to_be_bytes());
+    let mut tuple = Vec::new();
+    put_attr(&mut tuple, CTA_TUPLE_IP | NLA_F_NESTED, &ip);
+    put_attr(&mut tuple, CTA_TUPLE_PROTO | NLA_F_NESTED, &proto);
+    let mut attrs = Vec::new();
+    put_attr(&mut attrs, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple);
+
+    let len = (NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len()) as u32;
+    let mut msg = Vec::with_capacity(len as usize);
+    msg.extend_from_slice(&len.to_ne_bytes());
+    msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
+    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
+    msg.extend_from_slice(&attrs);
+    msg
+}
+
+/// Appends one attribute, padded to 4 bytes.
+fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = (NLA_HDRLEN + value.len()) as u16;
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(value);
+    buf.resize(align4(buf.len()), 0);
+}
+
+fn ipv6_octets(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+    }
 }
 
 /// Every message in one datagram read from a netlink socket.
@@ -151,7 +212,7 @@ fn parse_message(kind: u16, payload: &[u8]) -> Result<Message, WireError> {
                 _ => return Ok(Message::Other),
             };
             let attrs = payload.get(NFGENMSG_LEN..).unwrap_or_default();
-            Ok(Message::Conntrack { kind, flow: parse_flow(attrs)? })
+            Ok(Message::Conntrack { kind, flow: parse_flow(attrs)?, dying: parse_dying(attrs)? })
         }
     }
 }
@@ -167,6 +228,16 @@ fn parse_flow(attrs: &[u8]) -> Result<Option<Flow>, WireError> {
         }
     }
     Ok(original.zip(reply).map(|(original, reply)| Flow { original, reply }))
+}
+
+/// Whether the entry's `CTA_STATUS` has `IPS_DYING` (false without a status).
+fn parse_dying(attrs: &[u8]) -> Result<bool, WireError> {
+    for attr in attributes(attrs) {
+        if let (CTA_STATUS, value) = attr? {
+            return Ok(u32::from_be_bytes(fixed::<4>(value, "CTA_STATUS")?) & IPS_DYING != 0);
+        }
+    }
+    Ok(false)
 }
 
 /// A tuple, or `None` when its protocol is neither TCP nor UDP.
