@@ -16,6 +16,7 @@
 //!
 //! The tests of this crate (`tests/*.rs`) run the real binaries ([`loader`], [`process`]); the loader's own kernel
 //! tests (`privileged-loader/tests/conntrack_core.rs`) use the same harness.
+pub mod compare;
 mod error;
 pub mod loader;
 pub mod nat;
