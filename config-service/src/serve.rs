@@ -95,7 +95,8 @@ impl RemoteConfigService {
     ) -> Result<(ClientGetConfigsResponse, AnswerLine), Status> {
         let snapshot = self.snapshots.get().map_err(|e| {
             tracing::error!(error = %e, "repository unreadable");
-            Status::unavailable(format!("repository unreadable: {e}"))
+            // Paths and parse details stay in the service's log, not in the answer.
+            Status::unavailable("the service cannot read its repository; retry later")
         })?;
         let expired = snapshot.expired_at(jiff::Timestamp::now());
         let plan = answer::plan(&snapshot.served, &client_holds(request), expired);
