@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -57,12 +57,15 @@ pub fn generate(path: &Path) -> Result<SigningKey, KeyError> {
     load(path)
 }
 
-/// Loads one key file, refusing files that group or others can access.
+/// Loads one key file, refusing files that group or others can access. The mode is read
+/// from the opened file itself, so it is the mode of the bytes that are then read.
 pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
     let read_err = |source| KeyError::Read { path: path.to_owned(), source };
-    let mode = fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
+    let mut file = fs::File::open(path).map_err(read_err)?;
+    let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o777;
     check_mode(path, mode)?;
-    let text = fs::read(path).map_err(read_err)?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(read_err)?;
     let parse_err = |reason: String| KeyError::Parse { path: path.to_owned(), reason };
     let block = pem::parse(&text).map_err(|e| parse_err(e.to_string()))?;
     if block.tag() != PEM_TAG {

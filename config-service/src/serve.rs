@@ -95,7 +95,8 @@ impl RemoteConfigService {
     ) -> Result<(ClientGetConfigsResponse, AnswerLine), Status> {
         let snapshot = self.snapshots.get().map_err(|e| {
             tracing::error!(error = %e, "repository unreadable");
-            Status::unavailable(format!("repository unreadable: {e}"))
+            // Paths and parse details stay in the service's log, not in the answer.
+            Status::unavailable("the service cannot read its repository; retry later")
         })?;
         let expired = snapshot.expired_at(jiff::Timestamp::now());
         let plan = answer::plan(&snapshot.served, &client_holds(request), expired);
@@ -144,7 +145,13 @@ impl ConfigService for RemoteConfigService {
         &self,
         request: Request<ClientGetConfigsRequest>,
     ) -> Result<Response<ClientGetConfigsResponse>, Status> {
-        let auth = if self.disabled { None } else { Some(self.authenticate(request.metadata())) };
+        // Token and repository checks stat/read small files: keep that blocking I/O off
+        // the async workers' hot path.
+        let auth = if self.disabled {
+            None
+        } else {
+            Some(tokio::task::block_in_place(|| self.authenticate(request.metadata())))
+        };
         let body = request.into_inner();
         let client_id = body.client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
         let span = tracing::info_span!("client_get_configs", client_id);
@@ -152,7 +159,7 @@ impl ConfigService for RemoteConfigService {
         let (token_name, result) = match auth {
             None => (None, Err(Status::unimplemented("remote configuration is disabled on this service"))),
             Some(Err(status)) => (None, Err(status)),
-            Some(Ok(name)) => (Some(name), self.answer(&body)),
+            Some(Ok(name)) => (Some(name), tokio::task::block_in_place(|| self.answer(&body))),
         };
         match result {
             Ok((response, summary)) => {

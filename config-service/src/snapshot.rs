@@ -23,6 +23,8 @@ pub enum SnapshotError {
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("no <N>.root.json in {path}")]
     NoRoot { path: PathBuf },
+    #[error(transparent)]
+    Listing(#[from] repo::RepoError),
 }
 
 /// One consistent view of the served repository.
@@ -38,10 +40,7 @@ impl Snapshot {
     /// Reads every root and the targets document.
     fn load(layout: &Layout) -> Result<Self, SnapshotError> {
         let dir = layout.metadata();
-        let versions = repo::root_versions(&dir).map_err(|e| SnapshotError::Read {
-            path: dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let versions = repo::root_versions(&dir)?;
         if versions.is_empty() {
             return Err(SnapshotError::NoRoot { path: dir });
         }

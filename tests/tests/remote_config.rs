@@ -577,3 +577,42 @@ fn controller_syncs_over_tls() {
     controller.wait_status(SYNC, "cfg1 over TLS", |s| holds(s, "cfg1", 1));
     assert!(service.requests().iter().all(|r| r["status"] == "ok"));
 }
+
+#[test]
+fn suggested_interval_is_bounded_and_backend_state_is_echoed() {
+    let work = scratch_dir();
+    let repo = Repo::init(work.path());
+    let file = work.path().join("c.json");
+    fs::write(&file, "{}").unwrap();
+    let publish = |id: &str, secs: &str| {
+        config_service_ok(&[
+            "publish",
+            "--repo",
+            path_str(&repo.dir),
+            PRODUCT,
+            id,
+            path_str(&file),
+            "--refresh-interval-secs",
+            secs,
+        ]);
+    };
+    publish("cfg1", "3");
+    let service = Service::start(work.path(), &repo, &[]);
+    let mut controller = Controller::start(work.path(), &service.endpoint(), &repo.root_file(1));
+    let status = controller.wait_status(SYNC, "cfg1 with a 3 s suggestion", |s| {
+        holds(s, "cfg1", 1)
+            && s["consecutive_errors"] == 0
+            && s["next_poll_delay_ms"].as_u64().is_some_and(|d| d >= 2_900)
+    });
+    assert!(status["next_poll_delay_ms"].as_u64().unwrap() <= 3_500, "{status:#?}");
+
+    // The opaque state from the targets' custom is echoed back as backend_client_state.
+    let opaque = repo.targets()["custom"]["opaque_backend_state"].as_str().unwrap().len();
+    wait_request(&service, 0, "backend state echoed", |r| r["backend_client_state_len"] == opaque);
+
+    // A suggestion outside the controller's [1 s, 60 s] bounds is not honoured.
+    publish("cfg2", "600");
+    let status = controller.wait_status(SYNC, "cfg2 with a 600 s suggestion", |s| holds(s, "cfg2", 1));
+    let delay = status["next_poll_delay_ms"].as_u64().unwrap();
+    assert!(delay <= 60_000, "a 600 s suggestion was honoured: {delay} ms");
+}
