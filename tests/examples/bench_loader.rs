@@ -36,6 +36,16 @@ fn main() -> anyhow::Result<()> {
     let _ns = Netns::create()?;
     let work = tempfile::tempdir()?;
 
+    // BENCH_ONLY=lookups skips the start-up, data-path and completeness phases.
+    let only_lookups = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "lookups");
+    if only_lookups {
+        let _backend = start_backend()?;
+        let loader = Loader::start(&loader_bin, work.path())?;
+        for _ in 0..20 {
+            drop(TcpStream::connect(vip())?);
+        }
+        return lookups(&loader);
+    }
     let startup = measure_startup(&loader_bin, work.path())?;
     println!(
         "startup exec->serving: median {:.1} ms, min {:.1} ms, max {:.1} ms (10 starts)",
@@ -43,15 +53,19 @@ fn main() -> anyhow::Result<()> {
     );
 
     let backend = start_backend()?;
-    let (tput_off, rate_off, tput_on, rate_on) = data_path(&loader_bin, work.path())?;
+    let d = data_path(&loader_bin, work.path())?;
     println!(
-        "data path: TCP throughput without {:.0} MB/s, with {:.0} MB/s ({:+.1} %); connections/s without {:.0}, with {:.0} ({:+.1} %)",
-        tput_off,
-        tput_on,
-        (tput_on / tput_off - 1.0) * 100.0,
-        rate_off,
-        rate_on,
-        (rate_on / rate_off - 1.0) * 100.0
+        "data path A/B: TCP throughput without {:.0} MB/s, with {:.0} MB/s ({:+.1} %); connections/s without {:.0}, with {:.0} ({:+.1} %)",
+        d.off.0,
+        d.on.0,
+        (d.on.0 / d.off.0 - 1.0) * 100.0,
+        d.off.1,
+        d.on.1,
+        (d.on.1 / d.off.1 - 1.0) * 100.0
+    );
+    println!(
+        "data path cost: the hook ran {:.0} ns per packet and took {:.2} % of the data path's CPU time in the throughput phases, {:.2} % in the connection-rate phases",
+        d.hook_ns_per_run, d.hook_share_tput, d.hook_share_conn
     );
 
     let loader = Loader::start(&loader_bin, work.path())?;
@@ -95,9 +109,14 @@ struct Loader {
 
 impl Loader {
     fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, dir, "")
+    }
+
+    /// Starts a loader with `extra` TOML appended to its config.
+    fn start_with(bin: &Path, dir: &Path, extra: &str) -> anyhow::Result<Self> {
         let socket = dir.join(format!("loader-{}.sock", std::process::id()));
         let config = dir.join("bench-loader.toml");
-        std::fs::write(&config, format!("[api]\nsocket = {:?}\n", socket.display().to_string()))?;
+        std::fs::write(&config, format!("[api]\nsocket = {:?}\n{extra}", socket.display().to_string()))?;
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
@@ -203,20 +222,78 @@ fn connection_rate(secs: f64) -> anyhow::Result<f64> {
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
-    let (mut off, mut on) = ((0.0, 0.0), (0.0, 0.0));
+/// Throughput and connection rate without and with the loader, interleaved, plus the
+/// load-independent figure: the share of the data path's CPU time (this process's user +
+/// system time: sender, backend and the loopback softirq work done in their context)
+/// that the conntracker's hook itself ran, from the kernel's own program statistics.
+struct DataPath {
+    off: (f64, f64),
+    on: (f64, f64),
+    hook_share_tput: f64,
+    hook_share_conn: f64,
+    hook_ns_per_run: f64,
+}
+
+fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
+    const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(BPF_STATS, "1")?;
+    let mut d = DataPath {
+        off: (0.0, 0.0),
+        on: (0.0, 0.0),
+        hook_share_tput: 0.0,
+        hook_share_conn: 0.0,
+        hook_ns_per_run: 0.0,
+    };
+    let (mut hook_runs, mut hook_ns) = (0u64, 0u64);
+    let rounds = 3.0;
     for _ in 0..3 {
-        let sample = |acc: &mut (f64, f64)| -> anyhow::Result<()> {
-            acc.0 += throughput(2.0)? / 3.0;
-            acc.1 += connection_rate(2.0)? / 3.0;
-            Ok(())
-        };
-        sample(&mut off)?;
-        let loader = Loader::start(bin, dir)?;
-        sample(&mut on)?;
+        d.off.0 += throughput(2.0)? / rounds;
+        d.off.1 += connection_rate(2.0)? / rounds;
+        // The conntracker alone: the lock-statistics tracepoints (measured by their own
+        // benchmark) would otherwise add their cost to every contended kernel lock.
+        let loader = Loader::start_with(bin, dir, "[lockstats]\nenabled = false\n")?;
+        for (phase, share) in [(0, &mut d.hook_share_tput), (1, &mut d.hook_share_conn)] {
+            let (cpu0, hook0) = (process_cpu_ns(), hook_stats());
+            let figure = if phase == 0 { throughput(2.0)? } else { connection_rate(2.0)? };
+            let (cpu1, hook1) = (process_cpu_ns(), hook_stats());
+            if phase == 0 {
+                d.on.0 += figure / rounds
+            } else {
+                d.on.1 += figure / rounds
+            }
+            let (runs, ns) = (hook1.0.saturating_sub(hook0.0), hook1.1.saturating_sub(hook0.1));
+            *share += ns as f64 * 100.0 / (cpu1 - cpu0).max(1) as f64 / rounds;
+            hook_runs += runs;
+            hook_ns += ns;
+        }
         drop(loader);
     }
-    Ok((off.0, off.1, on.0, on.1))
+    d.hook_ns_per_run = hook_ns as f64 / hook_runs.max(1) as f64;
+    std::fs::write(BPF_STATS, before.trim())?;
+    Ok(d)
+}
+
+/// User + system CPU time of this process so far, in ns.
+fn process_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the struct we pass; no other memory is touched.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+/// `(run_cnt, run_time_ns)` of the newest loaded `ct_net_dev_queue` program (the loader
+/// started last), from `bpftool prog show` with kernel.bpf_stats_enabled on.
+fn hook_stats() -> (u64, u64) {
+    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output();
+    let progs: serde_json::Value =
+        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    progs
+        .as_array()
+        .and_then(|all| all.iter().rev().find(|p| p["name"] == "ct_net_dev_queue"))
+        .and_then(|p| Some((p["run_cnt"].as_u64()?, p["run_time_ns"].as_u64()?)))
+        .unwrap_or((0, 0))
 }
 
 /// The client side runs on one thread, as `loaderctl` does: on 2 cores a second client
