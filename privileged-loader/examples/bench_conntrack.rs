@@ -53,7 +53,7 @@ fn main() {
         start_times.push(t0.elapsed());
         rates[1].push(conn_rate(&lab.netns, tcp_front));
         tputs[1].push(throughput(&lab.netns, tcp_front));
-        if let Some((runs, ns)) = program_stats("ct_net_dev_queue") {
+        if let Some((runs, ns)) = e2e_tests::workload::program_stats("ct_net_dev_queue") {
             println!(
                 "round {round}: tp_btf program ran {runs} times, {:.0} ns per run",
                 ns as f64 / runs as f64
@@ -132,20 +132,6 @@ fn main() {
         "sweep inputs: reading the map ({slots} slots) {read_map:?}; ctnetlink dump of the namespace ({} entries) {dump_time:?}",
         oracle::entries(&lab.netns).map(|e| e.len()).unwrap_or(0)
     );
-}
-
-/// `(run_cnt, run_time_ns)` of the loaded program named `name` (bpftool shows the full
-/// BTF name; the kernel's own is truncated to 15 characters).
-fn program_stats(name: &str) -> Option<(u64, u64)> {
-    let out = std::process::Command::new("bpftool").args(["prog", "show", "-j"]).output().ok()?;
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let short = &name[..name.len().min(15)];
-    let prog = progs
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|p| matches!(p["name"].as_str(), Some(n) if n == name || n == short))?;
-    Some((prog["run_cnt"].as_u64()?, prog["run_time_ns"].as_u64()?))
 }
 
 /// TCP connections per second (connect, one write, RST close) for [`PHASE`].

@@ -18,13 +18,14 @@
 //! while the script makes a DNAT'd connection, print what was recorded, exit.
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic is the report")]
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use e2e_tests::workload;
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::btf::BtfError;
 use privileged_loader::conntrack::chain::{Strategies, Strategy};
@@ -49,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         AssetLoader::new(Err(BtfError::NotFound { tried: vec!["not used".into()] }), None, registry.clone());
 
     guessing_time(&assets)?;
-    let _backend = start_backend()?;
+    workload::start_sink(SocketAddr::from(([127, 0, 0, 1], BACKEND_PORT)))?;
     data_path(&assets, &registry)?;
     prebuilt_completeness(&assets, &registry)?;
     core_completeness(&registry)?;
@@ -356,43 +357,16 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Backend;
-
-fn start_backend() -> anyhow::Result<Backend> {
-    let listener = TcpListener::bind(("127.0.0.1", BACKEND_PORT))?;
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 16];
-                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    Ok(Backend)
-}
-
 fn vip() -> SocketAddr {
     SocketAddr::from(([10, 99, 0, 1], 80))
 }
 
 fn throughput(secs: f64) -> anyhow::Result<f64> {
-    let mut stream = TcpStream::connect(vip())?;
-    let chunk = vec![7u8; 1 << 16];
-    let (t0, mut sent) = (Instant::now(), 0usize);
-    while t0.elapsed().as_secs_f64() < secs {
-        stream.write_all(&chunk)?;
-        sent += chunk.len();
-    }
-    Ok(sent as f64 / t0.elapsed().as_secs_f64() / 1e6)
+    Ok(workload::throughput(vip(), secs)?)
 }
 
 fn connection_rate(secs: f64) -> anyhow::Result<f64> {
-    let (t0, mut n) = (Instant::now(), 0u64);
-    while t0.elapsed().as_secs_f64() < secs {
-        drop(TcpStream::connect(vip())?);
-        n += 1;
-    }
-    Ok(n as f64 / t0.elapsed().as_secs_f64())
+    Ok(workload::connection_rate(vip(), secs)?)
 }
 
 /// Source ports of the NAT'd TCP entries to the VIP, from the kernel's own table.

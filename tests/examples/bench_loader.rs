@@ -9,15 +9,13 @@
 //! - completeness under 2,000 new NAT'd connections/s for 10 s versus `conntrack -L`
 //!
 //! Everything runs inside a private network namespace this program creates and deletes.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use e2e_tests::workload;
 use hyper_util::rt::TokioIo;
 use shared_proto::loader::v1 as pb;
 use tonic::transport::Endpoint;
@@ -39,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     // BENCH_ONLY=lookups skips the start-up, data-path and completeness phases.
     let only_lookups = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "lookups");
     if only_lookups {
-        let _backend = start_backend()?;
+        workload::start_sink(backend())?;
         let loader = Loader::start(&loader_bin, work.path())?;
         for _ in 0..20 {
             drop(TcpStream::connect(vip())?);
@@ -52,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         startup.0, startup.1, startup.2
     );
 
-    let backend = start_backend()?;
+    workload::start_sink(backend())?;
     let d = data_path(&loader_bin, work.path())?;
     println!(
         "data path A/B: TCP throughput without {:.0} MB/s, with {:.0} MB/s ({:+.1} %); connections/s without {:.0}, with {:.0} ({:+.1} %)",
@@ -73,7 +71,6 @@ fn main() -> anyhow::Result<()> {
     completeness(&loader)?;
     lookups(&loader)?;
     println!("loader RSS after the runs: {:.1} MB", rss_mb(loader.pid)?);
-    drop(backend);
     Ok(())
 }
 
@@ -86,11 +83,7 @@ impl Netns {
     fn create() -> anyhow::Result<Self> {
         let ns = e2e_tests::Netns::new("bench-loader")?;
         ns.add_address(&format!("{VIP}/32"))?;
-        let rule = e2e_tests::Dnat {
-            protocol: e2e_tests::L4::Tcp,
-            from: vip(),
-            to: SocketAddr::from(([127, 0, 0, 1], BACKEND_PORT)),
-        };
+        let rule = e2e_tests::Dnat { protocol: e2e_tests::L4::Tcp, from: vip(), to: backend() };
         ns.apply_nft(&e2e_tests::nat::nft_ruleset(&[rule]))?;
         let file = std::fs::File::open(ns.path())?;
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
@@ -166,60 +159,20 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// A TCP backend on 127.0.0.1:8080 that accepts and drains every connection.
-struct Backend(Arc<AtomicBool>);
-
-fn start_backend() -> anyhow::Result<Backend> {
-    let listener = TcpListener::bind(("127.0.0.1", BACKEND_PORT))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            if flag.load(Ordering::Relaxed) {
-                break;
-            }
-            if let Ok(mut stream) = stream {
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 1 << 16];
-                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-                });
-            }
-        }
-    });
-    Ok(Backend(stop))
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(("127.0.0.1", BACKEND_PORT));
-    }
+fn backend() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], BACKEND_PORT))
 }
 
 fn vip() -> SocketAddr {
     SocketAddr::from(([10, 99, 0, 1], 80))
 }
 
-/// MB/s pushed through one DNAT'd connection for `secs`.
 fn throughput(secs: f64) -> anyhow::Result<f64> {
-    let mut stream = TcpStream::connect(vip())?;
-    let chunk = vec![7u8; 1 << 16];
-    let (t0, mut sent) = (Instant::now(), 0usize);
-    while t0.elapsed().as_secs_f64() < secs {
-        stream.write_all(&chunk)?;
-        sent += chunk.len();
-    }
-    Ok(sent as f64 / t0.elapsed().as_secs_f64() / 1e6)
+    Ok(workload::throughput(vip(), secs)?)
 }
 
-/// New DNAT'd connections per second, connect + close, for `secs`.
 fn connection_rate(secs: f64) -> anyhow::Result<f64> {
-    let (t0, mut n) = (Instant::now(), 0u64);
-    while t0.elapsed().as_secs_f64() < secs {
-        drop(TcpStream::connect(vip())?);
-        n += 1;
-    }
-    Ok(n as f64 / t0.elapsed().as_secs_f64())
+    Ok(workload::connection_rate(vip(), secs)?)
 }
 
 /// Throughput and connection rate without and with the loader, interleaved, plus the
@@ -254,9 +207,11 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
         // benchmark) would otherwise add their cost to every contended kernel lock.
         let loader = Loader::start_with(bin, dir, "[lockstats]\nenabled = false\n")?;
         for (phase, share) in [(0, &mut d.hook_share_tput), (1, &mut d.hook_share_conn)] {
-            let (cpu0, hook0) = (process_cpu_ns(), hook_stats());
+            let (cpu0, hook0) =
+                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
             let figure = if phase == 0 { throughput(2.0)? } else { connection_rate(2.0)? };
-            let (cpu1, hook1) = (process_cpu_ns(), hook_stats());
+            let (cpu1, hook1) =
+                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
             if phase == 0 {
                 d.on.0 += figure / rounds
             } else {
@@ -281,19 +236,6 @@ fn process_cpu_ns() -> u64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
     ns(usage.ru_utime) + ns(usage.ru_stime)
-}
-
-/// `(run_cnt, run_time_ns)` of the newest loaded `ct_net_dev_queue` program (the loader
-/// started last), from `bpftool prog show` with kernel.bpf_stats_enabled on.
-fn hook_stats() -> (u64, u64) {
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output();
-    let progs: serde_json::Value =
-        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
-    progs
-        .as_array()
-        .and_then(|all| all.iter().rev().find(|p| p["name"] == "ct_net_dev_queue"))
-        .and_then(|p| Some((p["run_cnt"].as_u64()?, p["run_time_ns"].as_u64()?)))
-        .unwrap_or((0, 0))
 }
 
 /// The client side runs on one thread, as `loaderctl` does: on 2 cores a second client

@@ -24,6 +24,7 @@ pub mod netns;
 pub mod oracle;
 pub mod process;
 pub mod traffic;
+pub mod workload;
 
 pub use error::HarnessError;
 pub use nat::{Dnat, NatLab};
