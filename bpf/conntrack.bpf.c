@@ -10,8 +10,8 @@
  *   2. kprobe/__nf_conntrack_hash_insert, or the kprobe/kretprobe pair on
  *      __nf_conntrack_confirm where hash_insert is not a visible symbol;
  *   3. tp_btf/net_dev_queue: every transmitted skb; skb->_nfct & ~7 is the entry. Seen
- *      for every packet, so the fast path filters on the NAT status bits first and only
- *      refreshes a timestamp for entries already recorded.
+ *      for every packet, so only new and handshake packets (and a sample of the rest)
+ *      take the recording path; see the program below.
  *
  * The key/value layout is mirrored in src/conntrack/map.rs; keep them in step.
  */
@@ -77,11 +77,15 @@ struct {
 } confirm_args SEC(".maps");
 
 /*
- * Per-packet cost is dominated by helper calls, so a tuple is copied with ONE
- * bpf_probe_read_kernel of the kernel's whole struct (size from BTF) and its fields are
- * picked out of the copy at the kernel's offsets (also from BTF): CO-RE without a helper
- * call per field. The bounds checks are on relocated constants and satisfy the verifier.
+ * Per-packet cost is dominated by helper calls, so an entry is copied with ONE
+ * bpf_probe_read_kernel of the span of struct nf_conn from tuplehash[0].tuple to the end of
+ * ct_net (both tuples, the status bits and the namespace pointer; offsets and sizes from
+ * the kernel's BTF), and its fields are picked out of the copy at the kernel's offsets:
+ * CO-RE without a helper call per field. Only the namespace inode takes a second read,
+ * and only for an entry that is NAT'd. Every bound below is checked against relocated
+ * constants, which is what lets the verifier accept the variable offsets.
  */
+#define CONN_COPY 192
 #define TUPLE_COPY 64
 
 #define FIELD_AT(buf, field, type)                                                          \
@@ -104,21 +108,18 @@ static __always_inline int copy_addr(u8 *dst, const u8 *buf, u32 off, u32 len)
 	return 0;
 }
 
-static __always_inline int read_tuple(struct nf_conntrack_tuple *tp, u32 netns, struct ct_tuple *t)
+/* Parses the kernel tuple at buf (TUPLE_COPY readable bytes) into t; netns is set later. */
+static __always_inline int parse_tuple(const u8 *buf, struct ct_tuple *t)
 {
-	u8 raw[TUPLE_COPY];
-	u32 size = bpf_core_type_size(struct nf_conntrack_tuple);
-
-	__builtin_memset(t, 0, sizeof(*t));
-	if (size > TUPLE_COPY || bpf_probe_read_kernel(raw, size, tp))
-		return -1;
-
-	u16 l3 = FIELD_AT(raw, src.l3num, u16);
-	u8 proto = FIELD_AT(raw, dst.protonum, u8);
+	u16 l3 = FIELD_AT(buf, src.l3num, u16);
+	u8 proto = FIELD_AT(buf, dst.protonum, u8);
 	u32 src_off = bpf_core_field_offset(struct nf_conntrack_tuple, src.u3);
 	u32 dst_off = bpf_core_field_offset(struct nf_conntrack_tuple, dst.u3);
 	u32 len;
 
+	__builtin_memset(t, 0, sizeof(*t));
+	if (bpf_core_type_size(struct nf_conntrack_tuple) > TUPLE_COPY)
+		return -1;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return -1;
 	if (l3 == AF_INET) {
@@ -134,12 +135,11 @@ static __always_inline int read_tuple(struct nf_conntrack_tuple *tp, u32 netns, 
 	} else {
 		return -1;
 	}
-	if (copy_addr(t->src, raw, src_off, len) || copy_addr(t->dst, raw, dst_off, len))
+	if (copy_addr(t->src, buf, src_off, len) || copy_addr(t->dst, buf, dst_off, len))
 		return -1;
-	t->sport = bpf_ntohs(FIELD_AT(raw, src.u.all, u16));
-	t->dport = bpf_ntohs(FIELD_AT(raw, dst.u.all, u16));
+	t->sport = bpf_ntohs(FIELD_AT(buf, src.u.all, u16));
+	t->dport = bpf_ntohs(FIELD_AT(buf, dst.u.all, u16));
 	t->proto = proto;
-	t->netns = netns;
 	return 0;
 }
 
@@ -157,6 +157,44 @@ static __always_inline int is_plain_inverse(const struct ct_tuple *orig, const s
 	       orig->sport == reply->dport && orig->dport == reply->sport;
 }
 
+/* The copy starts at nf_conn.tuplehash[0].tuple; offsets inside it. */
+#define CONN_START                                                                          \
+	(bpf_core_field_offset(struct nf_conn, tuplehash) +                                  \
+	 bpf_core_field_offset(struct nf_conntrack_tuple_hash, tuple))
+#define CONN_OFF(field) (bpf_core_field_offset(struct nf_conn, field) - CONN_START)
+
+/*
+ * Reads a conntrack entry's tuples and, when it is NAT'd, its namespace inode. Returns 0
+ * with both tuples filled for a NAT'd TCP/UDP entry whose reply is not the plain inverse
+ * of its original; -1 for every entry there is nothing to record for.
+ */
+static __always_inline int read_conn(struct nf_conn *ct, struct ct_tuple *orig, struct ct_tuple *reply)
+{
+	u8 raw[CONN_COPY];
+	u32 reply_off = bpf_core_type_size(struct nf_conntrack_tuple_hash); /* tuplehash[1].tuple */
+	u32 status_off = CONN_OFF(status);
+	u32 net_off = CONN_OFF(ct_net);
+	u32 len = net_off + sizeof(void *);
+	unsigned long status;
+	struct net *net;
+
+	if (!ct || len > CONN_COPY || reply_off > CONN_COPY - TUPLE_COPY ||
+	    status_off > CONN_COPY - sizeof(status) || net_off > CONN_COPY - sizeof(net))
+		return -1;
+	if (bpf_probe_read_kernel(raw, len, (u8 *)ct + CONN_START))
+		return -1;
+	__builtin_memcpy(&status, raw + status_off, sizeof(status));
+	if (!(status & IPS_NAT_MASK))
+		return -1;
+	if (parse_tuple(raw, orig) || parse_tuple(raw + reply_off, reply))
+		return -1;
+	if (is_plain_inverse(orig, reply))
+		return -1;
+	__builtin_memcpy(&net, raw + net_off, sizeof(net));
+	orig->netns = reply->netns = BPF_CORE_READ(net, ns.inum);
+	return 0;
+}
+
 static __always_inline int same_tuple(const struct ct_tuple *a, const struct ct_tuple *b)
 {
 	return same_addr(a->src, b->src) && same_addr(a->dst, b->dst) && a->sport == b->sport &&
@@ -171,18 +209,7 @@ static __always_inline void record(struct nf_conn *ct)
 	struct ct_value *seen;
 	u64 now;
 
-	if (!ct)
-		return;
-	if (!(BPF_CORE_READ(ct, status) & IPS_NAT_MASK))
-		return;
-
-	u32 netns = BPF_CORE_READ(ct, ct_net.net, ns.inum);
-
-	if (read_tuple(&ct->tuplehash[0].tuple, netns, &orig))
-		return;
-	if (read_tuple(&ct->tuplehash[1].tuple, netns, &reply))
-		return;
-	if (is_plain_inverse(&orig, &reply))
+	if (read_conn(ct, &orig, &reply))
 		return;
 
 	now = bpf_ktime_get_ns();
@@ -258,10 +285,39 @@ int ct_kretprobe_confirm(struct pt_regs *ctx)
 	return 0;
 }
 
-/* Strategy 3: every transmitted packet carries its conntrack entry in skb->_nfct. */
+/*
+ * Strategy 3: every transmitted packet carries its conntrack entry in skb->_nfct, with
+ * the packet's ctinfo in the low 3 bits. Recording needs the first transmitted packet of
+ * a connection; the rest only refresh last_seen_ns (which the sweep compares with
+ * stale_after_secs, default an hour) and re-add an entry the LRU evicted. So the full
+ * path runs for:
+ *   - IP_CT_NEW: the original direction before any reply (a TCP SYN, UDP until answered);
+ *   - a REPLY-direction packet of an entry not yet ASSURED: the handshake, whose first
+ *     reply is the first packet transmitted for a connection DNAT'd to a local server;
+ *   - one other packet in REFRESH_SAMPLE, at random.
+ * An established packet costs a direct load and a random number (and, in the reply
+ * direction, one 8-byte read): measured in docs/benchmarks.md.
+ */
+#define IP_CT_NEW 2
+#define IP_CT_IS_REPLY 3
+#define CTINFO_MASK 7UL
+#define IPS_ASSURED (1UL << 2)
+#define REFRESH_SAMPLE 64 /* a power of two */
+
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(ct_net_dev_queue, struct sk_buff *skb)
 {
-	record(skb_conn(skb));
+	/* The tracepoint's skb is a BTF pointer the verifier trusts: a direct load. */
+	unsigned long nfct = skb->_nfct;
+	struct nf_conn *ct = (struct nf_conn *)(nfct & NFCT_PTRMASK);
+
+	unsigned long ctinfo = nfct & CTINFO_MASK;
+
+	if (!ct)
+		return 0;
+	if (ctinfo != IP_CT_NEW && (bpf_get_prandom_u32() & (REFRESH_SAMPLE - 1)) &&
+	    (ctinfo < IP_CT_IS_REPLY || (BPF_CORE_READ(ct, status) & IPS_ASSURED)))
+		return 0;
+	record(ct);
 	return 0;
 }

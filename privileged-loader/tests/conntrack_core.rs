@@ -6,6 +6,7 @@
 //! namespace of the machine, by the test namespace's inode. Needs root.
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -350,4 +351,67 @@ fn connect_from(port: u16, to: std::net::SocketAddr) -> std::net::TcpStream {
 /// conntrack marks the entry closed, so the next SYN on its tuple replaces it.
 fn abort(stream: std::net::TcpStream) {
     socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+}
+
+/// The per-packet hook records a connection from the first packet it sees transmitted.
+/// For a connection DNAT'd to a server on this host, that packet is the server's SYN-ACK
+/// (reply direction: the SYN was received, not sent), so the handshake rule of the hook
+/// must catch it — the hook otherwise looks at only one established packet in 64. Many
+/// short connections from another namespace over a veth pair: every one is listed.
+#[test]
+fn connections_dnatted_to_a_local_server_from_another_namespace_are_all_listed() {
+    const CONNECTIONS: usize = 40;
+    let server = Netns::new("ct-in-s").unwrap();
+    let client = Netns::new("ct-in-c").unwrap();
+    server.ip(&["link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", client.name()]).unwrap();
+    server.ip(&["addr", "add", "10.98.0.1/24", "dev", "vs"]).unwrap();
+    client.ip(&["addr", "add", "10.98.0.2/24", "dev", "vc"]).unwrap();
+    server.ip(&["link", "set", "vs", "up"]).unwrap();
+    client.ip(&["link", "set", "vc", "up"]).unwrap();
+    server
+        .apply_nft(
+            "table ip e2e_in {\n  chain pre {\n    type nat hook prerouting priority -100; policy accept;\n    \
+             ip daddr 10.98.0.1 tcp dport 80 dnat ip to 10.98.0.1:8080\n  }\n}\n",
+        )
+        .unwrap();
+    let listener = server.run(|| std::net::TcpListener::bind("10.98.0.1:8080")).unwrap().unwrap();
+    let ct = NsConntracker::start(&server, test_config());
+
+    // Each connection: handshake, a request, a reply, close; the server side closes
+    // first so that no entry lingers in a state conntrack -L would not show.
+    let accepting = std::thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4];
+            stream.read_exact(&mut buf).unwrap();
+            stream.write_all(b"pong").unwrap();
+        }
+    });
+    client
+        .run(|| {
+            for _ in 0..CONNECTIONS {
+                let mut stream = std::net::TcpStream::connect("10.98.0.1:80").unwrap();
+                stream.write_all(b"ping").unwrap();
+                let mut buf = [0u8; 4];
+                stream.read_exact(&mut buf).unwrap();
+            }
+        })
+        .unwrap();
+    accepting.join().unwrap();
+
+    let netns = server.inode().unwrap();
+    let want: BTreeSet<Entry> = oracle::nat_entries(&server)
+        .unwrap()
+        .iter()
+        .map(|e| Entry { original: tuple(&e.original), reply: tuple(&e.reply), netns })
+        .collect();
+    assert_eq!(want.len(), CONNECTIONS, "conntrack -L in the server namespace: {want:#?}");
+    let listed = eventually(Duration::from_secs(2), || ct.entries_in(netns) == want);
+    let got = ct.entries_in(netns);
+    assert!(
+        listed,
+        "{} of {CONNECTIONS} listed; missing: {:#?}",
+        got.len(),
+        want.difference(&got).collect::<Vec<_>>()
+    );
 }

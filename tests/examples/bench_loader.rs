@@ -34,9 +34,14 @@ fn main() -> anyhow::Result<()> {
     let _ns = Netns::create()?;
     let work = tempfile::tempdir()?;
 
-    // BENCH_ONLY=lookups skips the start-up, data-path and completeness phases.
-    let only_lookups = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "lookups");
-    if only_lookups {
+    // BENCH_ONLY=lookups runs only the lookup phase, BENCH_ONLY=datapath only the
+    // data-path phase (for iterating on the eBPF program's cost).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "datapath" {
+        workload::start_sink(backend())?;
+        return print_data_path(&data_path(&loader_bin, work.path())?);
+    }
+    if only == "lookups" {
         workload::start_sink(backend())?;
         let loader = Loader::start(&loader_bin, work.path())?;
         for _ in 0..20 {
@@ -51,26 +56,43 @@ fn main() -> anyhow::Result<()> {
     );
 
     workload::start_sink(backend())?;
-    let d = data_path(&loader_bin, work.path())?;
-    println!(
-        "data path A/B: TCP throughput without {:.0} MB/s, with {:.0} MB/s ({:+.1} %); connections/s without {:.0}, with {:.0} ({:+.1} %)",
-        d.off.0,
-        d.on.0,
-        (d.on.0 / d.off.0 - 1.0) * 100.0,
-        d.off.1,
-        d.on.1,
-        (d.on.1 / d.off.1 - 1.0) * 100.0
-    );
-    println!(
-        "data path cost: the hook ran {:.0} ns per packet and took {:.2} % of the data path's CPU time in the throughput phases, {:.2} % in the connection-rate phases",
-        d.hook_ns_per_run, d.hook_share_tput, d.hook_share_conn
-    );
+    print_data_path(&data_path(&loader_bin, work.path())?)?;
 
     let loader = Loader::start(&loader_bin, work.path())?;
     println!("loader RSS after start: {:.1} MB", rss_mb(loader.pid)?);
     completeness(&loader)?;
     lookups(&loader)?;
     println!("loader RSS after the runs: {:.1} MB", rss_mb(loader.pid)?);
+    Ok(())
+}
+
+fn print_data_path(d: &DataPath) -> anyhow::Result<()> {
+    let tput: Vec<f64> = d.changes.iter().map(|c| c.0).collect();
+    let conn: Vec<f64> = d.changes.iter().map(|c| c.1).collect();
+    let range = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        format!("{lo:+.1} … {hi:+.1} %")
+    };
+    println!(
+        "data path A/B ({} rounds): TCP throughput without {:.0} MB/s, with {:.0} MB/s (median change {:+.1} %, rounds {}); connections/s without {:.0}, with {:.0} (median change {:+.1} %, rounds {})",
+        d.changes.len(),
+        d.off.0,
+        d.on.0,
+        median(tput.clone()),
+        range(&tput),
+        d.off.1,
+        d.on.1,
+        median(conn.clone()),
+        range(&conn)
+    );
+    println!(
+        "data path cost: the hook ran {:.0} ns per packet and took {:.2} % of the data path's CPU time in the throughput phases, {:.2} % in the connection-rate phases",
+        d.hook_ns_per_run, d.hook_share_tput, d.hook_share_conn
+    );
+    println!(
+        "loader's own CPU while attached: {:.1} % of a core in the throughput phases, {:.1} % in the connection-rate phases",
+        d.loader_cpu[0], d.loader_cpu[1]
+    );
     Ok(())
 }
 
@@ -175,58 +197,123 @@ fn connection_rate(secs: f64) -> anyhow::Result<f64> {
     Ok(workload::connection_rate(vip(), secs)?)
 }
 
-/// Throughput and connection rate without and with the loader, interleaved, plus the
-/// load-independent figure: the share of the data path's CPU time (this process's user +
-/// system time: sender, backend and the loopback softirq work done in their context)
-/// that the conntracker's hook itself ran, from the kernel's own program statistics.
+/// Throughput and connection rate without and with the loader, interleaved (the order
+/// alternates between rounds), plus the load-independent figure: the share of the data
+/// path's CPU time (this process's user + system time: sender, backend and the loopback
+/// softirq work done in their context) that the conntracker's hook itself ran, from the
+/// kernel's own program statistics. Every round starts from an empty conntrack table,
+/// and the "with" phases start once the loader is idle, so they measure the steady state
+/// (the start-up's initial dump is measured above, as start-up).
 struct DataPath {
+    /// Per round: (throughput change, connection-rate change) with vs without, in %.
+    changes: Vec<(f64, f64)>,
     off: (f64, f64),
     on: (f64, f64),
     hook_share_tput: f64,
     hook_share_conn: f64,
     hook_ns_per_run: f64,
+    /// The loader's own CPU time (its event handling) over the phase's wall time, % of
+    /// one core, per phase as above.
+    loader_cpu: [f64; 2],
 }
+
+const ROUNDS: usize = 5;
+const PHASE_SECS: f64 = 2.0;
 
 fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
     const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(BPF_STATS, "1")?;
     let mut d = DataPath {
+        changes: Vec::new(),
         off: (0.0, 0.0),
         on: (0.0, 0.0),
         hook_share_tput: 0.0,
         hook_share_conn: 0.0,
         hook_ns_per_run: 0.0,
+        loader_cpu: [0.0; 2],
     };
     let (mut hook_runs, mut hook_ns) = (0u64, 0u64);
-    let rounds = 3.0;
-    for _ in 0..3 {
-        d.off.0 += throughput(2.0)? / rounds;
-        d.off.1 += connection_rate(2.0)? / rounds;
-        // The conntracker alone: the lock-statistics tracepoints (measured by their own
-        // benchmark) would otherwise add their cost to every contended kernel lock.
-        let loader = Loader::start_with(bin, dir, "[lockstats]\nenabled = false\n")?;
-        for (phase, share) in [(0, &mut d.hook_share_tput), (1, &mut d.hook_share_conn)] {
-            let (cpu0, hook0) =
-                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
-            let figure = if phase == 0 { throughput(2.0)? } else { connection_rate(2.0)? };
-            let (cpu1, hook1) =
-                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
-            if phase == 0 {
-                d.on.0 += figure / rounds
-            } else {
-                d.on.1 += figure / rounds
+    let n = ROUNDS as f64;
+    for round in 0..ROUNDS {
+        let mut off = (0.0, 0.0);
+        let mut on = (0.0, 0.0);
+        for with in [round % 2 == 1, round % 2 == 0] {
+            flush_conntrack();
+            if !with {
+                off = (throughput(PHASE_SECS)?, connection_rate(PHASE_SECS)?);
+                continue;
             }
-            let (runs, ns) = (hook1.0.saturating_sub(hook0.0), hook1.1.saturating_sub(hook0.1));
-            *share += ns as f64 * 100.0 / (cpu1 - cpu0).max(1) as f64 / rounds;
-            hook_runs += runs;
-            hook_ns += ns;
+            // The conntracker alone: the lock-statistics tracepoints (measured by their
+            // own benchmark) would otherwise add their cost to every contended kernel lock.
+            let loader = Loader::start_with(bin, dir, "[lockstats]\nenabled = false\n")?;
+            wait_until_idle(loader.pid)?;
+            for phase in 0..2 {
+                let (cpu0, hook0) =
+                    (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
+                let (loader0, wall0) = (pid_cpu_ns(loader.pid)?, Instant::now());
+                let figure = if phase == 0 { throughput(PHASE_SECS)? } else { connection_rate(PHASE_SECS)? };
+                let (cpu1, hook1) =
+                    (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
+                d.loader_cpu[phase] += (pid_cpu_ns(loader.pid)? - loader0) as f64 * 100.0
+                    / wall0.elapsed().as_nanos() as f64
+                    / n;
+                let (runs, ns) = (hook1.0.saturating_sub(hook0.0), hook1.1.saturating_sub(hook0.1));
+                let share = ns as f64 * 100.0 / (cpu1 - cpu0).max(1) as f64 / n;
+                if phase == 0 {
+                    on.0 = figure;
+                    d.hook_share_tput += share;
+                } else {
+                    on.1 = figure;
+                    d.hook_share_conn += share;
+                }
+                hook_runs += runs;
+                hook_ns += ns;
+            }
         }
-        drop(loader);
+        d.off = (d.off.0 + off.0 / n, d.off.1 + off.1 / n);
+        d.on = (d.on.0 + on.0 / n, d.on.1 + on.1 / n);
+        d.changes.push(((on.0 / off.0 - 1.0) * 100.0, (on.1 / off.1 - 1.0) * 100.0));
     }
     d.hook_ns_per_run = hook_ns as f64 / hook_runs.max(1) as f64;
     std::fs::write(BPF_STATS, before.trim())?;
     Ok(d)
+}
+
+/// Empties this namespace's conntrack table (`conntrack -F`), so that every round starts
+/// alike (the connection loop leaves tens of thousands of TIME_WAIT entries).
+fn flush_conntrack() {
+    let _ = Command::new("conntrack").arg("-F").stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+/// Waits (at most 10 s) until process `pid` used under 2 % of a core over 200 ms.
+fn wait_until_idle(pid: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = pid_cpu_ns(pid)?;
+        std::thread::sleep(Duration::from_millis(200));
+        if pid_cpu_ns(pid)? - before < 4_000_000 || Instant::now() > deadline {
+            return Ok(());
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// User + system CPU time of process `pid` so far, in ns (from /proc/<pid>/stat).
+fn pid_cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat(5): 11 and 12 after the ')'.
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok((ticks(11) + ticks(12)) * 1_000_000_000 / hz)
 }
 
 /// User + system CPU time of this process so far, in ns.

@@ -20,7 +20,8 @@
 #   QEMU_MATRIX_TEST_TIMEOUT  seconds per test executable inside a guest [600]
 #   QEMU_MATRIX_MEMORY        guest memory [2G]
 #   QEMU_MATRIX_TARGETS       run only these test targets, comma-separated [all]
-#   QEMU_MATRIX_CPU           qemu -cpu model [max,-la57: 4-level paging, as most fleets]
+#   QEMU_MATRIX_CPU           qemu -cpu model [max,-la57,-hypervisor: see below]
+#   QEMU_MATRIX_SMP           guest vCPUs [4: see below]
 # Needs root (it installs packages and the host row loads eBPF). See docs/testing.md.
 set -euo pipefail
 
@@ -32,7 +33,16 @@ GUEST_TIMEOUT=${QEMU_MATRIX_TIMEOUT:-1500}
 TEST_TIMEOUT=${QEMU_MATRIX_TEST_TIMEOUT:-600}
 MEMORY=${QEMU_MATRIX_MEMORY:-2G}
 TARGETS=${QEMU_MATRIX_TARGETS:-}
-CPU=${QEMU_MATRIX_CPU:-max,-la57}
+# -la57: 4-level paging, as most fleets (offset guessing walks pointers that 5-level
+#   paging places elsewhere).
+# -hypervisor: a guest that sees the CPUID hypervisor bit but no paravirt spinlocks (TCG
+#   offers none) takes x86's virt_spin_lock() test-and-set path, which never reaches the
+#   lock:contention_begin tracepoint: the lock-contention test would see nothing. Without
+#   the bit the guest runs native queued spinlocks, as on bare metal.
+CPU=${QEMU_MATRIX_CPU:-max,-la57,-hypervisor}
+# 4 vCPUs: native queued spinlocks report a waiter only once it queues, i.e. behind a
+# holder AND a pending spinner, so the contention test needs 3 CPUs on one lock.
+SMP=${QEMU_MATRIX_SMP:-4}
 ONLY=
 RUN_HOST=1
 REPORT_ONLY=0
@@ -318,7 +328,7 @@ boot() {
   rm -f "$dir"/{console.log,markers.log,timeout,qemu-exit}
   log "$label: booting $(basename "$kernel") (TCG, limit ${GUEST_TIMEOUT} s)"
   timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 \
-    -nographic -monitor none -no-reboot -m "$MEMORY" -smp 2 -cpu "$CPU" -accel tcg -nic none \
+    -nographic -monitor none -no-reboot -m "$MEMORY" -smp "$SMP" -cpu "$CPU" -accel tcg -nic none \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" \
     -serial stdio -serial "file:$dir/markers.log" \

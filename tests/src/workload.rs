@@ -1,22 +1,39 @@
 //! The data-path workload the benchmarks share: a TCP sink behind a DNAT rule, one
 //! connection pushing bytes, a loop of new connections, and the kernel's own statistics
 //! of a loaded eBPF program. Benchmarks only: nothing here asserts.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Instant;
 
-/// A TCP sink on `addr` that accepts every connection and drains it, one thread each.
-/// Its threads live until the process exits (benchmarks are short-lived programs).
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
+
+/// A TCP sink on `addr` that accepts every connection and drains it: one thread with a
+/// single-threaded tokio runtime, a task per connection, and a deep accept queue. (A
+/// thread per connection could not accept as fast as a connect loop opens them: every
+/// accept-queue overflow cost the client a 1 s SYN retransmission, and the connection
+/// rate measured those stalls instead of the data path.) Lives until the process exits
+/// (benchmarks are short-lived programs).
 pub fn start_sink(addr: SocketAddr) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let listener = {
+        let _entered = runtime.enter();
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)?
+    };
     std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 16];
-                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
+        runtime.block_on(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        })
     });
     Ok(())
 }
