@@ -13,60 +13,17 @@
  *      for every packet, so only new and handshake packets (and a sample of the rest)
  *      take the recording path; see the program below.
  *
- * The key/value layout is mirrored in src/conntrack/map.rs; keep them in step.
+ * The map, its layout and the recording step are shared with the prebuilt object:
+ * include/conntrack_record.h.
  */
-#include "common.h"
+#include "conntrack_record.h"
 #include "conntrack_kernel.h"
 
-#include <linux/bpf.h>
 #include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-/* enum ip_conntrack_status: IPS_SRC_NAT | IPS_DST_NAT. */
-#define IPS_NAT_MASK ((1UL << 4) | (1UL << 5))
-#define NFCT_PTRMASK (~7UL)
 #define NF_ACCEPT 1
-/* A recorded entry's last_seen_ns is refreshed at most once a second per connection. */
-#define REFRESH_NS 1000000000ULL
-
-/* Set by the loader (EbpfLoader::set_global) from [conntrack] tcpv6_enabled/udpv6_enabled. */
-volatile const u8 tcpv6_enabled = 1;
-volatile const u8 udpv6_enabled = 1;
-
-/* One direction of a connection. Explicitly padded: hash keys are compared bytewise. */
-struct ct_tuple {
-	u8 src[16];  /* network byte order; IPv4 uses the first 4 bytes, the rest is zero */
-	u8 dst[16];
-	u16 sport;   /* host byte order */
-	u16 dport;
-	u32 netns;   /* inode of the entry's network namespace */
-	u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
-	u8 family;   /* 4 or 6 */
-	u8 _pad[2];
-};
-
-#define CT_DIR_ORIGINAL 0
-#define CT_DIR_REPLY 1
-
-struct ct_value {
-	struct ct_tuple other; /* the translation: the tuple of the opposite direction */
-	u8 dir;                /* direction of the KEY: CT_DIR_ORIGINAL or CT_DIR_REPLY */
-	u8 _pad[3];
-	u64 last_seen_ns;      /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last refresh */
-};
-
-/* max_entries is replaced at load time from [conntrack] max_entries. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
-	__type(key, struct ct_tuple);
-	__type(value, struct ct_value);
-} conntrack SEC(".maps");
 
 /* kprobe/kretprobe pair on __nf_conntrack_confirm: the skb argument, per thread. */
 struct {
@@ -118,43 +75,16 @@ static __always_inline int parse_tuple(const u8 *buf, struct ct_tuple *t)
 	u32 len;
 
 	__builtin_memset(t, 0, sizeof(*t));
-	if (bpf_core_type_size(struct nf_conntrack_tuple) > TUPLE_COPY)
+	if (bpf_core_type_size(struct nf_conntrack_tuple) > TUPLE_COPY || !recordable(l3, proto))
 		return -1;
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return -1;
-	if (l3 == AF_INET) {
-		t->family = 4;
-		len = 4;
-	} else if (l3 == AF_INET6) {
-		if (proto == IPPROTO_TCP && !tcpv6_enabled)
-			return -1;
-		if (proto == IPPROTO_UDP && !udpv6_enabled)
-			return -1;
-		t->family = 6;
-		len = 16;
-	} else {
-		return -1;
-	}
+	t->family = l3 == AF_INET ? 4 : 6;
+	len = l3 == AF_INET ? 4 : 16;
 	if (copy_addr(t->src, buf, src_off, len) || copy_addr(t->dst, buf, dst_off, len))
 		return -1;
 	t->sport = bpf_ntohs(FIELD_AT(buf, src.u.all, u16));
 	t->dport = bpf_ntohs(FIELD_AT(buf, dst.u.all, u16));
 	t->proto = proto;
 	return 0;
-}
-
-static __always_inline int same_addr(const u8 *a, const u8 *b)
-{
-	const u64 *x = (const u64 *)a, *y = (const u64 *)b;
-
-	return x[0] == y[0] && x[1] == y[1];
-}
-
-/* True when the reply tuple is exactly the original one turned around: no NAT. */
-static __always_inline int is_plain_inverse(const struct ct_tuple *orig, const struct ct_tuple *reply)
-{
-	return same_addr(orig->src, reply->dst) && same_addr(orig->dst, reply->src) &&
-	       orig->sport == reply->dport && orig->dport == reply->sport;
 }
 
 /* The copy starts at nf_conn.tuplehash[0].tuple; offsets inside it. */
@@ -195,38 +125,12 @@ static __always_inline int read_conn(struct nf_conn *ct, struct ct_tuple *orig, 
 	return 0;
 }
 
-static __always_inline int same_tuple(const struct ct_tuple *a, const struct ct_tuple *b)
-{
-	return same_addr(a->src, b->src) && same_addr(a->dst, b->dst) && a->sport == b->sport &&
-	       a->dport == b->dport && a->netns == b->netns && a->proto == b->proto &&
-	       a->family == b->family;
-}
-
 static __always_inline void record(struct nf_conn *ct)
 {
 	struct ct_tuple orig, reply;
-	struct ct_value value = {};
-	struct ct_value *seen;
-	u64 now;
 
-	if (read_conn(ct, &orig, &reply))
-		return;
-
-	now = bpf_ktime_get_ns();
-	seen = bpf_map_lookup_elem(&conntrack, &orig);
-	if (seen && same_tuple(&seen->other, &reply)) {
-		if (now - seen->last_seen_ns > REFRESH_NS)
-			seen->last_seen_ns = now;
-		return;
-	}
-
-	value.other = reply;
-	value.dir = CT_DIR_ORIGINAL;
-	value.last_seen_ns = now;
-	bpf_map_update_elem(&conntrack, &orig, &value, BPF_ANY);
-	value.other = orig;
-	value.dir = CT_DIR_REPLY;
-	bpf_map_update_elem(&conntrack, &reply, &value, BPF_ANY);
+	if (!read_conn(ct, &orig, &reply))
+		store(&orig, &reply);
 }
 
 static __always_inline struct nf_conn *skb_conn(struct sk_buff *skb)
@@ -285,25 +189,17 @@ int ct_kretprobe_confirm(struct pt_regs *ctx)
 	return 0;
 }
 
-/*
- * Strategy 3: every transmitted packet carries its conntrack entry in skb->_nfct, with
- * the packet's ctinfo in the low 3 bits. Recording needs the first transmitted packet of
- * a connection; the rest only refresh last_seen_ns (which the sweep compares with
- * stale_after_secs, default an hour) and re-add an entry the LRU evicted. So the full
- * path runs for:
- *   - IP_CT_NEW: the original direction before any reply (a TCP SYN, UDP until answered);
- *   - a REPLY-direction packet of an entry not yet ASSURED: the handshake, whose first
- *     reply is the first packet transmitted for a connection DNAT'd to a local server;
- *   - one other packet in REFRESH_SAMPLE, at random.
- * An established packet costs a direct load and a random number (and, in the reply
- * direction, one 8-byte read): measured in docs/benchmarks.md.
- */
-#define IP_CT_NEW 2
-#define IP_CT_IS_REPLY 3
-#define CTINFO_MASK 7UL
-#define IPS_ASSURED (1UL << 2)
-#define REFRESH_SAMPLE 64 /* a power of two */
+/* The status bits, for SKIP_PACKET. */
+static __always_inline unsigned long conn_status(struct nf_conn *ct)
+{
+	return BPF_CORE_READ(ct, status);
+}
 
+/*
+ * Strategy 3: every transmitted packet carries its conntrack entry in skb->_nfct; only
+ * new and handshake packets, and a sample of the rest, take the recording path
+ * (SKIP_PACKET in conntrack_record.h).
+ */
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(ct_net_dev_queue, struct sk_buff *skb)
 {
@@ -311,13 +207,7 @@ int BPF_PROG(ct_net_dev_queue, struct sk_buff *skb)
 	unsigned long nfct = skb->_nfct;
 	struct nf_conn *ct = (struct nf_conn *)(nfct & NFCT_PTRMASK);
 
-	unsigned long ctinfo = nfct & CTINFO_MASK;
-
-	if (!ct)
-		return 0;
-	if (ctinfo != IP_CT_NEW && (bpf_get_prandom_u32() & (REFRESH_SAMPLE - 1)) &&
-	    (ctinfo < IP_CT_IS_REPLY || (BPF_CORE_READ(ct, status) & IPS_ASSURED)))
-		return 0;
-	record(ct);
+	if (ct && !SKIP_PACKET(nfct, ct, conn_status))
+		record(ct);
 	return 0;
 }

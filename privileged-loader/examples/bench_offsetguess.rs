@@ -13,9 +13,8 @@
 //!
 //! Everything runs inside a private network namespace this program creates and deletes.
 //!
-//! `--guest SECS` instead runs the cross-kernel check of `tests/offsetguess_qemu.sh`:
-//! guess, start the prebuilt conntracker (kprobe where the kernel has kprobes), wait SECS
-//! while the script makes a DNAT'd connection, print what was recorded, exit.
+//! Other kernels: the qemu matrix (`tests/qemu/run-matrix.sh`, docs/testing.md) runs the
+//! offset-guessing and chain tests inside Debian's 6.1 kernels.
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic is the report")]
 use std::collections::HashSet;
 
@@ -41,9 +40,6 @@ const VIP: &str = "10.99.0.1";
 const BACKEND_PORT: u16 = 8080;
 
 fn main() -> anyhow::Result<()> {
-    if let Some(secs) = std::env::args().skip_while(|a| a != "--guest").nth(1) {
-        return guest(Duration::from_secs(secs.parse()?));
-    }
     let _ns = Netns::create()?;
     let registry = Registry::default();
     let assets =
@@ -56,33 +52,6 @@ fn main() -> anyhow::Result<()> {
     core_completeness(&registry)?;
     netlink_events(&registry)?;
     netlink_stalled(&registry)?;
-    Ok(())
-}
-
-/// One guess and one prebuilt conntracker on whatever kernel this runs on (a qemu guest).
-fn guest(hold: Duration) -> anyhow::Result<()> {
-    let registry = Registry::default();
-    let assets =
-        AssetLoader::new(Err(BtfError::NotFound { tried: vec!["not used".into()] }), None, registry.clone());
-    let cfg = ConntrackConfig { strategies: Strategies::pinned(Strategy::Prebuilt), ..Default::default() };
-    let runtime = runtime()?;
-    let shutdown = CancellationToken::new();
-    let running = runtime.block_on(prebuilt::start(&cfg, &assets, &registry, shutdown.clone()))?;
-    for module in registry.modules() {
-        for a in module.attempts {
-            println!("attempt {} {} {}", a.strategy, if a.ok { "yes" } else { "no" }, a.reason);
-        }
-    }
-    println!("strategy {}", running.tracker.strategy());
-    println!(
-        "own netns {}",
-        std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m))?
-    );
-    std::thread::sleep(hold);
-    for entry in running.tracker.entries()? {
-        println!("entry {entry:?}");
-    }
-    shutdown.cancel();
     Ok(())
 }
 
