@@ -201,9 +201,10 @@ fn connection_rate(secs: f64) -> anyhow::Result<f64> {
 /// alternates between rounds), plus the load-independent figure: the share of the data
 /// path's CPU time (this process's user + system time: sender, backend and the loopback
 /// softirq work done in their context) that the conntracker's hook itself ran, from the
-/// kernel's own program statistics. Every round starts from an empty conntrack table,
-/// and the "with" phases start once the loader is idle, so they measure the steady state
-/// (the start-up's initial dump is measured above, as start-up).
+/// kernel's own program statistics (enabled only for those separate phases: they add
+/// their own clock reads to every run). Every round starts from an empty conntrack
+/// table, and the "with" phases start once the loader is idle, so they measure the
+/// steady state (the start-up's initial dump is measured above, as start-up).
 struct DataPath {
     /// Per round: (throughput change, connection-rate change) with vs without, in %.
     changes: Vec<(f64, f64)>,
@@ -223,7 +224,6 @@ const PHASE_SECS: f64 = 2.0;
 fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
     const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
-    std::fs::write(BPF_STATS, "1")?;
     let mut d = DataPath {
         changes: Vec::new(),
         off: (0.0, 0.0),
@@ -233,7 +233,9 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
         hook_ns_per_run: 0.0,
         loader_cpu: [0.0; 2],
     };
-    let (mut hook_runs, mut hook_ns) = (0u64, 0u64);
+    // The A/B runs as in production, without the kernel's program statistics (they add
+    // two clock reads to every run of the hook).
+    std::fs::write(BPF_STATS, "0")?;
     let n = ROUNDS as f64;
     for round in 0..ROUNDS {
         let mut off = (0.0, 0.0);
@@ -244,40 +246,62 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
                 off = (throughput(PHASE_SECS)?, connection_rate(PHASE_SECS)?);
                 continue;
             }
-            // The conntracker alone: the lock-statistics tracepoints (measured by their
-            // own benchmark) would otherwise add their cost to every contended kernel lock.
-            let loader = Loader::start_with(bin, dir, "[lockstats]\nenabled = false\n")?;
-            wait_until_idle(loader.pid)?;
-            for phase in 0..2 {
-                let (cpu0, hook0) =
-                    (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
-                let (loader0, wall0) = (pid_cpu_ns(loader.pid)?, Instant::now());
-                let figure = if phase == 0 { throughput(PHASE_SECS)? } else { connection_rate(PHASE_SECS)? };
-                let (cpu1, hook1) =
-                    (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
-                d.loader_cpu[phase] += (pid_cpu_ns(loader.pid)? - loader0) as f64 * 100.0
-                    / wall0.elapsed().as_nanos() as f64
-                    / n;
-                let (runs, ns) = (hook1.0.saturating_sub(hook0.0), hook1.1.saturating_sub(hook0.1));
-                let share = ns as f64 * 100.0 / (cpu1 - cpu0).max(1) as f64 / n;
-                if phase == 0 {
-                    on.0 = figure;
-                    d.hook_share_tput += share;
-                } else {
-                    on.1 = figure;
-                    d.hook_share_conn += share;
-                }
-                hook_runs += runs;
-                hook_ns += ns;
-            }
+            let loader = start_idle_conntracker(bin, dir)?;
+            let wall0 = Instant::now();
+            let loader0 = pid_cpu_ns(loader.pid)?;
+            on.0 = throughput(PHASE_SECS)?;
+            let (loader1, wall1) = (pid_cpu_ns(loader.pid)?, Instant::now());
+            on.1 = connection_rate(PHASE_SECS)?;
+            let loader2 = pid_cpu_ns(loader.pid)?;
+            d.loader_cpu[0] += (loader1 - loader0) as f64 * 100.0 / (wall1 - wall0).as_nanos() as f64 / n;
+            d.loader_cpu[1] += (loader2 - loader1) as f64 * 100.0 / wall1.elapsed().as_nanos() as f64 / n;
         }
         d.off = (d.off.0 + off.0 / n, d.off.1 + off.1 / n);
         d.on = (d.on.0 + on.0 / n, d.on.1 + on.1 / n);
         d.changes.push(((on.0 / off.0 - 1.0) * 100.0, (on.1 / off.1 - 1.0) * 100.0));
     }
+
+    // The hook's own cost, from the kernel's program statistics, in separate phases.
+    std::fs::write(BPF_STATS, "1")?;
+    let (mut hook_runs, mut hook_ns) = (0u64, 0u64);
+    const SHARE_ROUNDS: usize = 3;
+    for _ in 0..SHARE_ROUNDS {
+        flush_conntrack();
+        let loader = start_idle_conntracker(bin, dir)?;
+        for phase in 0..2 {
+            let (cpu0, hook0) =
+                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
+            if phase == 0 {
+                throughput(PHASE_SECS)?;
+            } else {
+                connection_rate(PHASE_SECS)?;
+            }
+            let (cpu1, hook1) =
+                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
+            let (runs, ns) = (hook1.0.saturating_sub(hook0.0), hook1.1.saturating_sub(hook0.1));
+            let share = ns as f64 * 100.0 / (cpu1 - cpu0).max(1) as f64 / SHARE_ROUNDS as f64;
+            if phase == 0 {
+                d.hook_share_tput += share;
+            } else {
+                d.hook_share_conn += share;
+            }
+            hook_runs += runs;
+            hook_ns += ns;
+        }
+        drop(loader);
+    }
     d.hook_ns_per_run = hook_ns as f64 / hook_runs.max(1) as f64;
     std::fs::write(BPF_STATS, before.trim())?;
     Ok(d)
+}
+
+/// A loader with the conntracker alone (the lock-statistics tracepoints, measured by
+/// their own benchmark, would otherwise add their cost to every contended kernel lock),
+/// once it is idle: the steady state, not its start-up.
+fn start_idle_conntracker(bin: &Path, dir: &Path) -> anyhow::Result<Loader> {
+    let loader = Loader::start_with(bin, dir, "[lockstats]\nenabled = false\n")?;
+    wait_until_idle(loader.pid)?;
+    Ok(loader)
 }
 
 /// Empties this namespace's conntrack table (`conntrack -F`), so that every round starts

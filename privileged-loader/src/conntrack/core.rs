@@ -635,6 +635,11 @@ impl DestroyListener {
         }
         match self.query.get(&entry.original).await {
             Ok(Some(next)) if is_nat(&next) && self.cfg.records(&next) => {
+                if next.original == entry.original && next.reply == entry.reply && stale.len() == 2 {
+                    // The newer entry has the same tuples both ways (a reused port,
+                    // the same NAT mapping): both slots already describe it.
+                    return;
+                }
                 let kept = map::slots_of(&next, 0).map(|(key, _)| key);
                 let gone: Vec<CtKey> = stale.into_iter().filter(|k| !kept.contains(k)).collect();
                 self.tracker.remove_keys(&gone);
