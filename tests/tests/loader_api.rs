@@ -47,6 +47,29 @@ fn an_allowed_unprivileged_uid_is_served() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The readiness probe of the DaemonSet: `loaderctl health` says SERVING and exits 0
+/// while the loader serves, and fails naming the socket once it is gone.
+#[test]
+fn loaderctl_health_answers_serving_and_fails_when_the_loader_is_gone() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    let out = loader.ctl(&["health"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "loader.v1.Loader: SERVING");
+    let json = loader.ctl_json(&["health"]);
+    assert_eq!(json["status"], "SERVING", "{json:#}");
+    // Refused callers are refused here too: the health check is behind the same check.
+    open_socket_to_all(&loader);
+    let out = loaderctl(&loader.socket, &["health"], Some(NOBODY));
+    assert!(!out.status.success(), "uid 65534 must be refused");
+
+    let socket = loader.socket.clone();
+    drop(loader);
+    let out = loaderctl(&socket, &["health"], None);
+    assert!(!out.status.success(), "health must fail without a loader");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&socket.display().to_string()), "the error names the socket: {stderr}");
+}
+
 #[test]
 fn python_grpcio_passes_the_health_check_over_the_socket() {
     let loader = LoaderProcess::start(LoaderOptions::default());

@@ -6,7 +6,8 @@ use hyper_util::rt::TokioIo;
 use shared_proto::loader::v1::loader_client::LoaderClient;
 use tonic::transport::{Channel, Endpoint};
 
-pub async fn connect(socket: &Path) -> Result<LoaderClient<Channel>> {
+/// A channel to the loader's socket.
+pub async fn channel(socket: &Path) -> Result<Channel> {
     let path: PathBuf = socket.to_path_buf();
     // The URI is required by the API but unused: every connection goes to the socket.
     let channel = Endpoint::from_static("http://loader.invalid")
@@ -21,7 +22,12 @@ pub async fn connect(socket: &Path) -> Result<LoaderClient<Channel>> {
                 socket.display()
             )
         })?;
-    Ok(LoaderClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(channel)
+}
+
+/// A `loader.v1.Loader` client on `channel`.
+pub fn loader(channel: Channel) -> LoaderClient<Channel> {
+    LoaderClient::new(channel).max_decoding_message_size(64 << 20)
 }
 
 pub fn explain(status: tonic::Status) -> anyhow::Error {

@@ -35,6 +35,9 @@ enum Command {
     Conntrack(ConntrackCommand),
     /// Lock contention inside BPF maps, most total wait first (like `perf lock contention`).
     Lockstats,
+    /// Exit 0 when the loader's API is serving (the gRPC health check; cheap enough for a
+    /// readiness probe, unlike `status`, which counts every conntrack entry).
+    Health,
 }
 
 #[derive(Subcommand)]
@@ -71,8 +74,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let mut client = client::connect(&cli.socket).await?;
+    let channel = client::channel(&cli.socket).await?;
+    if let Command::Health = cli.command {
+        return health(channel, cli.json).await;
+    }
+    let mut client = client::loader(channel);
     match cli.command {
+        Command::Health => Ok(()),
         Command::Status => {
             let status =
                 client.get_status(pb::GetStatusRequest {}).await.map_err(client::explain)?.into_inner();
@@ -114,6 +122,27 @@ async fn run(cli: Cli) -> Result<()> {
             print(cli.json, render::lookup_json(&answer), || render::lookup_text(&answer))
         }
     }
+}
+
+/// `grpc.health.v1.Health/Check` of the loader service: SERVING or an error.
+async fn health(channel: tonic::transport::Channel, json: bool) -> Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let request = tonic_health::pb::HealthCheckRequest { service: "loader.v1.Loader".into() };
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(request)
+        .await
+        .map_err(client::explain)?
+        .into_inner();
+    let status = ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown);
+    if json {
+        println!("{}", serde_json::json!({ "service": "loader.v1.Loader", "status": status.as_str_name() }));
+    } else {
+        println!("loader.v1.Loader: {}", status.as_str_name());
+    }
+    if status != ServingStatus::Serving {
+        bail!("the loader is not serving ({})", status.as_str_name());
+    }
+    Ok(())
 }
 
 fn parse_protocol(name: &str) -> Result<pb::Protocol> {
