@@ -400,6 +400,19 @@ verdict() {
     fi
   fi
 
+  # The prebuilt and netlink conntrackers, each pinned: the strategy each used here.
+  local pinned kind
+  for kind in prebuilt netlink; do
+    pinned=$(json_block "$m" "status-$kind")
+    if [ -z "$pinned" ]; then
+      fail "no loader status with the $kind conntracker pinned"
+      continue
+    fi
+    strategy=$(jq -r '.modules[] | select(.name == "conntrack") | .strategy' <<<"$pinned")
+    echo "  $kind conntracker (pinned): strategy ${strategy:-none}, state $(jq -r '.modules[] | select(.name == "conntrack") | .state' <<<"$pinned")"
+    [[ $strategy == "$kind"* ]] || fail "$kind conntracker pinned, but the strategy is '${strategy}'"
+  done
+
   # The deliberately broken object: the asset outcome the loader reports.
   broken=$(json_block "$m" status-broken)
   [ -n "$broken" ] || fail "no loader status for the broken object"

@@ -11,7 +11,8 @@
 #   QM|test|<target>|<pass|fail|missing|timeout>|<seconds>|<args>
 #   QM|case|<target>|<test name>|<ok|FAILED|ignored>
 #   QM|begin|<label>          followed by a JSON document, then
-#   QM|end|<label>            (labels: probe, status, status-broken)
+#   QM|end|<label>            (labels: probe, status, status-prebuilt, status-netlink,
+#                             status-broken)
 #   QM|done
 #
 # Layout it expects under $QM_ROOT (made by run-matrix.sh):
@@ -128,6 +129,10 @@ fi
 
 # 2. The daemon with the embedded objects: the CO-RE conntracker's chosen strategy.
 daemon_status status
+
+# 2b. The same, pinned to each other conntracker: the strategy each one uses here.
+daemon_status status-prebuilt --conntrack-strategies prebuilt
+daemon_status status-netlink --conntrack-strategies netlink
 
 # 3. The daemon with the deliberately broken conntrack object: the asset outcome.
 daemon_status status-broken --bpf-dir "$QM_ROOT/bpf-broken"
