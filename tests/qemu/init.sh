@@ -2,7 +2,7 @@
 # /init of the qemu matrix's initramfs (PID 1 in the guest, busybox sh).
 #
 # Prepares what the tests expect of a normal root shell (proc, sys, devtmpfs, bpffs,
-# debugfs, tracefs, tmpfs on /run for `ip netns` and on /tmp, loopback up, the netfilter
+# debugfs, tracefs, tmpfs on /run for `ip netns`, a world-writable /tmp, loopback up, the netfilter
 # modules loaded), runs tests/qemu/suite.sh with its markers on the second serial port
 # (/dev/ttyS1, a file on the host, free of kernel messages) and powers the guest off.
 # The suite runs under dash (/bin/sh), so that PATH, not busybox's applets, picks tools.
@@ -16,7 +16,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /tmp stays on the initramfs root (already in memory): a tmpfs over it would hide the
+# test executables when the repository itself lives under /tmp.
+chmod 1777 /tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
