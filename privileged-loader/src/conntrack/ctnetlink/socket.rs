@@ -24,6 +24,8 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// Receive queue for event sockets: bursts of destroys (a flushed table) must fit, or
 /// the kernel drops them and reports ENOBUFS.
 const EVENT_RCVBUF: usize = 8 * 1024 * 1024;
+/// Most datagrams (one event each) [`CtNetlink::next_events`] takes in one call.
+const EVENT_BATCH: usize = 1024;
 
 /// A conntrack event of the socket's namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,11 +202,20 @@ impl CtNetlink {
         }
     }
 
-    /// The events of the next datagram. [`NetlinkError::Overrun`] means events were lost:
-    /// the caller must resynchronise (e.g. with a fresh [`CtNetlink::dump`]).
+    /// The events of every datagram queued now (waiting for the first, then taking up to
+    /// [`EVENT_BATCH`] datagrams without waiting): one wake-up for a burst, not one per
+    /// event. [`NetlinkError::Overrun`] means events were lost: the caller must
+    /// resynchronise (e.g. with a fresh [`CtNetlink::dump`]).
     pub async fn next_events(&mut self) -> Result<Vec<Event>, NetlinkError> {
+        let mut messages = self.next_datagram().await?;
+        for _ in 1..EVENT_BATCH {
+            match self.try_datagram()? {
+                Some(more) => messages.extend(more),
+                None => break,
+            }
+        }
         let netns = self.netns;
-        let events = self.next_datagram().await?.into_iter().filter_map(|(_, message)| match message {
+        let events = messages.into_iter().filter_map(|(_, message)| match message {
             Message::Conntrack { kind: Kind::New, flow: Some(flow), .. } => {
                 Some(Event::New(flow.into_entry(netns)))
             }
@@ -216,7 +227,26 @@ impl CtNetlink {
         Ok(events.collect())
     }
 
+    /// The next datagram if one is queued now; `None` if none is.
+    fn try_datagram(&mut self) -> Result<Option<Vec<(u32, Message)>>, NetlinkError> {
+        loop {
+            match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(len) => return Ok(Some(wire::parse_sequenced(&self.buf[..len])?)),
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(Errno::EINTR) => {}
+                Err(Errno::ENOBUFS) => return Err(NetlinkError::Overrun),
+                Err(errno) => return Err(NetlinkError::Io { op: "recv", errno }),
+            }
+        }
+    }
+
     async fn next_datagram(&mut self) -> Result<Vec<(u32, Message)>, NetlinkError> {
+        // The kernel answers a request before `send` returns, and events may be queued
+        // already: try first, and sleep on the reactor only when nothing is there (each
+        // trip through it is a task switch, which dominated the loader's CPU under load).
+        if let Some(datagram) = self.try_datagram()? {
+            return Ok(datagram);
+        }
         loop {
             let mut ready =
                 self.fd.readable().await.map_err(|e| NetlinkError::Io { op: "poll", errno: io_errno(&e) })?;
