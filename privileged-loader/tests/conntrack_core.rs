@@ -223,6 +223,31 @@ fn an_entry_deleted_with_conntrack_d_disappears_within_two_seconds() {
     assert!(ct.stats.destroy_events.load(Ordering::Relaxed) >= 1);
 }
 
+/// `destroy_events = false`: no DESTROY subscription, so a deleted entry is not dropped at
+/// once; the sweep drops it after two dumps that miss it (1 s apart here).
+#[test]
+fn with_destroy_events_off_a_deleted_entry_leaves_by_the_sweep() {
+    let lab = NatLab::new("ct-noevents").unwrap();
+    let cfg = ConntrackConfig { destroy_events: false, sweep_interval_secs: 1, ..test_config() };
+    let ct = NsConntracker::start(&lab.netns, cfg);
+    let netns = lab.netns.inode().unwrap();
+    let doomed = lab.connect(L4::Tcp, false).unwrap();
+    let _kept = lab.connect(L4::Udp, false).unwrap();
+    let doomed_tuple = doomed.original_tuple().unwrap();
+    assert!(eventually(Duration::from_secs(2), || ct.entries_in(netns).len() == 2));
+
+    oracle::delete(&lab.netns, &doomed_tuple).unwrap();
+    let deleted_at = Instant::now();
+    let listed = || ct.entries_in(netns).iter().any(|e| e.original == tuple(&doomed_tuple));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(listed(), "without DESTROY events the entry cannot leave within 300 ms");
+    let gone = eventually(Duration::from_secs(6), || !listed());
+    assert!(gone, "the sweep did not drop the deleted entry within {:?}", deleted_at.elapsed());
+    assert_eq!(ct.entries_in(netns).len(), 1, "the other entry stays");
+    assert_eq!(ct.stats.destroy_events.load(Ordering::Relaxed), 0, "no events were subscribed");
+    assert!(ct.stats.swept_slots.load(Ordering::Relaxed) >= 2, "both slots went by the sweep");
+}
+
 #[test]
 fn lookup_translates_both_directions_in_the_given_namespace() {
     let lab = NatLab::new("ct-lookup").unwrap();

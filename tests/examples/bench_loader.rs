@@ -86,6 +86,11 @@ fn print_data_path(d: &DataPath) -> anyhow::Result<()> {
         range(&conn)
     );
     println!(
+        "connections/s with the conntracker but no DESTROY events (conntrack.destroy_events = false): median change {:+.1} %, rounds {}",
+        median(d.changes_no_events.clone()),
+        range(&d.changes_no_events)
+    );
+    println!(
         "data path cost: the hook ran {:.0} ns per packet and took {:.2} % of the data path's CPU time in the throughput phases, {:.2} % in the connection-rate phases",
         d.hook_ns_per_run, d.hook_share_tput, d.hook_share_conn
     );
@@ -208,6 +213,9 @@ fn connection_rate(secs: f64) -> anyhow::Result<f64> {
 struct DataPath {
     /// Per round: (throughput change, connection-rate change) with vs without, in %.
     changes: Vec<(f64, f64)>,
+    /// Per round: connection-rate change with the conntracker but without its DESTROY
+    /// event subscription (`conntrack.destroy_events = false`), in %.
+    changes_no_events: Vec<f64>,
     off: (f64, f64),
     on: (f64, f64),
     hook_share_tput: f64,
@@ -219,6 +227,7 @@ struct DataPath {
 }
 
 const ROUNDS: usize = 5;
+const NO_EVENTS_ROUNDS: usize = 3;
 const PHASE_SECS: f64 = 2.0;
 
 fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
@@ -226,6 +235,7 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
     let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     let mut d = DataPath {
         changes: Vec::new(),
+        changes_no_events: Vec::new(),
         off: (0.0, 0.0),
         on: (0.0, 0.0),
         hook_share_tput: 0.0,
@@ -259,6 +269,22 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
         d.off = (d.off.0 + off.0 / n, d.off.1 + off.1 / n);
         d.on = (d.on.0 + on.0 / n, d.on.1 + on.1 / n);
         d.changes.push(((on.0 / off.0 - 1.0) * 100.0, (on.1 / off.1 - 1.0) * 100.0));
+    }
+
+    // Where the connection-rate cost goes: the same A/B without the DESTROY events.
+    for round in 0..NO_EVENTS_ROUNDS {
+        let (mut off, mut on) = (0.0, 0.0);
+        for with in [round % 2 == 1, round % 2 == 0] {
+            flush_conntrack();
+            if with {
+                let loader = start_idle_loader(bin, dir, "[conntrack]\ndestroy_events = false\n")?;
+                on = connection_rate(PHASE_SECS)?;
+                drop(loader);
+            } else {
+                off = connection_rate(PHASE_SECS)?;
+            }
+        }
+        d.changes_no_events.push((on / off - 1.0) * 100.0);
     }
 
     // The hook's own cost, from the kernel's program statistics, in separate phases.
@@ -299,7 +325,12 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
 /// their own benchmark, would otherwise add their cost to every contended kernel lock),
 /// once it is idle: the steady state, not its start-up.
 fn start_idle_conntracker(bin: &Path, dir: &Path) -> anyhow::Result<Loader> {
-    let loader = Loader::start_with(bin, dir, "[lockstats]\nenabled = false\n")?;
+    start_idle_loader(bin, dir, "")
+}
+
+/// Like [`start_idle_conntracker`], with `extra` TOML appended.
+fn start_idle_loader(bin: &Path, dir: &Path, extra: &str) -> anyhow::Result<Loader> {
+    let loader = Loader::start_with(bin, dir, &format!("[lockstats]\nenabled = false\n{extra}"))?;
     wait_until_idle(loader.pid)?;
     Ok(loader)
 }

@@ -22,6 +22,11 @@ pub struct ConntrackConfig {
     pub max_entries: u32,
     /// Bound on the ctnetlink dump of entries that existed before the loader started.
     pub initial_dump_timeout_secs: u64,
+    /// Subscribe to ctnetlink DESTROY events, so that destroyed entries leave the map at
+    /// once. Off: they leave by the sweep (two missed dumps) and the LRU, and the kernel
+    /// neither tags every new entry with the event extension nor builds a message per
+    /// destroyed one (measurable under connection storms: docs/benchmarks.md).
+    pub destroy_events: bool,
     /// How often the sweep rechecks the map against a fresh conntrack dump. 0 disables it.
     pub sweep_interval_secs: u64,
     /// Entries of *other* network namespaces not seen for this long are dropped by the
@@ -46,6 +51,7 @@ impl Default for ConntrackConfig {
             udpv6_enabled: true,
             max_entries: 131_072,
             initial_dump_timeout_secs: 10,
+            destroy_events: true,
             sweep_interval_secs: 60,
             stale_after_secs: 3600,
             attach_strategies: Strategy::ORDER.to_vec(),

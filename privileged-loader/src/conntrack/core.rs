@@ -195,7 +195,7 @@ async fn serve(
     let strategy = tracker.strategy;
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
-    match open_netlink() {
+    match open_netlink(cfg.destroy_events) {
         Ok((events, query, mut dump)) => {
             let seeded = seed(&tracker, &mut dump, cfg).await;
             stats.initial_entries.store(seeded as u64, Ordering::Relaxed);
@@ -207,14 +207,21 @@ async fn serve(
                     .filter(|_| strategy.refreshes_last_seen())
                     .map(|d| d.as_nanos() as u64),
             };
-            let listener = DestroyListener {
-                tracker: tracker.clone(),
-                stats: stats.clone(),
-                resync: resync.clone(),
-                query,
-                cfg: cfg.clone(),
-            };
-            tasks.spawn(listener.run(events, shutdown.clone()));
+            if let Some(events) = events {
+                let listener = DestroyListener {
+                    tracker: tracker.clone(),
+                    stats: stats.clone(),
+                    resync: resync.clone(),
+                    query,
+                    cfg: cfg.clone(),
+                };
+                tasks.spawn(listener.run(events, shutdown.clone()));
+            } else {
+                tracing::info!(
+                    module = MODULE,
+                    "conntrack.destroy_events is off: destroyed entries leave by the sweep and the LRU"
+                );
+            }
             let sweeper = Sweeper {
                 tracker: tracker.clone(),
                 stats: stats.clone(),
@@ -243,8 +250,9 @@ async fn serve(
 /// between the dump and the subscription would otherwise stay in the map until the next
 /// sweep. The query socket asks the kernel, for each DESTROY, whether a newer entry with
 /// the same tuple exists (it must not be on the event socket, whose events it would eat).
-fn open_netlink() -> Result<(CtNetlink, CtNetlink, CtNetlink), NetlinkError> {
-    let events = CtNetlink::event_socket(Groups::Destroy)?;
+/// No event socket when `conntrack.destroy_events` is off.
+fn open_netlink(destroy_events: bool) -> Result<(Option<CtNetlink>, CtNetlink, CtNetlink), NetlinkError> {
+    let events = if destroy_events { Some(CtNetlink::event_socket(Groups::Destroy)?) } else { None };
     let query = CtNetlink::dump_socket()?;
     let dump = CtNetlink::dump_socket()?;
     Ok((events, query, dump))
