@@ -202,17 +202,28 @@ fn entries_that_existed_before_start_are_loaded_by_the_initial_dump() {
     assert!(ct.stats.initial_entries.load(Ordering::Relaxed) >= 4);
 }
 
-#[test]
-fn an_entry_deleted_with_conntrack_d_disappears_within_two_seconds() {
-    let lab = NatLab::new("ct-delete").unwrap();
-    let ct = NsConntracker::start(&lab.netns, test_config());
+/// A lab with a conntracker (`cfg`), a TCP and a UDP connection both listed, and the TCP
+/// one then deleted with `conntrack -D`: its original tuple is returned (the connections
+/// are returned too, to keep them open).
+fn deleted_one_of_two(
+    tag: &str,
+    cfg: ConntrackConfig,
+) -> (NatLab, NsConntracker, oracle::Tuple, Vec<e2e_tests::traffic::Connection>) {
+    let lab = NatLab::new(tag).unwrap();
+    let ct = NsConntracker::start(&lab.netns, cfg);
     let netns = lab.netns.inode().unwrap();
     let doomed = lab.connect(L4::Tcp, false).unwrap();
-    let _kept = lab.connect(L4::Udp, false).unwrap();
+    let kept = lab.connect(L4::Udp, false).unwrap();
     let doomed_tuple = doomed.original_tuple().unwrap();
     assert!(eventually(Duration::from_secs(2), || ct.entries_in(netns).len() == 2));
-
     oracle::delete(&lab.netns, &doomed_tuple).unwrap();
+    (lab, ct, doomed_tuple, vec![doomed, kept])
+}
+
+#[test]
+fn an_entry_deleted_with_conntrack_d_disappears_within_two_seconds() {
+    let (lab, ct, doomed_tuple, _conns) = deleted_one_of_two("ct-delete", test_config());
+    let netns = lab.netns.inode().unwrap();
     let deleted_at = Instant::now();
     let gone = eventually(Duration::from_secs(2), || {
         ct.entries_in(netns).iter().all(|e| e.original != tuple(&doomed_tuple))
@@ -227,16 +238,9 @@ fn an_entry_deleted_with_conntrack_d_disappears_within_two_seconds() {
 /// once; the sweep drops it after two dumps that miss it (1 s apart here).
 #[test]
 fn with_destroy_events_off_a_deleted_entry_leaves_by_the_sweep() {
-    let lab = NatLab::new("ct-noevents").unwrap();
     let cfg = ConntrackConfig { destroy_events: false, sweep_interval_secs: 1, ..test_config() };
-    let ct = NsConntracker::start(&lab.netns, cfg);
+    let (lab, ct, doomed_tuple, _conns) = deleted_one_of_two("ct-noevents", cfg);
     let netns = lab.netns.inode().unwrap();
-    let doomed = lab.connect(L4::Tcp, false).unwrap();
-    let _kept = lab.connect(L4::Udp, false).unwrap();
-    let doomed_tuple = doomed.original_tuple().unwrap();
-    assert!(eventually(Duration::from_secs(2), || ct.entries_in(netns).len() == 2));
-
-    oracle::delete(&lab.netns, &doomed_tuple).unwrap();
     let deleted_at = Instant::now();
     let listed = || ct.entries_in(netns).iter().any(|e| e.original == tuple(&doomed_tuple));
     std::thread::sleep(Duration::from_millis(300));
