@@ -42,8 +42,13 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* skb->_nfct keeps enum ip_conntrack_info in its low 3 bits. */
 #define NFCT_INFO_MASK 7ULL
-/* The x86_64 kernel half of the address space: anything below is not a kernel pointer. */
-#define KERNEL_SPACE_START 0xffff800000000000ULL
+/*
+ * The lowest x86_64 kernel address with 5-level paging (LA57: the direct map starts at
+ * 0xff11000000000000); with 4-level paging the kernel half starts at 0xffff800000000000
+ * and the range between is non-canonical, where a read behind the "pointer" just fails.
+ * Anything below is not a kernel pointer.
+ */
+#define KERNEL_SPACE_START 0xff00000000000000ULL
 
 struct guess_status {
 	u64 state;

@@ -323,12 +323,12 @@ build_module_archive() {
 # boot LABEL VMLINUZ INITRD → console.log and markers.log in $OUT/LABEL; never fails
 # itself (the verdict reads the markers; a timeout leaves a "timeout" file).
 boot() {
-  local label=$1 kernel=$2 initrd=$3 dir=$OUT/$1 rc=0
+  local label=$1 kernel=$2 initrd=$3 cpu=${4:-$CPU} dir=$OUT/$1 rc=0
   mkdir -p "$dir"
   rm -f "$dir"/{console.log,markers.log,timeout,qemu-exit}
-  log "$label: booting $(basename "$kernel") (TCG, limit ${GUEST_TIMEOUT} s)"
+  log "$label: booting $(basename "$kernel") (TCG, -cpu $cpu, limit ${GUEST_TIMEOUT} s)"
   timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 \
-    -nographic -monitor none -no-reboot -m "$MEMORY" -smp "$SMP" -cpu "$CPU" -accel tcg -nic none \
+    -nographic -monitor none -no-reboot -m "$MEMORY" -smp "$SMP" -cpu "$cpu" -accel tcg -nic none \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" \
     -serial stdio -serial "file:$dir/markers.log" \
@@ -374,7 +374,7 @@ verdict() {
     tail -n 40 "$dir/console.log" 2>/dev/null | sed 's/^/    | /'
     return 1
   fi
-  echo "== $label: kernel $(sed -n 's/^QM|kernel|//p' "$m" | tail -n1)"
+  echo "== $label: kernel $(sed -n 's/^QM|kernel|//p' "$m" | tail -n1), $(sed -n 's/^QM|paging|//p' "$m" | tail -n1) paging"
   grep -q '^QM|modules|fail' "$m" && fail "modules: $(sed -n 's/^QM|modules|fail|//p' "$m")"
 
   # Attach kinds from the probe, each "no" with its reason.
@@ -456,7 +456,7 @@ report_only() {
   local -a args=() failed=()
   [ "$RUN_HOST" = 1 ] && [ -d "$OUT/host" ] && args+=("host${SEP}^core/${SEP}")
   local label regex want_strategy want_broken entry
-  while read -r label regex want_strategy want_broken; do
+  while read -r label regex want_strategy want_broken _cpu; do
     case $label in '' | '#'*) continue ;; esac
     [ -z "$ONLY" ] || [[ ,$ONLY, == *,$label,* ]] || continue
     [ -d "$OUT/$label" ] && args+=("$label${SEP}$want_strategy${SEP}$want_broken")
@@ -493,7 +493,7 @@ main() {
 
   local common=""
   local label regex want_strategy want_broken pkg tree kver
-  while read -r label regex want_strategy want_broken; do
+  while read -r label regex want_strategy want_broken cpu; do
     case $label in '' | '#'*) continue ;; esac
     [ -z "$ONLY" ] || [[ ,$ONLY, == *,$label,* ]] || continue
     if [ -z "$common" ]; then
@@ -507,7 +507,7 @@ main() {
     build_module_archive "$tree" "$kver" "$work/modules-$label.cpio" "$work/root-$label"
     cat "$common" "$work/modules-$label.cpio" >"$work/initrd-$label.cpio"
     local t0=$SECONDS
-    boot "$label" "$tree/boot/vmlinuz-$kver" "$work/initrd-$label.cpio"
+    boot "$label" "$tree/boot/vmlinuz-$kver" "$work/initrd-$label.cpio" "${cpu:-$CPU}"
     log "$label: guest ran $((SECONDS - t0)) s"
     rm -f "$work/initrd-$label.cpio"
     labels+=("$label")

@@ -8,6 +8,7 @@
 # output can never be mistaken for a result:
 #
 #   QM|kernel|<uname -r>
+#   QM|paging|<4-level|5-level>
 #   QM|test|<target>|<pass|fail|missing|timeout>|<seconds>|<args>
 #   QM|case|<target>|<test name>|<ok|FAILED|ignored>
 #   QM|begin|<label>          followed by a JSON document, then
@@ -114,6 +115,8 @@ daemon_status() {
 }
 
 mark "kernel|$(uname -r)"
+# 5-level paging moves the kernel's addresses (offset guessing tells pointers by them).
+if grep -qw la57 /proc/cpuinfo; then mark "paging|5-level"; else mark "paging|4-level"; fi
 echo "suite: PATH=$PATH; tools: $(for t in ip nft conntrack bpftool tar xz; do command -v $t; done | tr '\n' ' ')"
 
 # 1. The kernel report: which attach kinds work here, and why not.

@@ -210,33 +210,46 @@ mod tests {
         skb: Vec<u8>,
         conn: Vec<u8>,
         net: Vec<u8>,
+        conn_addr: u64,
+        net_addr: u64,
     }
 
-    const CONN_ADDR: u64 = 0xffff_8880_0000_1000;
-    const NET_ADDR: u64 = 0xffff_8880_0000_8000;
+    /// Where the pretend entry and namespace live: the direct map of 4-level paging, and
+    /// that of 5-level paging (LA57), which starts below 0xffff800000000000.
+    const FOUR_LEVEL: (u64, u64) = (0xffff_8880_0000_1000, 0xffff_8880_0000_8000);
+    const FIVE_LEVEL: (u64, u64) = (0xff11_0000_0000_1000, 0xff11_0000_0000_8000);
+    /// The eBPF object's KERNEL_SPACE_START (bpf/offsetguess.bpf.c): the lowest kernel
+    /// address of either paging mode.
+    const KERNEL_SPACE_START: u64 = 0xff00_0000_0000_0000;
 
     impl FakeKernel {
         fn linux_6_18(e: &Expected) -> Self {
+            Self::linux_6_18_at(e, FOUR_LEVEL)
+        }
+
+        fn linux_6_18_at(e: &Expected, (conn_addr, net_addr): (u64, u64)) -> Self {
             let mut skb = vec![0u8; 224];
             // Decoys: an aligned kernel pointer (ctinfo 0) and a userspace-looking value.
-            skb[16..24].copy_from_slice(&NET_ADDR.to_ne_bytes());
+            skb[16..24].copy_from_slice(&net_addr.to_ne_bytes());
             skb[40..48].copy_from_slice(&0x1234_5672u64.to_ne_bytes());
-            skb[104..112].copy_from_slice(&(CONN_ADDR | u64::from(IP_CT_NEW)).to_ne_bytes());
+            skb[104..112].copy_from_slice(&(conn_addr | u64::from(IP_CT_NEW)).to_ne_bytes());
             let mut conn = vec![0u8; 248];
             conn[32..72].copy_from_slice(&encode(&e.origin));
             conn[88..128].copy_from_slice(&encode(&e.reply));
             conn[128..136].copy_from_slice(&e.status.to_ne_bytes());
-            conn[136..144].copy_from_slice(&NET_ADDR.to_ne_bytes());
+            conn[136..144].copy_from_slice(&net_addr.to_ne_bytes());
             let mut net = vec![0u8; 4288];
             net[176..180].copy_from_slice(&e.netns_inum.to_ne_bytes());
-            FakeKernel { skb, conn, net }
+            FakeKernel { skb, conn, net, conn_addr, net_addr }
         }
 
         fn deref(&self, addr: u64) -> &[u8] {
-            match addr {
-                CONN_ADDR => &self.conn,
-                NET_ADDR => &self.net,
-                _ => &[],
+            if addr == self.conn_addr {
+                &self.conn
+            } else if addr == self.net_addr {
+                &self.net
+            } else {
+                &[]
             }
         }
 
@@ -255,7 +268,7 @@ mod tests {
             match check.read {
                 ReadKind::SkbPointer => {
                     let v = word(&self.skb, check.offset);
-                    let is_pointer = v & !7 >= 0xffff_8000_0000_0000;
+                    let is_pointer = v & !7 >= KERNEL_SPACE_START;
                     let window = if is_pointer { at(self.deref(v & !7), 0, 192) } else { vec![] };
                     Reading { ctinfo: (v & 7) as u32, is_pointer, window }
                 }
@@ -264,7 +277,7 @@ mod tests {
                 }
                 ReadKind::ConnPointer => {
                     let v = word(self.deref(conn), check.offset);
-                    let is_pointer = v >= 0xffff_8000_0000_0000;
+                    let is_pointer = v >= KERNEL_SPACE_START;
                     let window = if is_pointer { at(self.deref(v), 0, 512) } else { vec![] };
                     Reading { is_pointer, window, ..Default::default() }
                 }
@@ -295,6 +308,18 @@ mod tests {
             offsets,
             Offsets { skb_nfct: 104, origin: 32, reply: 88, status: 128, netns: 136, netns_inum: 176 }
         );
+    }
+
+    /// With 5-level paging kernel pointers start at 0xff11…, below 4-level's kernel half:
+    /// a pointer test against 0xffff800000000000 took them for plain numbers and overflowed
+    /// on sk_buff._nfct (seen in qemu with `-cpu max`).
+    #[test]
+    fn five_level_paging_pointers_are_recognised() {
+        let e = known();
+        let offsets =
+            run(&FakeKernel::linux_6_18_at(&e, FIVE_LEVEL), e, Limits { threshold: 400, retries: 3 })
+                .unwrap();
+        assert_eq!((offsets.skb_nfct, offsets.netns, offsets.netns_inum), (104, 136, 176));
     }
 
     #[test]
