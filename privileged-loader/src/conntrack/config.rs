@@ -85,14 +85,13 @@ impl ConntrackConfig {
     /// Whether an entry from ctnetlink (dump or sweep) belongs in the map: the same rule
     /// the eBPF program applies — NAT'd, and IPv6 only when enabled for its protocol.
     pub fn records(&self, entry: &Entry) -> bool {
-        let (o, r) = (&entry.original, &entry.reply);
-        let nat = !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port);
+        let o = &entry.original;
         let family_enabled = o.src.is_ipv4()
             || match o.protocol {
                 Protocol::Tcp => self.tcpv6_enabled,
                 Protocol::Udp => self.udpv6_enabled,
             };
-        nat && family_enabled
+        entry.is_nat() && family_enabled
     }
 
     pub fn initial_dump_timeout(&self) -> Duration {

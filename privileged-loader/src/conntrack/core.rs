@@ -282,11 +282,6 @@ async fn seed(tracker: &CoreConntracker, dump: &mut CtNetlink, cfg: &ConntrackCo
     }
 }
 
-fn is_nat(entry: &Entry) -> bool {
-    let (o, r) = (&entry.original, &entry.reply);
-    !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port)
-}
-
 impl CoreConntracker {
     /// Loads the object with the configured constants and map size, and attaches the
     /// first strategy that works.
@@ -631,7 +626,7 @@ impl DestroyListener {
         for event in events {
             if let Event::Destroy(entry) = event {
                 self.stats.destroy_events.fetch_add(1, Ordering::Relaxed);
-                if is_nat(entry) {
+                if entry.is_nat() {
                     self.forget(entry).await;
                 }
             }
@@ -655,7 +650,7 @@ impl DestroyListener {
             return;
         }
         match self.query.get(&entry.original).await {
-            Ok(Some(next)) if is_nat(&next) && self.cfg.records(&next) => {
+            Ok(Some(next)) if next.is_nat() && self.cfg.records(&next) => {
                 if next.original == entry.original && next.reply == entry.reply && stale.len() == 2 {
                     // The newer entry has the same tuples both ways (a reused port,
                     // the same NAT mapping): both slots already describe it.

@@ -74,7 +74,7 @@ impl NetlinkConntracker {
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let mut table = self.table();
         match event {
-            Event::New(entry) if is_nat(entry) => table.insert(*entry),
+            Event::New(entry) if entry.is_nat() => table.insert(*entry),
             Event::Destroy(entry) => table.remove(&entry.original, entry.netns),
             Event::New(_) => {}
         }
@@ -85,14 +85,9 @@ impl NetlinkConntracker {
         let entries = tokio::time::timeout(timeout, dump.dump())
             .await
             .map_err(|_| NetlinkTrackerError::DumpTimeout(timeout))??;
-        self.table().replace_all(entries.into_iter().filter(is_nat));
+        self.table().replace_all(entries.into_iter().filter(Entry::is_nat));
         Ok(())
     }
-}
-
-fn is_nat(entry: &Entry) -> bool {
-    let (o, r) = (&entry.original, &entry.reply);
-    !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port)
 }
 
 impl Conntracker for NetlinkConntracker {

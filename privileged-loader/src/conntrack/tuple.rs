@@ -44,6 +44,20 @@ pub struct Entry {
     pub netns: u32,
 }
 
+impl Entry {
+    /// True when NAT rewrote the entry: its reply tuple is not the original turned around
+    /// (the rule the eBPF programs apply too, `is_plain_inverse`).
+    pub fn is_nat(&self) -> bool {
+        is_nat(&self.original, &self.reply)
+    }
+}
+
+/// True when `reply` is not `original` turned around.
+pub fn is_nat(original: &Tuple, reply: &Tuple) -> bool {
+    let (o, r) = (original, reply);
+    !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port)
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TupleError {
     #[error("invalid {field} address {value:?}: expected an IPv4 or IPv6 address")]

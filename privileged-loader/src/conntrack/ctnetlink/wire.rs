@@ -64,8 +64,7 @@ pub struct Flow {
 impl Flow {
     /// True when the reply tuple is not the original turned around: NAT rewrote it.
     pub fn is_nat(&self) -> bool {
-        let (o, r) = (&self.original, &self.reply);
-        !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port)
+        crate::conntrack::tuple::is_nat(&self.original, &self.reply)
     }
 
     pub fn into_entry(self, netns: u32) -> Entry {
