@@ -89,16 +89,17 @@ static __always_inline void record(const void *conn)
 		return;
 	if (!(read_u64(conn, off_status) & IPS_NAT_MASK))
 		return;
-	bpf_probe_read_kernel(&netns, sizeof(netns), (const u8 *)read_u64(conn, off_netns) + off_ino);
-
 	if (bpf_probe_read_kernel(&raw, sizeof(raw), (const u8 *)conn + off_origin) ||
-	    convert_tuple(&raw, netns, &orig))
+	    convert_tuple(&raw, 0, &orig))
 		return;
 	if (bpf_probe_read_kernel(&raw, sizeof(raw), (const u8 *)conn + off_reply) ||
-	    convert_tuple(&raw, netns, &reply))
+	    convert_tuple(&raw, 0, &reply))
 		return;
 	if (is_plain_inverse(&orig, &reply))
 		return;
+	/* The namespace (two reads) only for an entry that will be recorded. */
+	bpf_probe_read_kernel(&netns, sizeof(netns), (const u8 *)read_u64(conn, off_netns) + off_ino);
+	orig.netns = reply.netns = netns;
 
 	store(&orig, &reply);
 }

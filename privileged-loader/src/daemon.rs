@@ -82,8 +82,11 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     let conntrack = start_conntrack(&config, &assets, &registry, &shutdown, &mut tasks).await;
     // Post-register: once every module is loaded, and while walking other maps by id is
     // still allowed (CAP_SYS_ADMIN), before the drop.
-    let owned: Vec<OwnedMap> =
-        conntrack.iter().flat_map(|c| c.bpf_map_ids()).map(|id| OwnedMap::by_id(id, "conntrack")).collect();
+    let owned: Vec<OwnedMap> = conntrack
+        .iter()
+        .flat_map(|c| c.bpf_map_ids())
+        .map(|id| OwnedMap::by_id(id, conntrack::core::MODULE))
+        .collect();
     let lockstats = Arc::new(lockstats::start(&config.lockstats, &assets, &registry, &owned));
 
     if config.privileges.drop {
@@ -124,7 +127,7 @@ async fn start_conntrack(
     tasks: &mut JoinSet<()>,
 ) -> Option<Arc<dyn Conntracker>> {
     if !config.conntrack.enabled {
-        registry.update_module("conntrack", |m| m.state = ModuleState::Disabled);
+        registry.update_module(conntrack::core::MODULE, |m| m.state = ModuleState::Disabled);
         return None;
     }
     match conntrack::chain::start(&config.conntrack, assets, registry, shutdown.clone()).await {
@@ -135,7 +138,7 @@ async fn start_conntrack(
         }
         Err(err) => {
             error!(%err, "the conntracker did not start; the API keeps serving without it");
-            registry.update_module("conntrack", |m| {
+            registry.update_module(conntrack::core::MODULE, |m| {
                 m.state = ModuleState::Failed;
                 m.last_error = Some(err.to_string());
             });

@@ -63,8 +63,7 @@ pub fn nft_ruleset(rules: &[Dnat]) -> String {
 /// backends. Dropping it stops the backends and deletes the namespace.
 pub struct NatLab {
     // Field order matters: backends close their sockets before the namespace goes.
-    backends: Vec<Backend>,
-    pub rules: Vec<Dnat>,
+    _backends: Vec<Backend>,
     pub netns: Netns,
 }
 
@@ -77,7 +76,7 @@ impl NatLab {
         netns.apply_nft(&nft_ruleset(&rules))?;
         let backends =
             rules.iter().map(|r| Backend::start(&netns, r.protocol, r.to)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { backends, rules, netns })
+        Ok(Self { _backends: backends, netns })
     }
 
     /// The front address clients use for `protocol` over IPv4 or IPv6.
@@ -105,10 +104,6 @@ impl NatLab {
             .into_iter()
             .map(|(protocol, ipv6)| self.connect(protocol, ipv6))
             .collect()
-    }
-
-    pub fn backend_addrs(&self) -> Vec<SocketAddr> {
-        self.backends.iter().map(Backend::addr).collect()
     }
 }
 

@@ -19,7 +19,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// open until the client closes them (so their conntrack entries stay ESTABLISHED); UDP
 /// datagrams are echoed. Stops and closes everything on drop.
 pub struct Backend {
-    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -45,11 +44,7 @@ impl Backend {
                 std::thread::spawn(move || echo_until(socket, &flag))
             }
         };
-        Ok(Self { addr, stop, thread: Some(thread) })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        Ok(Self { stop, thread: Some(thread) })
     }
 }
 

@@ -18,7 +18,7 @@ use crate::asset::AssetLoader;
 use crate::status::{ModuleRecord, ModuleState, Registry, StrategyAttempt};
 
 /// Registry module the chain (and every strategy in it) records into.
-pub const MODULE: &str = "conntrack";
+pub use super::core::MODULE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
