@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{StoreError, write_atomic};
+use crate::store::{StoreError, replace_file};
 use crate::tuf::{ConfigEntry, TrustedState};
 
 pub const STATUS_FILE: &str = "status.json";
@@ -95,7 +95,7 @@ impl Status {
 
     pub fn write(&self, state_dir: &Path) -> Result<(), StatusError> {
         let bytes = serde_json::to_vec_pretty(self).map_err(StoreError::from)?;
-        Ok(write_atomic(&state_dir.join(STATUS_FILE), &bytes)?)
+        Ok(replace_file(&state_dir.join(STATUS_FILE), &bytes)?)
     }
 
     pub fn read(state_dir: &Path) -> Result<Self, StatusError> {

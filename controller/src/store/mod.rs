@@ -14,7 +14,7 @@ mod persisted;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use atomic::write_atomic;
+pub use atomic::{replace_file, write_atomic};
 use lock::StoreLock;
 
 use crate::tuf::{TrustedState, VerifyError};
