@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         "{} missing: cargo build --release --bins first",
         loader_bin.display()
     );
-    let _ns = Netns::create()?;
+    let ns = Netns::create()?;
     let work = tempfile::tempdir()?;
 
     // BENCH_ONLY=lookups runs only the lookup phase, BENCH_ONLY=datapath only the
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..20 {
             drop(TcpStream::connect(vip())?);
         }
-        return lookups(&loader);
+        return lookups(&loader, &ns);
     }
     let startup = measure_startup(&loader_bin, work.path())?;
     println!(
@@ -60,8 +60,8 @@ fn main() -> anyhow::Result<()> {
 
     let loader = Loader::start(&loader_bin, work.path())?;
     println!("loader RSS after start: {:.1} MB", rss_mb(loader.pid)?);
-    completeness(&loader)?;
-    lookups(&loader)?;
+    completeness(&loader, &ns)?;
+    lookups(&loader, &ns)?;
     println!("loader RSS after the runs: {:.1} MB", rss_mb(loader.pid)?);
     Ok(())
 }
@@ -104,7 +104,7 @@ fn print_data_path(d: &DataPath) -> anyhow::Result<()> {
 /// A private network namespace (the e2e harness's guard, held to delete it on drop)
 /// entered by this process, so the
 /// loader it starts and every connection it makes live there.
-struct Netns(#[allow(dead_code)] e2e_tests::Netns);
+struct Netns(e2e_tests::Netns);
 
 impl Netns {
     fn create() -> anyhow::Result<Self> {
@@ -399,8 +399,8 @@ async fn client(socket: &Path) -> anyhow::Result<pb::loader_client::LoaderClient
 
 /// Opens 2,000 new DNAT'd connections per second for 10 s, then compares the loader's
 /// list with `conntrack -L`.
-fn completeness(loader: &Loader) -> anyhow::Result<()> {
-    let _ = Command::new("conntrack").arg("-F").stderr(Stdio::null()).status();
+fn completeness(loader: &Loader, ns: &Netns) -> anyhow::Result<()> {
+    flush_conntrack();
     let (t0, mut opened) = (Instant::now(), 0u64);
     // Source ports used, and how often: a port used twice reuses a 5-tuple (tcp_tw_reuse),
     // which makes conntrack destroy the old entry and create a new one with the same tuples.
@@ -417,7 +417,7 @@ fn completeness(loader: &Loader) -> anyhow::Result<()> {
     }
     let achieved = opened as f64 / t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let oracle = conntrack_nat_sources()?;
+    let oracle: std::collections::HashSet<u16> = vip_entries(ns)?.iter().map(|e| e.original.sport).collect();
     let listed = runtime()?.block_on(async {
         let mut c = client(&loader.socket).await?;
         let mut stream = c.list_conntrack(pb::ListConntrackRequest { netns: 0 }).await?.into_inner();
@@ -447,34 +447,26 @@ fn completeness(loader: &Loader) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Source ports of the NAT'd TCP entries to the VIP, from the kernel's own table.
-fn conntrack_nat_sources() -> anyhow::Result<std::collections::HashSet<u16>> {
-    let out = Command::new("conntrack")
-        .args(["-L", "-p", "tcp", "--orig-dst", VIP])
-        .stderr(Stdio::null())
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_whitespace().find_map(|f| f.strip_prefix("sport=")).and_then(|p| p.parse().ok())
+/// The NAT'd TCP entries to the VIP, from the kernel's own table (`conntrack -L`).
+fn vip_entries(ns: &Netns) -> anyhow::Result<Vec<e2e_tests::Entry>> {
+    let vip = vip();
+    Ok(e2e_tests::oracle::nat_entries(&ns.0)?
+        .into_iter()
+        .filter(|e| {
+            e.original.protocol == e2e_tests::L4::Tcp
+                && e.original.dst == vip.ip()
+                && e.original.dport == vip.port()
         })
         .collect())
 }
 
-fn lookups(loader: &Loader) -> anyhow::Result<()> {
-    let out = Command::new("conntrack")
-        .args(["-L", "-p", "tcp", "--orig-dst", VIP])
-        .stderr(Stdio::null())
-        .output()?;
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let line = listing.lines().next().ok_or_else(|| anyhow::anyhow!("no NAT'd entry to look up"))?;
-    let field = |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name)).map(str::to_string);
-    let (src, sport) = (field("src="), field("sport=").and_then(|p| p.parse::<u32>().ok()));
-    let (Some(src), Some(sport)) = (src, sport) else { anyhow::bail!("cannot parse {line}") };
+fn lookups(loader: &Loader, ns: &Netns) -> anyhow::Result<()> {
+    let entries = vip_entries(ns)?;
+    let entry = entries.first().ok_or_else(|| anyhow::anyhow!("no NAT'd entry to look up"))?;
     let request = pb::LookupTranslationRequest {
         tuple: Some(pb::Tuple {
-            src_addr: src,
-            src_port: sport,
+            src_addr: entry.original.src.to_string(),
+            src_port: entry.original.sport.into(),
             dst_addr: VIP.into(),
             dst_port: 80,
             protocol: pb::Protocol::Tcp.into(),
