@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "tests/run.sh: the tests load eBPF and create network namespaces: run as root (sudo)" >&2
+  echo "tests/run.sh: the tests load eBPF and create network namespaces: run as root" >&2
   exit 2
 fi
 
