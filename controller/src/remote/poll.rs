@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::listeners::Listeners;
 use crate::status::Status;
 use crate::store::{Store, StoreError};
-use crate::tuf::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
+use trust::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
 
 /// Failures logged quietly before logs turn to errors.
 const QUIET_FAILURES: u64 = 5;
