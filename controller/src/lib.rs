@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod listeners;
+pub mod loader;
 pub mod remote;
 pub mod status;
 pub mod store;

@@ -22,6 +22,7 @@ use super::request::{ClientIdentity, build_request};
 use super::schedule::{SUGGESTED_BOUNDS_SECS, Schedule};
 use crate::config::Config;
 use crate::listeners::Listeners;
+use crate::loader::{Desired, Pusher, PusherHandle, Verdict};
 use crate::status::Status;
 use crate::store::{Store, StoreError};
 use trust::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
@@ -85,6 +86,9 @@ pub struct Poller {
     last_update_error: Option<String>,
     last_error_log: Option<Instant>,
     warned_interval: Option<u64>,
+    /// The loader push task (started by [`Self::run`]) and its channels, when configured.
+    pusher: Option<Pusher>,
+    loader: Option<PusherHandle>,
 }
 
 impl Poller {
@@ -113,7 +117,11 @@ impl Poller {
             request_timeout: Duration::from_secs(30),
         })?;
         let mut state = loaded.state;
-        let mut listeners = Listeners::json_for(&rc.products);
+        // The loader's products go to the loader; the others to the JSON listener.
+        let others: Vec<String> =
+            rc.products.iter().filter(|p| !trust::products::Payload::is_known(p)).cloned().collect();
+        let mut listeners = Listeners::json_for(&others);
+        let (pusher, loader) = config.loader.socket().map(Pusher::new).unzip();
         let held: BTreeSet<String> = state.configs().values().map(|c| c.parsed.product.clone()).collect();
         listeners.notify(&mut state, &held);
         info!(
@@ -132,11 +140,15 @@ impl Poller {
             last_update_error: None,
             last_error_log: None,
             warned_interval: None,
+            pusher,
+            loader,
         })
     }
 
     /// Polls until `cancel` fires or the service disables remote config.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let pusher = self.pusher.take().map(|p| tokio::spawn(p.run(cancel.child_token())));
+        self.publish_desired();
         loop {
             let span = info_span!("poll", client_id = %self.identity.id, targets_version = self.state.targets_version());
             let outcome = tokio::select! {
@@ -151,10 +163,59 @@ impl Poller {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+        cancel.cancel();
+        if let Some(task) = pusher
+            && let Err(e) = task.await
+        {
+            error!(error = %e, "the loader push task panicked");
+        }
+    }
+
+    /// Hands what is in force to the push task (it ignores an unchanged set).
+    fn publish_desired(&self) {
+        if let Some(loader) = &self.loader {
+            let desired = Desired::from_state(&self.state);
+            loader.desired.send_if_modified(|current| {
+                let changed = **current != desired;
+                if changed {
+                    *current = std::sync::Arc::new(desired);
+                }
+                changed
+            });
+        }
+    }
+
+    /// Records the loader's verdicts and stores them before any request reports them.
+    async fn take_verdicts(&mut self) -> Result<(), PollError> {
+        let Some(loader) = &mut self.loader else { return Ok(()) };
+        let mut verdicts: Vec<Verdict> = Vec::new();
+        while let Ok(batch) = loader.verdicts.try_recv() {
+            verdicts.extend(batch);
+        }
+        let mut changed = false;
+        for v in verdicts {
+            let current =
+                self.state.configs().get(&v.path).map(|c| (c.version, c.apply_state, c.apply_error.clone()));
+            // A verdict on a version no longer held is stale: drop it.
+            if let Some((version, state, error)) = current
+                && version == v.version
+                && (state, error.as_str()) != (v.state, v.error.as_str())
+            {
+                info!(path = %v.path, version, state = ?v.state, error = %v.error, "loader verdict");
+                self.state.set_apply_state(&v.path, v.state, v.error);
+                changed = true;
+            }
+        }
+        if changed {
+            let state = self.state.clone();
+            self.commit(&state).await?;
+        }
+        Ok(())
     }
 
     /// One request/verify/commit/notify round.
     async fn poll_once(&mut self) -> Result<(), PollError> {
+        self.take_verdicts().await?;
         let request = build_request(&self.identity, &self.state, self.last_update_error.as_deref());
         let response = self.fetcher.get_configs(request).await?;
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
@@ -170,6 +231,7 @@ impl Poller {
         );
         self.state = state;
         self.listeners.notify(&mut self.state, &changed);
+        self.publish_desired();
         Ok(())
     }
 
