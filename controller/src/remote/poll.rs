@@ -328,7 +328,10 @@ impl Poller {
     }
 
     fn write_status(&mut self) {
-        let products: Vec<String> = self.listeners.products().cloned().collect();
+        let mut products: Vec<String> = self.listeners.products().cloned().collect();
+        if self.loader.is_some() {
+            products.extend(trust::products::ALL.map(String::from));
+        }
         self.status.observe(&self.state, &products);
         if let Err(e) = self.status.write(self.store.dir()) {
             warn!(error = %e, "cannot write status.json");
