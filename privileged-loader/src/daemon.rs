@@ -8,10 +8,9 @@ use anyhow::{Context, Result};
 use privileged_loader::api::{self, LoaderApi};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::config::{LoaderConfig, LogFormat};
-use privileged_loader::conntrack::{self, Conntracker};
-use privileged_loader::lockstats::{self, OwnedMap};
+use privileged_loader::modules::{Modules, ReloadAction};
 use privileged_loader::remote_config::{LogReload, RemoteConfigs, RunningLoader, Settings};
-use privileged_loader::status::{ModuleState, Registry};
+use privileged_loader::status::Registry;
 use privileged_loader::{btf, privileges, probe};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -89,15 +88,13 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let conntrack = start_conntrack(&config, &assets, &registry, &shutdown, &mut tasks).await;
+    let modules = Modules::new(Arc::new(assets), registry.clone(), shutdown.clone());
+    start_conntrack(&config, &modules).await;
     // Post-register: once every module is loaded, and while walking other maps by id is
     // still allowed (CAP_SYS_ADMIN), before the drop.
-    let owned: Vec<OwnedMap> = conntrack
-        .iter()
-        .flat_map(|c| c.bpf_map_ids())
-        .map(|id| OwnedMap::by_id(id, conntrack::core::MODULE))
-        .collect();
-    let lockstats = Arc::new(lockstats::start(&config.lockstats, &assets, &registry, &owned));
+    if let Err(err) = modules.start_lockstats(config.lockstats.clone()).await {
+        warn!(%err, "the lock-statistics collector did not start; see GetStatus (module \"lockstats\")");
+    }
 
     if config.privileges.drop {
         let keep = privileges::parse_caps(&config.privileges.keep)?;
@@ -111,12 +108,15 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         lockstats: config.lockstats.clone(),
         log_filter: baseline_log_filter(),
     };
-    let remote = RemoteConfigs::new(&config.remote_config, baseline, Arc::new(RunningLoader { log }));
+    let remote = RemoteConfigs::new(
+        &config.remote_config,
+        baseline,
+        Arc::new(RunningLoader { modules: modules.clone(), log }),
+    );
     let loader_api = LoaderApi {
         registry,
         kernel: api::kernel_report(&kernel),
-        conntrack,
-        lockstats: Some(lockstats),
+        modules: modules.clone(),
         started_at_unix_ms,
         startup: startup.clone(),
         remote: Arc::new(remote),
@@ -129,6 +129,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     info!(socket = %config.api.socket.display(), startup_ms = elapsed.as_secs_f64() * 1000.0, "serving the loader API");
     let served = api::serve(loader_api, listener, config.api.allow_list(), shutdown.clone()).await;
     shutdown.cancel();
+    modules.stop_all().await;
     while tasks.join_next().await.is_some() {}
     if let Err(err) = std::fs::remove_file(&config.api.socket) {
         warn!(%err, socket = %config.api.socket.display(), "could not remove the API socket");
@@ -138,31 +139,14 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     Ok(())
 }
 
-async fn start_conntrack(
-    config: &LoaderConfig,
-    assets: &AssetLoader,
-    registry: &Registry,
-    shutdown: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) -> Option<Arc<dyn Conntracker>> {
-    if !config.conntrack.enabled {
-        registry.update_module(conntrack::core::MODULE, |m| m.state = ModuleState::Disabled);
-        return None;
-    }
-    match conntrack::chain::start(&config.conntrack, assets, registry, shutdown.clone()).await {
-        Ok(running) => {
-            let mut owned = running.tasks;
-            tasks.spawn(async move { while owned.join_next().await.is_some() {} });
-            Some(running.tracker)
+/// Starts the conntracker; a failure is a status line, and the API serves without it.
+async fn start_conntrack(config: &LoaderConfig, modules: &Modules) {
+    match modules.start_conntrack(config.conntrack.clone()).await {
+        Ok(report) if report.action == ReloadAction::Stopped => {
+            info!("the conntracker is disabled by configuration (conntrack.enabled = false)")
         }
-        Err(err) => {
-            error!(%err, "the conntracker did not start; the API keeps serving without it");
-            registry.update_module(conntrack::core::MODULE, |m| {
-                m.state = ModuleState::Failed;
-                m.last_error = Some(err.to_string());
-            });
-            None
-        }
+        Ok(report) => info!(implementation = %report.implementation, "conntracker started"),
+        Err(err) => error!(%err, "the conntracker did not start; the API keeps serving without it"),
     }
 }
 

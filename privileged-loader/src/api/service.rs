@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::auth::Role;
 use super::{convert, remote};
 use crate::conntrack::{Conntracker, Tuple};
-use crate::lockstats::LockStatsCollector;
+use crate::modules::Modules;
 use crate::remote_config::RemoteConfigs;
 use crate::status::Registry;
 
@@ -18,8 +18,9 @@ use crate::status::Registry;
 pub struct LoaderApi {
     pub registry: Registry,
     pub kernel: pb::KernelReport,
-    pub conntrack: Option<Arc<dyn Conntracker>>,
-    pub lockstats: Option<Arc<LockStatsCollector>>,
+    /// The running modules; each call reads the instance current at that moment, so a
+    /// reload swaps what the next call sees.
+    pub modules: Modules,
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
@@ -32,8 +33,8 @@ pub struct LoaderApi {
 }
 
 impl LoaderApi {
-    fn conntracker(&self) -> Result<&Arc<dyn Conntracker>, Status> {
-        self.conntrack.as_ref().ok_or_else(|| {
+    fn conntracker(&self) -> Result<Arc<dyn Conntracker>, Status> {
+        self.modules.conntracker().ok_or_else(|| {
             Status::unavailable("no conntracker is running: see GetStatus (module \"conntrack\") for why")
         })
     }
@@ -48,7 +49,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let tables = self.conntrack.as_ref().map(|c| c.tables()).unwrap_or_default();
+        let tables = self.modules.conntracker().map(|c| c.tables()).unwrap_or_default();
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),
@@ -79,8 +80,6 @@ impl pb::loader_server::Loader for LoaderApi {
         Ok(Response::new(remote::config(&self.remote.snapshot().await, &self.instance)))
     }
 
-    /// Placeholder until the daemon wires the lock-statistics collector in (lead's
-    /// integration of the `lockstats` branch replaces it).
     type ListConntrackStream = EntryStream;
 
     #[tracing::instrument(skip_all, name = "ListConntrack")]
@@ -102,7 +101,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetLockStatsRequest>,
     ) -> Result<Response<pb::GetLockStatsResponse>, Status> {
-        let collector = self.lockstats.as_ref().ok_or_else(|| {
+        let collector = self.modules.lockstats().ok_or_else(|| {
             Status::unavailable(
                 "the lock statistics collector was not started: see GetStatus (module \"lockstats\")",
             )

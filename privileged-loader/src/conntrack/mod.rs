@@ -6,6 +6,7 @@ pub mod chain;
 pub mod config;
 pub mod core;
 pub mod ctnetlink;
+pub mod handover;
 pub mod map;
 pub mod nat_table;
 pub mod netlink_tracker;

@@ -5,6 +5,7 @@ use std::pin::Pin;
 
 use crate::conntrack::ConntrackConfig;
 use crate::lockstats::LockStatsConfig;
+use crate::modules::Modules;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -19,25 +20,28 @@ pub trait LiveApply: Send + Sync {
 /// Replaces the log filter of the running process.
 pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-/// The running loader, as remote configuration changes it.
+/// The running loader, as remote configuration changes it: the modules through their
+/// lifecycle (a failed reload leaves the running instance as it was), the log filter
+/// through the subscriber's reload handle.
 pub struct RunningLoader {
+    pub modules: Modules,
     pub log: LogReload,
 }
 
 impl LiveApply for RunningLoader {
-    fn conntrack<'a>(&'a self, _config: &'a ConntrackConfig) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async {
-            Err("this loader build cannot reload the conntracker while it runs (the module lifecycle is not in it): \
-                 change [conntrack] in its file and restart it"
-                .to_string())
+    fn conntrack<'a>(&'a self, config: &'a ConntrackConfig) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let report = self.modules.reload_conntrack(config.clone()).await.map_err(|e| e.to_string())?;
+            tracing::info!(action = report.action.as_str(), changed = ?report.changed, "conntrack reloaded by remote config");
+            Ok(())
         })
     }
 
-    fn lockstats<'a>(&'a self, _config: &'a LockStatsConfig) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async {
-            Err("this loader build cannot reload the lock-statistics collector while it runs (the module lifecycle is not in it): \
-                 change [lockstats] in its file and restart it"
-                .to_string())
+    fn lockstats<'a>(&'a self, config: &'a LockStatsConfig) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let report = self.modules.reload_lockstats(config.clone()).await.map_err(|e| e.to_string())?;
+            tracing::info!(action = report.action.as_str(), changed = ?report.changed, "lockstats reloaded by remote config");
+            Ok(())
         })
     }
 
