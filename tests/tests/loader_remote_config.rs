@@ -14,7 +14,10 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use e2e_tests::compare::{assert_matches_kernel, kernel_nat, listed};
 use e2e_tests::loader::{LoaderOptions, LoaderProcess, loaderctl};
+use e2e_tests::traffic::Connection;
+use e2e_tests::{L4, NatLab, Tuple};
 use harness::*;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -28,19 +31,24 @@ const SYNC: Duration = Duration::from_secs(20);
 const CAP: u32 = 65_536;
 const LOG_PATH: &str = "2/LOADER_LOG/log/config.json";
 
-/// The loader's file: modules off (these tests are about configuration, not the data
-/// path), the pinned root, and the allow-list.
-fn loader_toml(root: Option<&Path>) -> String {
+/// The loader's file: the pinned root and the allow-list; the modules off unless a test
+/// is about the data path (`conntrack`).
+fn loader_toml(root: Option<&Path>, conntrack: bool) -> String {
     let root = root.map(|r| format!("root_file = {:?}\n", path_str(r))).unwrap_or_default();
     format!(
-        "[conntrack]\nenabled = false\n[lockstats]\nenabled = false\n[remote_config]\n{root}\
+        "[conntrack]\nenabled = {conntrack}\n[lockstats]\nenabled = false\n[remote_config]\n{root}\
          [remote_config.allow]\nmax_conntrack_entries = {CAP}\n"
     )
 }
 
 fn start_loader(toml: &str, socket: Option<&Path>, api_toml: &str) -> LoaderProcess {
+    start_loader_in(None, toml, socket, api_toml)
+}
+
+fn start_loader_in(netns: Option<&str>, toml: &str, socket: Option<&Path>, api_toml: &str) -> LoaderProcess {
     let loader = LoaderProcess::start(LoaderOptions {
         extra_toml: toml,
+        netns,
         socket,
         allowed_uids: &[NOBODY],
         api_toml,
@@ -63,12 +71,17 @@ struct Node {
 
 impl Node {
     fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// With `lab`, the loader runs its conntracker in the lab's namespace.
+    fn start_in(lab: Option<&NatLab>) -> Self {
         let work = scratch_dir();
         let repo = Repo::init(work.path());
         let service = Service::start(work.path(), &repo, &[]);
         let socket = work.path().join("loader-run/loader.sock");
-        let toml = loader_toml(Some(&repo.root_file(1)));
-        let loader = start_loader(&toml, Some(&socket), "");
+        let toml = loader_toml(Some(&repo.root_file(1)), lab.is_some());
+        let loader = start_loader_in(lab.map(|l| l.netns.name()), &toml, Some(&socket), "");
         let link = format!("\n[loader]\nsocket = {:?}\n", path_str(&socket));
         let controller = Controller::start_with(work.path(), &service.endpoint(), &repo.root_file(1), &link);
         Self { work, repo, service, loader, controller, socket, toml }
@@ -102,6 +115,61 @@ impl Node {
 fn from_remote(config: &Value, key: &str, path: &str, version: u64) -> bool {
     let v = &config["values"][key];
     v["source"] == "remote" && v["path"] == path && v["version"] == version
+}
+
+#[test]
+fn publishing_udpv6_off_changes_what_the_conntracker_records_and_is_acknowledged() {
+    const CT_PATH: &str = "2/CONNTRACK/ct/config.json";
+    let lab = NatLab::new("rc-udp6").expect("lab");
+    let node = Node::start_in(Some(&lab));
+    let udp6 = |t: &Tuple| t.protocol == L4::Udp && t.src.is_ipv6();
+    let _before = lab.connect_all().expect("connections");
+    assert!(kernel_nat(&lab).iter().any(|(o, _)| udp6(o)), "the kernel must have IPv6 UDP NAT entries");
+    assert_matches_kernel(&node.loader, &lab, |_| true);
+
+    let published = Instant::now();
+    node.repo.publish_product("CONNTRACK", "ct", r#"{"udpv6_enabled": false, "max_entries": 32768}"#);
+    let config = node.wait_config("udpv6_enabled from the remote config", |c| {
+        from_remote(c, "conntrack.udpv6_enabled", CT_PATH, 1)
+    });
+    println!("publish -> applied in the loader: {:?}", published.elapsed());
+    assert_eq!(config["values"]["conntrack.udpv6_enabled"]["value"], false);
+    assert!(from_remote(&config, "conntrack.max_entries", CT_PATH, 1));
+    assert_eq!(config["values"]["conntrack.tcpv6_enabled"]["source"], "file");
+    node.wait_reported("ct", 1, 2);
+    // New connections: every kind is recorded but IPv6 UDP. (Translations the replaced
+    // conntracker held are handed over as they were.)
+    let after = lab.connect_all().expect("connections after the change");
+    assert_new_recorded(&node.loader, &lab, &after, |t| !udp6(t));
+    let maps = &node.loader.module("conntrack")["maps"];
+    assert!(maps.as_array().unwrap().iter().any(|m| m["max_entries"] == 32768), "the new map size: {maps:#}");
+
+    // And back: IPv6 UDP entries are recorded again.
+    node.repo.publish_product("CONNTRACK", "ct", r#"{"udpv6_enabled": true}"#);
+    node.wait_config("udpv6_enabled back on", |c| from_remote(c, "conntrack.udpv6_enabled", CT_PATH, 2));
+    node.wait_reported("ct", 2, 2);
+    let again = lab.connect_all().expect("connections after the second change");
+    assert_new_recorded(&node.loader, &lab, &again, |_| true);
+}
+
+/// Each of `connections` is listed by the loader exactly when `recorded` says so (waiting
+/// up to 2 s for the listed ones to show up).
+fn assert_new_recorded(
+    loader: &LoaderProcess,
+    lab: &NatLab,
+    connections: &[Connection],
+    recorded: impl Fn(&Tuple) -> bool,
+) {
+    let originals: Vec<Tuple> = connections.iter().map(|c| c.original_tuple().expect("tuple")).collect();
+    let expected: Vec<&Tuple> = originals.iter().filter(|t| recorded(t)).collect();
+    let all_there = || {
+        let listed: Vec<Tuple> = listed(loader, lab).into_iter().map(|(o, _)| o).collect();
+        expected.iter().all(|t| listed.contains(t)).then_some(listed)
+    };
+    let listed = wait_until(Duration::from_secs(2), "the new connections to be listed", all_there);
+    for t in originals.iter().filter(|t| !recorded(t)) {
+        assert!(!listed.contains(t), "{t} is listed but the config says it is not recorded");
+    }
 }
 
 #[test]
@@ -219,7 +287,7 @@ async fn apply_config_refuses_every_proof_a_compromised_controller_could_forge()
     let repo = test_repo::Repo::new();
     let root = dir.path().join("root.json");
     std::fs::write(&root, &repo.root_v1).unwrap();
-    let loader = start_loader(&loader_toml(Some(&root)), None, "");
+    let loader = start_loader(&loader_toml(Some(&root), false), None, "");
     let mut loader_api = client(&loader.socket).await;
     let good = br#"{"filter": "info,h2=warn"}"#;
     let year = expires_in_days(365);
@@ -282,7 +350,7 @@ async fn apply_config_accepts_a_valid_proof_made_by_python_tuf() {
     );
     let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
     let path = String::from_utf8(read("path")).unwrap();
-    let loader = start_loader(&loader_toml(Some(&dir.path().join("root.json"))), None, "");
+    let loader = start_loader(&loader_toml(Some(&dir.path().join("root.json")), false), None, "");
     let answer = client(&loader.socket)
         .await
         .apply_config(request(vec![], read("targets.json"), &path, &read("config.json")))
@@ -295,7 +363,7 @@ async fn apply_config_accepts_a_valid_proof_made_by_python_tuf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_pinned_root_apply_config_is_a_failed_precondition_naming_the_key() {
-    let loader = start_loader(&loader_toml(None), None, "");
+    let loader = start_loader(&loader_toml(None, false), None, "");
     let repo = test_repo::Repo::new();
     let raw = br#"{"filter": "debug"}"#;
     let t = log_config(1, raw, expires_in_days(1), &repo.targets_key);
@@ -307,7 +375,7 @@ async fn without_a_pinned_root_apply_config_is_a_failed_precondition_naming_the_
 
 #[test]
 fn a_read_only_caller_may_read_but_not_apply_and_others_get_nothing() {
-    let loader = start_loader(&loader_toml(None), None, "read_only_gids = [65533]");
+    let loader = start_loader(&loader_toml(None, false), None, "read_only_gids = [65533]");
     let reader = Some((65533, 65533));
     let out = loaderctl(&loader.socket, &["--json", "config"], reader);
     assert!(out.status.success(), "a reader may read: {}", String::from_utf8_lossy(&out.stderr));
