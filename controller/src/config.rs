@@ -19,6 +19,9 @@ pub struct Config {
     /// `[loader]`: where verified configs of the loader's products are pushed.
     #[serde(default)]
     pub loader: LoaderLink,
+    /// `[metrics]`: the Prometheus listener.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// The `[loader]` table.
@@ -67,6 +70,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/ebpf-controller"),
             allow_root: false,
             loader: LoaderLink::default(),
+            metrics: Default::default(),
             remote_config: RemoteConfig {
                 endpoint: "http://127.0.0.1:7443".into(),
                 token_file: PathBuf::from("/run/secrets/remote-config-token"),
@@ -173,7 +177,11 @@ impl Config {
 /// Only environment variables naming our keys are read, so unrelated `CONTROLLER_*`
 /// variables in a pod spec do not trip the unknown-key check meant for typos in files.
 fn is_config_key(key: &str) -> bool {
-    key == "state_dir" || key == "allow_root" || key.starts_with("remote_config") || key.starts_with("loader")
+    key == "state_dir"
+        || key == "allow_root"
+        || key.starts_with("remote_config")
+        || key.starts_with("loader")
+        || key.starts_with("metrics")
 }
 
 impl RemoteConfig {

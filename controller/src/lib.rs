@@ -5,6 +5,7 @@
 pub mod config;
 pub mod listeners;
 pub mod loader;
+pub mod metrics;
 pub mod remote;
 pub mod status;
 pub mod store;

@@ -32,11 +32,11 @@ const CAP: u32 = 65_536;
 const LOG_PATH: &str = "2/LOADER_LOG/log/config.json";
 
 /// The loader's file: the pinned root and the allow-list; the modules off unless a test
-/// is about the data path (`conntrack`).
-fn loader_toml(root: Option<&Path>, conntrack: bool) -> String {
+/// is about the data path or the loader's figures (`modules`).
+fn loader_toml(root: Option<&Path>, modules: bool) -> String {
     let root = root.map(|r| format!("root_file = {:?}\n", path_str(r))).unwrap_or_default();
     format!(
-        "[conntrack]\nenabled = {conntrack}\n[lockstats]\nenabled = false\n[remote_config]\n{root}\
+        "[conntrack]\nenabled = {modules}\n[lockstats]\nenabled = {modules}\n[remote_config]\n{root}\
          [remote_config.allow]\nmax_conntrack_entries = {CAP}\n"
     )
 }
@@ -67,6 +67,7 @@ struct Node {
     controller: Controller,
     socket: PathBuf,
     toml: String,
+    metrics_url: String,
 }
 
 impl Node {
@@ -82,9 +83,14 @@ impl Node {
         let socket = work.path().join("loader-run/loader.sock");
         let toml = loader_toml(Some(&repo.root_file(1)), lab.is_some());
         let loader = start_loader_in(lab.map(|l| l.netns.name()), &toml, Some(&socket), "");
-        let link = format!("\n[loader]\nsocket = {:?}\n", path_str(&socket));
+        let port = free_port();
+        let link = format!(
+            "\n[loader]\nsocket = {:?}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            path_str(&socket)
+        );
         let controller = Controller::start_with(work.path(), &service.endpoint(), &repo.root_file(1), &link);
-        Self { work, repo, service, loader, controller, socket, toml }
+        let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+        Self { work, repo, service, loader, controller, socket, toml, metrics_url }
     }
 
     /// `loaderctl config --json`.
@@ -170,6 +176,96 @@ fn assert_new_recorded(
     for t in originals.iter().filter(|t| !recorded(t)) {
         assert!(!listed.contains(t), "{t} is listed but the config says it is not recorded");
     }
+}
+
+/// `/metrics`, parsed by prometheus_client (the Prometheus project's Python client).
+fn scrape(url: &str) -> Value {
+    let out = std::process::Command::new("python3")
+        .arg(python_script("scrape_metrics.py"))
+        .arg(url)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "scrape_metrics.py: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(scraped: &Value, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scraped["samples"].as_array().unwrap().iter().find_map(|s| {
+        let matches = s[0] == name && labels.iter().all(|(k, v)| s[1][k] == *v);
+        matches.then(|| s[2].as_f64().unwrap())
+    })
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_follow_polls_applies_and_the_loader() {
+    let lab = NatLab::new("rc-metrics").expect("lab");
+    let node = Node::start_in(Some(&lab));
+    let _connections = lab.connect_all().expect("connections");
+    node.repo.publish_product("LOADER_LOG", "log", r#"{"filter": "info"}"#);
+    node.wait_reported("log", 1, 2);
+    let first = wait_until(SYNC, "acknowledged in the metrics", || {
+        let s = scrape(&node.metrics_url);
+        (sample(
+            &s,
+            "controller_config_apply_states",
+            &[("product", "LOADER_LOG"), ("state", "acknowledged")],
+        ) == Some(1.0))
+        .then_some(s)
+    });
+    assert!(first["content_type"].as_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let families: Vec<&str> =
+        first["families"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for name in [
+        "controller_polls",
+        "controller_poll_duration_seconds",
+        "controller_verification_failures",
+        "controller_config_apply_states",
+        "controller_targets_age_seconds",
+        "controller_backoff_level",
+        "loader_up",
+        "loader_module_state",
+        "loader_conntrack_entries",
+        "loader_conntrack_max_entries",
+        "loader_lock_contended",
+        "loader_lock_wait_seconds",
+    ] {
+        assert!(families.contains(&name), "{name} missing from {families:?}");
+    }
+    assert_eq!(sample(&first, "loader_up", &[]), Some(1.0));
+    assert_eq!(
+        sample(&first, "loader_module_state", &[("module", "conntrack"), ("state", "module_state_running")]),
+        Some(1.0)
+    );
+    assert!(
+        sample(&first, "loader_conntrack_entries", &[]).is_some_and(|n| n >= 1.0),
+        "the lab's NAT entries"
+    );
+    assert!(sample(&first, "controller_targets_age_seconds", &[]).is_some_and(|a| a >= 0.0));
+    let polls = |s: &Value| sample(s, "controller_polls_total", &[("outcome", "ok")]).unwrap_or(0.0);
+    let bad_signatures =
+        |s: &Value| sample(s, "controller_verification_failures_total", &[("reason", "targets_signature")]);
+    assert_eq!(bad_signatures(&first), Some(0.0));
+
+    // Targets altered after signing, served as they are: the controller refuses them.
+    let targets_file = node.repo.dir.join("metadata/targets.json");
+    let mut targets: Value = serde_json::from_slice(&std::fs::read(&targets_file).unwrap()).unwrap();
+    targets["signed"]["version"] = (targets["signed"]["version"].as_u64().unwrap() + 1).into();
+    std::fs::write(&targets_file, serde_json::to_vec(&targets).unwrap()).unwrap();
+    wait_until(SYNC, "a signature failure counted", || {
+        bad_signatures(&scrape(&node.metrics_url)).filter(|n| *n >= 1.0)
+    });
+
+    // A refused config moves the apply states; polls keep counting.
+    node.repo.publish_product("CONNTRACK", "big", &format!(r#"{{"max_entries": {}}}"#, CAP * 4));
+    node.wait_reported("big", 1, 3);
+    let later = wait_until(SYNC, "the error in the metrics", || {
+        let s = scrape(&node.metrics_url);
+        (sample(&s, "controller_config_apply_states", &[("product", "CONNTRACK"), ("state", "error")])
+            == Some(1.0))
+        .then_some(s)
+    });
+    assert!(polls(&later) > polls(&first), "controller_polls_total grows");
 }
 
 #[test]

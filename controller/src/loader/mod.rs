@@ -11,6 +11,8 @@
 mod client;
 pub mod pusher;
 
+pub(crate) use client::connect;
+
 use std::sync::Arc;
 
 use trust::{ApplyState, TrustedState};

@@ -23,6 +23,7 @@ use super::schedule::{SUGGESTED_BOUNDS_SECS, Schedule};
 use crate::config::Config;
 use crate::listeners::Listeners;
 use crate::loader::{Desired, Pusher, PusherHandle, Verdict};
+use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::store::{Store, StoreError};
 use trust::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
@@ -89,6 +90,7 @@ pub struct Poller {
     /// The loader push task (started by [`Self::run`]) and its channels, when configured.
     pusher: Option<Pusher>,
     loader: Option<PusherHandle>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Poller {
@@ -122,6 +124,10 @@ impl Poller {
             rc.products.iter().filter(|p| !trust::products::Payload::is_known(p)).cloned().collect();
         let mut listeners = Listeners::json_for(&others);
         let (pusher, loader) = config.loader.socket().map(Pusher::new).unzip();
+        let metrics = std::sync::Arc::new(Metrics::default());
+        if state.targets().is_some() {
+            metrics.targets_verified();
+        }
         let held: BTreeSet<String> = state.configs().values().map(|c| c.parsed.product.clone()).collect();
         listeners.notify(&mut state, &held);
         info!(
@@ -142,7 +148,13 @@ impl Poller {
             warned_interval: None,
             pusher,
             loader,
+            metrics,
         })
+    }
+
+    /// The series this loop keeps up to date (served by [`crate::metrics::serve`]).
+    pub fn metrics(&self) -> std::sync::Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Polls until `cancel` fires or the service disables remote config.
@@ -151,11 +163,17 @@ impl Poller {
         self.publish_desired();
         loop {
             let span = info_span!("poll", client_id = %self.identity.id, targets_version = self.state.targets_version());
+            let started = Instant::now();
             let outcome = tokio::select! {
                 () = cancel.cancelled() => break,
                 outcome = self.poll_once().instrument(span) => outcome,
             };
+            self.metrics.poll(outcome.is_ok(), started.elapsed());
+            if let Err(PollError::Verify(e)) = &outcome {
+                self.metrics.verification_failure(e.reason());
+            }
             let next = self.after_poll(outcome);
+            self.metrics.backoff(self.schedule.backoff_level());
             self.write_status();
             let Some(delay) = next else { break };
             tokio::select! {
@@ -225,6 +243,9 @@ impl Poller {
             Applied::Changed { state, changed_products } => (state, changed_products),
         };
         self.commit(&state).await?;
+        if state.targets_version() != self.state.targets_version() {
+            self.metrics.targets_verified();
+        }
         info!(
             root_version = state.root_version(), targets_version = state.targets_version(),
             configs = state.configs().len(), products = ?changed, "remote-config update verified and stored"
@@ -333,6 +354,7 @@ impl Poller {
             products.extend(trust::products::ALL.map(String::from));
         }
         self.status.observe(&self.state, &products);
+        self.metrics.apply_states(&self.state, &products);
         if let Err(e) = self.status.write(self.store.dir()) {
             warn!(error = %e, "cannot write status.json");
         }
