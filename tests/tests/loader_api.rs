@@ -1,6 +1,5 @@
 //! The loader as a process: its socket, its caller checks, its status, its handling of
 //! BTF sources and bad objects. Real binary, real kernel, real unix socket.
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
