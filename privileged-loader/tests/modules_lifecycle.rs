@@ -563,3 +563,41 @@ fn stopping_the_lock_statistics_detaches_them_and_starting_again_resumes_countin
 
 /// Buckets (and entries) of the hammered map: a long chain in one bucket.
 const CHAIN: u32 = 2048;
+
+/// The steady state keeps CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN and drops CAP_SYS_ADMIN.
+/// A reload that needs what was dropped is refused by name; the running instances stay.
+#[test]
+fn a_reload_needing_a_dropped_capability_is_a_named_failure() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let netns = Netns::new("mod-caps").unwrap();
+    let ns = NsModules::new(&netns, None);
+    let first = base_config("core");
+    ns.start(first.clone());
+    let lockstats = LockStatsConfig::default();
+    ns.run({
+        let cfg = lockstats.clone();
+        move |m| async move { m.start_lockstats(cfg).await }
+    })
+    .unwrap();
+    // Capabilities are per thread: this drops them on the modules' thread only.
+    ns.run(|_| async {
+        for cap in [caps::Capability::CAP_SYS_ADMIN, caps::Capability::CAP_BPF] {
+            caps::drop(None, caps::CapSet::Effective, cap).unwrap();
+        }
+    });
+
+    let err = ns.reload(ConntrackConfig { max_entries: 32_768, ..first }).unwrap_err();
+    assert!(matches!(err, ReloadError::MissingCapability { capability: "CAP_BPF", .. }), "{err}");
+    assert!(err.to_string().contains("privileges.keep"), "the error says what to do: {err}");
+    let record = ns.record("conntrack");
+    assert_eq!((record.state, record.generation), (ModuleState::Running, 1));
+    assert!(record.failed_reloads[0].reason.contains("CAP_BPF"), "{record:#?}");
+    assert_eq!(ns.modules.conntracker().unwrap().tables()[0].max_entries, 65_536);
+
+    let cfg = LockStatsConfig { max_ranges: 64, ..lockstats };
+    let err = ns.run(move |m| async move { m.reload_lockstats(cfg).await }).unwrap_err();
+    assert!(matches!(err, ReloadError::MissingCapability { capability: "CAP_SYS_ADMIN", .. }), "{err}");
+    assert_eq!(ns.modules.lockstats().unwrap().state(), CollectorState::Running);
+    let record = ns.record("lockstats");
+    assert_eq!((record.state, record.failed_reloads.len()), (ModuleState::Running, 1));
+}

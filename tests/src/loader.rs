@@ -30,6 +30,8 @@ pub struct LoaderOptions<'a> {
     /// Serve on this socket instead of one in the loader's temp dir (a restarted loader
     /// takes its predecessor's place).
     pub socket: Option<&'a Path>,
+    /// A command the loader is started through, e.g. `["setpriv", "--bounding-set=-net_admin", "--"]`.
+    pub wrapper: &'a [&'a str],
 }
 
 impl LoaderProcess {
@@ -49,15 +51,15 @@ impl LoaderProcess {
         );
         let config_path = dir.path().join("loader.toml");
         std::fs::write(&config_path, config).expect("write loader config");
-        let mut command = match options.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(binary("privileged-loader"));
-                c
-            }
-            None => Command::new(binary("privileged-loader")),
+        let mut argv: Vec<std::ffi::OsString> = match options.netns {
+            Some(ns) => ["ip", "netns", "exec", ns].map(Into::into).to_vec(),
+            None => Vec::new(),
         };
+        argv.extend(options.wrapper.iter().map(Into::into));
+        argv.push(binary("privileged-loader").into());
+        let mut command = Command::new(&argv[0]);
         command
+            .args(&argv[1..])
             .arg("run")
             .arg("--config")
             .arg(&config_path)

@@ -254,3 +254,19 @@ fn lockstats_attributes_the_conntrack_map_to_its_module_and_can_be_turned_off() 
     assert_eq!(stats["status"]["state"], "disabled", "{stats:#}");
     assert_eq!(off.module("lockstats")["state"], "disabled");
 }
+
+/// Without CAP_NET_ADMIN the conntracker still loads but cannot open its ctnetlink
+/// sockets: it runs without seeding and destroy events, and says so. That warning is
+/// written while the chain starts the conntracker, and must survive the chain's own
+/// record of the success (it used to be wiped a few lines later).
+#[test]
+fn a_degraded_mode_warning_reaches_get_status() {
+    let loader = LoaderProcess::start(LoaderOptions {
+        wrapper: &["setpriv", "--bounding-set=-net_admin", "--"],
+        ..Default::default()
+    });
+    let module = loader.module("conntrack");
+    assert_eq!(module["state"], "running", "{module:#}");
+    let warning = module["last_error"].as_str().unwrap_or_default();
+    assert!(warning.contains("destroyed entries leave only by LRU eviction"), "{module:#}");
+}

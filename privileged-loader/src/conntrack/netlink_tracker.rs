@@ -37,7 +37,7 @@ pub enum NetlinkTrackerError {
     )]
     DumpTimeout(Duration),
     #[error("netlink conntracker: {0}")]
-    Config(#[from] super::config::ConfigError),
+    Config(#[from] super::config::ConntrackConfigError),
 }
 
 /// Counters a user (and the benchmark) can read: events applied, times the kernel dropped

@@ -113,7 +113,7 @@ async fn replace(
 ) -> Result<Option<HandedOver>, ReloadError> {
     let registry = modules.registry();
     let saved = Saved::take(registry, MODULE);
-    if let Err(e) = check_capabilities(cfg) {
+    if let Err(e) = check_capabilities(cfg, slot.is_some()) {
         saved.restore_with_failure(registry, MODULE, changed, e.to_string());
         return Err(e);
     }
@@ -158,11 +158,15 @@ async fn replace(
     Ok(handed)
 }
 
-/// A new eBPF object needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); every conntracker
-/// needs CAP_NET_ADMIN for its ctnetlink sockets.
-fn check_capabilities(cfg: &ConntrackConfig) -> Result<(), ReloadError> {
+/// A new eBPF object needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN). The ctnetlink
+/// sockets need CAP_NET_ADMIN: without it a first start runs degraded (no seeding, no
+/// destroy events; status says so), as it always did, but a reload must not silently
+/// replace a complete instance with a degraded one.
+fn check_capabilities(cfg: &ConntrackConfig, replacing: bool) -> Result<(), ReloadError> {
     use caps::Capability as C;
-    require_capability(MODULE, C::CAP_NET_ADMIN, "CAP_NET_ADMIN", "following conntrack over ctnetlink")?;
+    if replacing {
+        require_capability(MODULE, C::CAP_NET_ADMIN, "CAP_NET_ADMIN", "following conntrack over ctnetlink")?;
+    }
     let needs_ebpf = cfg.strategies.iter().any(|s| s != Strategy::Netlink);
     let admin = caps::has_cap(None, caps::CapSet::Effective, C::CAP_SYS_ADMIN).unwrap_or(false);
     if needs_ebpf && !admin {

@@ -18,11 +18,14 @@ pub(super) fn apply(modules: &Modules, cfg: LockStatsConfig) -> Result<ReloadRep
     let changed = changed_keys(modules.lockstats_config().as_ref(), &cfg);
     if !cfg.enabled {
         let mut report = stop(modules);
+        // GetLockStats keeps answering: the state disabled, and why. Nothing is loaded.
+        let disabled = lockstats::start(&cfg, &modules.inner.assets, &registry, &[]);
+        modules.write().lockstats = Some(Arc::new(disabled));
         modules.write().lockstats_config = Some(cfg);
         report.changed = changed;
         return Ok(report);
     }
-    let running = modules.lockstats().is_some();
+    let running = is_running(modules);
     if running && changed.is_empty() {
         let record = registry.module(MODULE).unwrap_or_else(|| ModuleRecord::new(MODULE));
         return Ok(report(ReloadAction::Unchanged, changed, &record, started));
@@ -33,7 +36,9 @@ pub(super) fn apply(modules: &Modules, cfg: LockStatsConfig) -> Result<ReloadRep
 /// Replans a running collector after the conntracker was replaced: the maps it watches
 /// (and holds open) are those of the old conntracker. `None` when none runs.
 pub(super) fn replan(modules: &Modules) -> Option<Result<ReloadReport, ReloadError>> {
-    modules.lockstats()?;
+    if !is_running(modules) {
+        return None;
+    }
     let cfg = modules.lockstats_config()?;
     Some(start_new(modules, cfg, vec!["(the conntracker's maps)".into()], Instant::now()))
 }
@@ -46,7 +51,7 @@ fn start_new(
     started: Instant,
 ) -> Result<ReloadReport, ReloadError> {
     let registry = modules.registry().clone();
-    let running = modules.lockstats().is_some();
+    let running = is_running(modules);
     let saved = Saved::take(&registry, MODULE);
     // Opening the watched maps by id needs CAP_SYS_ADMIN, which the steady state drops.
     if let Err(e) = require_capability(
@@ -92,10 +97,14 @@ fn start_new(
     Ok(report(action, changed, &record, started))
 }
 
+fn is_running(modules: &Modules) -> bool {
+    modules.lockstats().is_some_and(|c| c.state() == CollectorState::Running)
+}
+
 pub(super) fn stop(modules: &Modules) -> ReloadReport {
     let started = Instant::now();
+    let was_running = is_running(modules);
     let old = modules.write().lockstats.take();
-    let was_running = old.is_some();
     if let Some(old) = old {
         old.detach();
     }
