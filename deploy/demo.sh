@@ -181,5 +181,5 @@ echo; echo "== controller status"
 "$bin/controller" status --state-dir "$work/controller/state"
 echo; echo "== a few lines of the controller's /metrics (http://127.0.0.1:$metrics_port/metrics)"
 curl -s "http://127.0.0.1:$metrics_port/metrics" \
-  | grep -E '^(controller_config_apply_states|controller_polls_total|loader_module_state|loader_conntrack_(max_)?entries)' | grep -v ' 0$' | head -n 12
+  | grep -E '^(controller_config_apply_states|controller_polls_total|loader_module_state|loader_conntrack_(max_)?entries)' | grep -v ' 0$' | head -n 12 || true
 echo; echo "demo finished"
