@@ -85,7 +85,7 @@ async fn publish_to_applied(rounds: u64) {
     let path = "2/LOADER_LOG/bench/config.json";
     let mut samples = Vec::new();
     for round in 1..=rounds {
-        let filter = if round % 2 == 0 { "info" } else { "info,h2=warn" };
+        let filter = if round.is_multiple_of(2) { "info" } else { "info,h2=warn" };
         repo.publish_product("LOADER_LOG", "bench", &format!(r#"{{"filter": "{filter}"}}"#));
         let published = Instant::now();
         while applied_version(&mut loader, path).await < round {
@@ -99,7 +99,7 @@ async fn publish_to_applied(rounds: u64) {
 
 /// A request carrying `n` LOADER_LOG configs under targets `version`.
 fn request(repo: &test_repo::Repo, version: u64, n: usize) -> pb::ApplyConfigRequest {
-    let filter = if version % 2 == 0 { "info" } else { "info,h2=warn" };
+    let filter = if version.is_multiple_of(2) { "info" } else { "info,h2=warn" };
     let raw = format!(r#"{{"filter": "{filter}"}}"#).into_bytes();
     let paths: Vec<String> = (0..n).map(|i| format!("2/LOADER_LOG/c{i:03}/config.json")).collect();
     let files: Vec<File<'_>> = paths.iter().map(|p| File { path: p, raw: &raw, v: Some(version) }).collect();
