@@ -10,4 +10,5 @@ pub mod objects;
 pub mod offsetguess;
 pub mod privileges;
 pub mod probe;
+pub mod remote_config;
 pub mod status;

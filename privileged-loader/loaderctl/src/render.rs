@@ -130,10 +130,14 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
                    "detail": a.detail, "load_time_us": a.load_time_us, "count": a.count})
         })
         .collect();
+    let access = s.access.as_ref().map_or(Value::Null, |a| {
+        json!({"apply_uids": a.apply_uids, "apply_gids": a.apply_gids,
+               "read_only_uids": a.read_only_uids, "read_only_gids": a.read_only_gids})
+    });
     json!({
         "loader_version": s.loader_version, "started_at_unix_ms": s.started_at_unix_ms,
         "startup_us": s.startup_us, "capabilities": s.capabilities,
-        "kernel": kernel, "modules": modules, "assets": assets,
+        "kernel": kernel, "modules": modules, "assets": assets, "access": access,
     })
 }
 
@@ -144,6 +148,12 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
         s.startup_us as f64 / 1000.0,
         if s.capabilities.is_empty() { "none".to_string() } else { s.capabilities.join(",") }
     );
+    if let Some(a) = &s.access {
+        out.push_str(&format!(
+            "access: apply uids {:?} gids {:?}; read-only uids {:?} gids {:?}\n",
+            a.apply_uids, a.apply_gids, a.read_only_uids, a.read_only_gids
+        ));
+    }
     if let Some(k) = &s.kernel {
         out.push_str(&format!("\nkernel {} ({})\n", k.release, k.arch));
         if let Some(b) = &k.btf {

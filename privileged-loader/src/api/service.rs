@@ -1,4 +1,4 @@
-//! The `loader.v1.Loader` service: status, conntrack listing and lookups.
+//! The `loader.v1.Loader` service: status, conntrack listing and lookups, remote config.
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -7,9 +7,11 @@ use shared_proto::loader::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::auth::Role;
+use super::{convert, remote};
 use crate::conntrack::{Conntracker, Tuple};
 use crate::modules::Modules;
+use crate::remote_config::RemoteConfigs;
 use crate::status::Registry;
 
 /// What the service reads; built once at start-up, shared by every call.
@@ -22,6 +24,12 @@ pub struct LoaderApi {
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
+    /// Remote configuration (ApplyConfig, GetConfig).
+    pub remote: Arc<RemoteConfigs>,
+    /// Who may call what, shown in the status.
+    pub access: pb::ApiAccess,
+    /// Identifies this process to the controller (a new one is an empty loader).
+    pub instance: String,
 }
 
 impl LoaderApi {
@@ -51,7 +59,25 @@ impl pb::loader_server::Loader for LoaderApi {
             started_at_unix_ms: self.started_at_unix_ms,
             startup_us: self.startup.get().map_or(0, |d| d.as_micros() as u64),
             capabilities: crate::privileges::effective(),
+            access: Some(self.access.clone()),
         }))
+    }
+
+    #[tracing::instrument(skip_all, name = "ApplyConfig")]
+    async fn apply_config(
+        &self,
+        request: Request<pb::ApplyConfigRequest>,
+    ) -> Result<Response<pb::ApplyConfigResponse>, Status> {
+        Role::require_apply(&request, "ApplyConfig")?;
+        remote::apply(&self.remote, request.into_inner()).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, name = "GetConfig")]
+    async fn get_config(
+        &self,
+        _: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
+        Ok(Response::new(remote::config(&self.remote.snapshot().await, &self.instance)))
     }
 
     type ListConntrackStream = EntryStream;
