@@ -81,16 +81,7 @@ impl LoaderProcess {
 
     /// Runs `loaderctl ... --json` and parses its output, failing with its stderr.
     pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.ctl(&all);
-        assert!(
-            out.status.success(),
-            "loaderctl {args:?} failed: {}\nloader log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        serde_json::from_slice(&out.stdout).expect("loaderctl printed JSON")
+        LoaderHandle::ctl_json(self, args)
     }
 
     /// `loaderctl status --json`.
@@ -105,6 +96,38 @@ impl LoaderProcess {
             .as_array()
             .and_then(|m| m.iter().find(|m| m["name"] == name).cloned())
             .unwrap_or_else(|| panic!("no module {name} in status: {status:#}"))
+    }
+}
+
+/// A loader the comparisons can query: one a test started ([`LoaderProcess`]) or one
+/// running in a container whose socket the test reaches through the shared volume.
+pub trait LoaderHandle {
+    fn socket(&self) -> &Path;
+    /// The loader's log, shown when an assertion fails.
+    fn log_text(&self) -> String;
+
+    /// Runs `loaderctl ... --json` as root and parses its output, failing with its stderr.
+    fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = loaderctl(self.socket(), &all, None);
+        assert!(
+            out.status.success(),
+            "loaderctl {args:?} failed: {}\nloader log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        serde_json::from_slice(&out.stdout).expect("loaderctl printed JSON")
+    }
+}
+
+impl LoaderHandle for LoaderProcess {
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn log_text(&self) -> String {
+        LoaderProcess::log_text(self)
     }
 }
 
