@@ -96,6 +96,11 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     }
 
     let startup = Arc::new(OnceLock::new());
+    let audit = api::AuditContext {
+        socket: config.api.socket.clone(),
+        kept: privileges::mask(&privileges::parse_caps(&config.privileges.keep)?),
+        startup: privileges::startup_uses(config.api.socket_group, config.lockstats.track_all_maps),
+    };
     let loader_api = LoaderApi {
         registry,
         kernel: api::kernel_report(&kernel),
@@ -103,6 +108,7 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
         lockstats: Some(lockstats),
         started_at_unix_ms,
         startup: startup.clone(),
+        audit,
     };
     tasks.spawn(cancel_on_signal(shutdown.clone()));
     let elapsed = exec.elapsed();

@@ -50,6 +50,25 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
     set_no_new_privs()
 }
 
+/// The capabilities the loader needs only while starting, each with what it is for (shown
+/// in status and in the audit). The container must grant these on top of `keep`; they are
+/// gone from every set once start-up ends.
+pub fn startup_uses(socket_group: Option<u32>, track_all_maps: bool) -> Vec<String> {
+    let mut uses = vec!["CAP_SETPCAP: shrinking the bounding set to the kept capabilities".to_string()];
+    if socket_group.is_some() {
+        uses.push("CAP_CHOWN: giving the API socket to api.socket_group".into());
+    }
+    if track_all_maps {
+        uses.push("CAP_SYS_ADMIN: walking other processes' BPF maps (lockstats.track_all_maps)".into());
+    }
+    uses
+}
+
+/// The mask of a capability set (bit n = capability n), as `/proc` prints it.
+pub fn mask(set: &CapsHashSet) -> u64 {
+    set.iter().fold(0, |m, c| m | c.bitmask())
+}
+
 /// Names of the capabilities that any thread of this process holds in its effective set,
 /// sorted. Capabilities are per thread on Linux, so a drop that missed one thread would
 /// show here: the union over `/proc/self/task/*/status` is the honest answer.

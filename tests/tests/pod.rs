@@ -28,8 +28,13 @@ const POD: &str = "ebpf-agent";
 const LOADER: &str = "privileged-loader";
 const CONTROLLER: &str = "controller";
 const CONTROLLER_UID: u32 = 65532;
-const VOLUMES: &[&str] =
-    &["loader-socket", "ebpf-loader-config", "ebpf-controller-config", "remote-config-root", "remote-config-token"];
+const VOLUMES: &[&str] = &[
+    "loader-socket",
+    "ebpf-loader-config",
+    "ebpf-controller-config",
+    "remote-config-root",
+    "remote-config-token",
+];
 
 /// The loader in the pod, reached through the socket volume on the host.
 struct PodLoader<'a> {
@@ -94,7 +99,10 @@ fn play(work: &Path, repo: &Repo, service: &Service) -> PlayedPod {
         docs.iter().find(|d| d.contains(&format!("name: {name}\n"))).unwrap_or_else(|| panic!("no {name}"))
     };
     let controller_config = doc("ebpf-controller-config")
-        .replace("endpoint = \"https://remote-config.example.com:443\"", &format!("endpoint = {:?}", service.endpoint()))
+        .replace(
+            "endpoint = \"https://remote-config.example.com:443\"",
+            &format!("endpoint = {:?}", service.endpoint()),
+        )
         .replace("root_file = ", "poll_interval_secs = 1\n    root_file = ");
     assert!(controller_config.contains(&service.endpoint()), "the shipped endpoint line changed:\n{shipped}");
     let root = read(&repo.dir.join("metadata/1.root.json"));
@@ -113,7 +121,9 @@ fn play(work: &Path, repo: &Repo, service: &Service) -> PlayedPod {
     let secret = write(
         work,
         "secret.yaml",
-        &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: remote-config-token}}\ndata: {{token: {TOKEN}}}\n"),
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: remote-config-token}}\ndata: {{token: {TOKEN}}}\n"
+        ),
     );
     PlayedPod::play(PlaySpec {
         pod_name: POD,

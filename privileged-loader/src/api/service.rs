@@ -7,7 +7,7 @@ use shared_proto::loader::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{AuditContext, convert};
 use crate::conntrack::{Conntracker, Tuple};
 use crate::lockstats::LockStatsCollector;
 use crate::status::Registry;
@@ -21,6 +21,7 @@ pub struct LoaderApi {
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
+    pub audit: AuditContext,
 }
 
 impl LoaderApi {
@@ -50,6 +51,7 @@ impl pb::loader_server::Loader for LoaderApi {
             started_at_unix_ms: self.started_at_unix_ms,
             startup_us: self.startup.get().map_or(0, |d| d.as_micros() as u64),
             capabilities: crate::privileges::effective(),
+            startup_capabilities: self.audit.startup.clone(),
         }))
     }
 
@@ -82,6 +84,14 @@ impl pb::loader_server::Loader for LoaderApi {
             )
         })?;
         Ok(Response::new((&collector.snapshot()).into()))
+    }
+
+    #[tracing::instrument(skip_all, name = "GetAudit")]
+    async fn get_audit(
+        &self,
+        _: Request<pb::GetAuditRequest>,
+    ) -> Result<Response<pb::GetAuditResponse>, Status> {
+        Ok(Response::new(self.audit.answer()?))
     }
 
     async fn lookup_translation(
