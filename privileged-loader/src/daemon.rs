@@ -11,7 +11,7 @@ use privileged_loader::config::{LoaderConfig, LogFormat};
 use privileged_loader::conntrack::{self, Conntracker};
 use privileged_loader::lockstats::{self, OwnedMap};
 use privileged_loader::status::{ModuleState, Registry};
-use privileged_loader::{btf, privileges, probe};
+use privileged_loader::{btf, privileges, probe, seccomp};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -94,6 +94,9 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
         privileges::drop_to(&keep).context("dropping to the steady-state capability set")?;
         info!(kept = ?privileges::effective(), "privileges dropped");
     }
+    if config.privileges.seccomp {
+        install_seccomp()?;
+    }
 
     let startup = Arc::new(OnceLock::new());
     let audit = api::AuditContext {
@@ -122,6 +125,20 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     }
     served.context("serving the loader API")?;
     info!("stopped");
+    Ok(())
+}
+
+/// Installs the loader's own seccomp filter on every thread; with the tests' switch set,
+/// then tries a call it forbids and logs the outcome.
+fn install_seccomp() -> Result<()> {
+    seccomp::POLICY.install().context("installing the loader's seccomp filter")?;
+    info!("seccomp filter installed on every thread");
+    if std::env::var_os(seccomp::TEST_FORBIDDEN_CALL_ENV).is_some() {
+        match seccomp::try_forbidden_call() {
+            Err(err) => warn!(%err, "test switch: socket(AF_INET) was refused under the seccomp filter"),
+            Ok(()) => error!("test switch: socket(AF_INET) was ALLOWED under the seccomp filter"),
+        }
+    }
     Ok(())
 }
 

@@ -9,4 +9,5 @@ pub mod objects;
 pub mod offsetguess;
 pub mod privileges;
 pub mod probe;
+pub mod seccomp;
 pub mod status;

@@ -37,7 +37,7 @@ enum Command {
     Lockstats,
     /// The loader's privileges as it holds them now (every thread's capability sets,
     /// no_new_privs, seccomp, its socket, its listening sockets) and one PASS/FAIL line per
-    /// rule of docs/privilege-audit.md; exits non-zero when a rule fails.
+    /// rule of docs/hardening.md; exits non-zero when a rule fails.
     Audit,
     /// Exit 0 when the loader's API is serving (the gRPC health check; cheap enough for a
     /// readiness probe, unlike `status`, which counts every conntrack entry).
@@ -165,19 +165,19 @@ fn parse_protocol(name: &str) -> Result<pb::Protocol> {
 /// Checks the loader's answer against the rules. The loader reports only facts read from
 /// its /proc entries; the rules are this binary's, so they match the document it ships with.
 fn audit(json: bool, answer: &pb::GetAuditResponse) -> Result<()> {
-    let facts = privilege_audit::wire::from_response(answer);
-    let verdict = privilege_audit::rules::loader(&facts, answer.kept_capabilities);
+    let facts = hardening::wire::from_response(answer);
+    let verdict = hardening::rules::loader(&facts, answer.kept_capabilities);
     let value = serde_json::json!({
         "audit": facts, "checks": verdict.checks, "startup_capabilities": answer.startup_capabilities,
     });
     print(json, value, || {
         let uses: String =
             answer.startup_capabilities.iter().map(|u| format!("start-up only: {u}\n")).collect();
-        format!("{uses}{}", privilege_audit::rules::render(&facts, &verdict))
+        format!("{uses}{}", hardening::rules::render(&facts, &verdict))
     })?;
     if !verdict.all_pass() {
         bail!(
-            "audit rule(s) {} failed (docs/privilege-audit.md says what each requires)",
+            "audit rule(s) {} failed (docs/hardening.md says what each requires)",
             verdict.failed().join(", ")
         );
     }

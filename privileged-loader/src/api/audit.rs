@@ -2,7 +2,7 @@
 //! report shows what the process holds now, not what its configuration intended.
 use std::path::PathBuf;
 
-use privilege_audit::{ProcessAudit, wire};
+use hardening::{ProcessAudit, wire};
 use shared_proto::loader::v1 as pb;
 use tonic::Status;
 

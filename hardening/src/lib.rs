@@ -7,6 +7,7 @@
 mod capsets;
 mod process;
 pub mod rules;
+pub mod seccomp;
 mod sockets;
 pub mod wire;
 
