@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub state_dir: PathBuf,
-    /// Development only: allow running as uid 0.
+    /// Development only: allow running as uid 0 or holding capabilities.
     pub allow_root: bool,
+    /// Install the controller's own seccomp filter (turn off only to debug).
+    pub seccomp: bool,
     pub remote_config: RemoteConfig,
 }
 
@@ -43,6 +45,7 @@ impl Default for Config {
         Self {
             state_dir: PathBuf::from("/var/lib/ebpf-controller"),
             allow_root: false,
+            seccomp: true,
             remote_config: RemoteConfig {
                 endpoint: "http://127.0.0.1:7443".into(),
                 token_file: PathBuf::from("/run/secrets/remote-config-token"),
@@ -147,7 +150,7 @@ impl Config {
 /// Only environment variables naming our keys are read, so unrelated `CONTROLLER_*`
 /// variables in a pod spec do not trip the unknown-key check meant for typos in files.
 fn is_config_key(key: &str) -> bool {
-    key == "state_dir" || key == "allow_root" || key.starts_with("remote_config")
+    key == "state_dir" || key == "allow_root" || key == "seccomp" || key.starts_with("remote_config")
 }
 
 impl RemoteConfig {
