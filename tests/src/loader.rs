@@ -25,6 +25,8 @@ pub struct LoaderOptions<'a> {
     pub args: &'a [&'a str],
     /// Peer uids allowed on the API (root is always allowed).
     pub allowed_uids: &'a [u32],
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl LoaderProcess {
@@ -57,6 +59,7 @@ impl LoaderProcess {
             .arg(&config_path)
             .args(options.args)
             .env("RUST_LOG", "info")
+            .envs(options.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let process = ChildGuard::spawn("privileged-loader", &mut command);
