@@ -36,35 +36,18 @@ pub struct Policy {
     pub allowed: &'static [Syscall],
     /// `socket(2)` is allowed only for these address families (`libc::AF_*`).
     pub socket_families: &'static [i32],
-    /// Allowed only until the process installs its own filter (the container profile).
+    /// Allowed by the container profile only: calls made before the process installs
+    /// its own filter, and by the tools run beside it in the container (probes, audits).
     pub startup_only: &'static [Syscall],
 }
 
 /// What runc's init calls between applying the container's profile and exec'ing the
 /// process (found by running the pod under podman with runc).
+#[rustfmt::skip]
 pub const RUNTIME_EXEC: &[Syscall] = syscalls![
-    SYS_execve,
-    SYS_fstatfs,
-    SYS_statfs,
-    SYS_close_range,
-    SYS_getppid,
-    SYS_fchdir,
-    SYS_chdir,
-    SYS_setgroups,
-    SYS_setresuid,
-    SYS_setresgid,
-    SYS_setuid,
-    SYS_setgid,
-    SYS_getuid,
-    SYS_getgid,
-    SYS_geteuid,
-    SYS_getegid,
-    SYS_epoll_pwait,
-    SYS_nanosleep,
-    SYS_sched_yield,
-    SYS_newfstatat,
-    SYS_arch_prctl,
-    SYS_set_tid_address,
+    SYS_execve, SYS_fstatfs, SYS_statfs, SYS_close_range, SYS_getppid, SYS_fchdir, SYS_chdir, SYS_setgroups,
+    SYS_setresuid, SYS_setresgid, SYS_setuid, SYS_setgid, SYS_getuid, SYS_getgid, SYS_geteuid, SYS_getegid,
+    SYS_epoll_pwait, SYS_nanosleep, SYS_sched_yield, SYS_newfstatat, SYS_arch_prctl, SYS_set_tid_address,
     SYS_access,
 ];
 
