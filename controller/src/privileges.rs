@@ -69,13 +69,7 @@ pub fn refuse_privileges(audit: &ProcessAudit) -> Result<(), PrivilegeError> {
 
 /// Sets `no_new_privs`: nothing the controller could exec would gain privileges.
 pub fn set_no_new_privs() -> Result<(), PrivilegeError> {
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers and only changes
-    // this process's own flags.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    hardening::set_no_new_privs().map_err(PrivilegeError::NoNewPrivs)
 }
 
 #[cfg(test)]

@@ -39,7 +39,10 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
     // The bounding set can only shrink while CAP_SETPCAP is still held: do it first.
     for cap in caps::all().difference(keep) {
         if caps::has_cap(None, CapSet::Bounding, *cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| drop_err("bounding", e))?;
+            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| PrivilegeError::Drop {
+                set: "bounding",
+                reason: format!("{e} (grant CAP_SETPCAP for start-up: capabilities.add in the pod)"),
+            })?;
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| drop_err("ambient", e))?;
@@ -104,13 +107,7 @@ fn drop_err(set: &'static str, err: caps::errors::CapsError) -> PrivilegeError {
 }
 
 fn set_no_new_privs() -> Result<(), PrivilegeError> {
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers and only changes
-    // this process's own flags.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    hardening::set_no_new_privs().map_err(PrivilegeError::NoNewPrivs)
 }
 
 #[cfg(test)]
