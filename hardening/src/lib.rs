@@ -1,5 +1,6 @@
-//! What a process may do, read from `/proc` rather than trusted from its configuration,
-//! and the rules of `docs/privilege-audit.md` checked against it.
+//! Least privilege, checked: what a process may do, read from `/proc` rather than trusted
+//! from its configuration, the rules of `docs/privilege-audit.md` checked against it, and
+//! the seccomp allow-lists the loader and the controller install ([`seccomp`]).
 //!
 //! Reading is split from checking: [`ProcessAudit::read`] touches `/proc`; the parsers
 //! and [`rules`] are pure and unit-tested. The loader answers its audit RPC with a

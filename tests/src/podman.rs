@@ -118,12 +118,6 @@ impl PlayedPod {
             .unwrap_or_default()
     }
 
-    /// The main process's pid on the host.
-    pub fn pid(&self, name: &str) -> u32 {
-        let out = podman_ok(&["inspect", "--format", "{{.State.Pid}}", &self.container(name)]);
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("a pid")
-    }
-
     /// Where a named volume lives on the host.
     pub fn volume_path(&self, volume: &str) -> PathBuf {
         let out = podman_ok(&["volume", "inspect", "--format", "{{.Mountpoint}}", volume]);
