@@ -63,6 +63,10 @@ fn init_tracing(format: &LogFormat) {
 }
 
 async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
+    let sys_admin_held = privileges::holds_sys_admin();
+    if sys_admin_held && !config.lockstats.track_all_maps {
+        warn!("{}", privileges::SYS_ADMIN_UNNEEDED);
+    }
     let registry = Registry::default();
     let started_at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let found_btf = btf::discover(&config.btf);
@@ -102,7 +106,11 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     let audit = api::AuditContext {
         socket: config.api.socket.clone(),
         kept: privileges::mask(&privileges::parse_caps(&config.privileges.keep)?),
-        startup: privileges::startup_uses(config.api.socket_group, config.lockstats.track_all_maps),
+        startup: privileges::startup_uses(
+            config.api.socket_group,
+            config.lockstats.track_all_maps,
+            sys_admin_held,
+        ),
     };
     let loader_api = LoaderApi {
         registry,
