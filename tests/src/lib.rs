@@ -24,6 +24,7 @@ pub mod netns;
 pub mod oracle;
 pub mod podman;
 pub mod process;
+pub mod procfs;
 pub mod traffic;
 pub mod workload;
 

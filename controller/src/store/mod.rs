@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use atomic::{replace_file, write_atomic};
 use lock::StoreLock;
 
-use crate::tuf::{TrustedState, VerifyError};
+use trust::{TrustedState, VerifyError};
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "state.lock";

@@ -3,6 +3,7 @@
 //! It talks gRPC over the loader's unix socket and links no eBPF code: a caller needs only
 //! to be on the loader's allow-list, never any capability.
 mod client;
+mod config_view;
 mod render;
 
 use std::net::SocketAddr;
@@ -37,8 +38,11 @@ enum Command {
     Lockstats,
     /// The loader's privileges as it holds them now (every thread's capability sets,
     /// no_new_privs, seccomp, its socket, its listening sockets) and one PASS/FAIL line per
-    /// rule of docs/hardening.md; exits non-zero when a rule fails.
+    /// rule of docs/privilege-audit.md; exits non-zero when a rule fails.
     Audit,
+    /// The effective configuration, where each value came from (file, or remote path and
+    /// version), and every remote config with its version, state and time applied.
+    Config,
     /// Exit 0 when the loader's API is serving (the gRPC health check; cheap enough for a
     /// readiness probe, unlike `status`, which counts every conntrack entry).
     Health,
@@ -89,6 +93,11 @@ async fn run(cli: Cli) -> Result<()> {
             let status =
                 client.get_status(pb::GetStatusRequest {}).await.map_err(client::explain)?.into_inner();
             print(cli.json, render::status_json(&status), || render::status_text(&status))
+        }
+        Command::Config => {
+            let config =
+                client.get_config(pb::GetConfigRequest {}).await.map_err(client::explain)?.into_inner();
+            print(cli.json, config_view::json(&config), || config_view::text(&config))
         }
         Command::Lockstats => {
             let stats = client
@@ -177,7 +186,7 @@ fn audit(json: bool, answer: &pb::GetAuditResponse) -> Result<()> {
     })?;
     if !verdict.all_pass() {
         bail!(
-            "audit rule(s) {} failed (docs/hardening.md says what each requires)",
+            "audit rule(s) {} failed (docs/privilege-audit.md says what each requires)",
             verdict.failed().join(", ")
         );
     }

@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod convert;
+mod remote;
 mod service;
 mod socket;
 
@@ -14,7 +15,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use audit::AuditContext;
-pub use auth::AllowList;
+pub use auth::{AllowList, Role};
 pub use convert::kernel as kernel_report;
 pub use service::LoaderApi;
 pub use socket::{SocketError, bind};
@@ -31,6 +32,10 @@ pub struct ApiConfig {
     pub allowed_uids: Vec<u32>,
     /// Peer gids allowed to call.
     pub allowed_gids: Vec<u32>,
+    /// Peer uids allowed to read only (status, config, conntrack, lock stats; never ApplyConfig).
+    pub read_only_uids: Vec<u32>,
+    /// Peer gids allowed to read only (e.g. a `loaderctl` users' group).
+    pub read_only_gids: Vec<u32>,
 }
 
 impl Default for ApiConfig {
@@ -41,13 +46,30 @@ impl Default for ApiConfig {
             socket_group: None,
             allowed_uids: allow.uids,
             allowed_gids: allow.gids,
+            read_only_uids: allow.read_only_uids,
+            read_only_gids: allow.read_only_gids,
         }
     }
 }
 
 impl ApiConfig {
+    /// The roles, as `GetStatus` shows them.
+    pub fn access(&self) -> pb::ApiAccess {
+        pb::ApiAccess {
+            apply_uids: self.allowed_uids.clone(),
+            apply_gids: self.allowed_gids.clone(),
+            read_only_uids: self.read_only_uids.clone(),
+            read_only_gids: self.read_only_gids.clone(),
+        }
+    }
+
     pub fn allow_list(&self) -> AllowList {
-        AllowList { uids: self.allowed_uids.clone(), gids: self.allowed_gids.clone() }
+        AllowList {
+            uids: self.allowed_uids.clone(),
+            gids: self.allowed_gids.clone(),
+            read_only_uids: self.read_only_uids.clone(),
+            read_only_gids: self.read_only_gids.clone(),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `loader.v1.Loader` service: status, conntrack listing and lookups.
+//! The `loader.v1.Loader` service: status, conntrack listing and lookups, remote config.
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -7,26 +7,35 @@ use shared_proto::loader::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{AuditContext, convert};
+use super::auth::Role;
+use super::{AuditContext, convert, remote};
 use crate::conntrack::{Conntracker, Tuple};
-use crate::lockstats::LockStatsCollector;
+use crate::modules::Modules;
+use crate::remote_config::RemoteConfigs;
 use crate::status::Registry;
 
 /// What the service reads; built once at start-up, shared by every call.
 pub struct LoaderApi {
     pub registry: Registry,
     pub kernel: pb::KernelReport,
-    pub conntrack: Option<Arc<dyn Conntracker>>,
-    pub lockstats: Option<Arc<LockStatsCollector>>,
+    /// The running modules; each call reads the instance current at that moment, so a
+    /// reload swaps what the next call sees.
+    pub modules: Modules,
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
     pub audit: AuditContext,
+    /// Remote configuration (ApplyConfig, GetConfig).
+    pub remote: Arc<RemoteConfigs>,
+    /// Who may call what, shown in the status.
+    pub access: pb::ApiAccess,
+    /// Identifies this process to the controller (a new one is an empty loader).
+    pub instance: String,
 }
 
 impl LoaderApi {
-    fn conntracker(&self) -> Result<&Arc<dyn Conntracker>, Status> {
-        self.conntrack.as_ref().ok_or_else(|| {
+    fn conntracker(&self) -> Result<Arc<dyn Conntracker>, Status> {
+        self.modules.conntracker().ok_or_else(|| {
             Status::unavailable("no conntracker is running: see GetStatus (module \"conntrack\") for why")
         })
     }
@@ -41,7 +50,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let tables = self.conntrack.as_ref().map(|c| c.tables()).unwrap_or_default();
+        let tables = self.modules.conntracker().map(|c| c.tables()).unwrap_or_default();
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),
@@ -52,11 +61,27 @@ impl pb::loader_server::Loader for LoaderApi {
             startup_us: self.startup.get().map_or(0, |d| d.as_micros() as u64),
             capabilities: crate::privileges::effective(),
             startup_capabilities: self.audit.startup.clone(),
+            access: Some(self.access.clone()),
         }))
     }
 
-    /// Placeholder until the daemon wires the lock-statistics collector in (lead's
-    /// integration of the `lockstats` branch replaces it).
+    #[tracing::instrument(skip_all, name = "ApplyConfig")]
+    async fn apply_config(
+        &self,
+        request: Request<pb::ApplyConfigRequest>,
+    ) -> Result<Response<pb::ApplyConfigResponse>, Status> {
+        Role::require_apply(&request, "ApplyConfig")?;
+        remote::apply(&self.remote, request.into_inner()).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, name = "GetConfig")]
+    async fn get_config(
+        &self,
+        _: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
+        Ok(Response::new(remote::config(&self.remote.snapshot().await, &self.instance)))
+    }
+
     type ListConntrackStream = EntryStream;
 
     #[tracing::instrument(skip_all, name = "ListConntrack")]
@@ -78,7 +103,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetLockStatsRequest>,
     ) -> Result<Response<pb::GetLockStatsResponse>, Status> {
-        let collector = self.lockstats.as_ref().ok_or_else(|| {
+        let collector = self.modules.lockstats().ok_or_else(|| {
             Status::unavailable(
                 "the lock statistics collector was not started: see GetStatus (module \"lockstats\")",
             )
