@@ -5,6 +5,7 @@ packages=(
   clang llvm libbpf-dev bpftool   # building the eBPF objects
   nftables conntrack iproute2     # NAT in throwaway network namespaces; conntrack -L oracle
   curl jq openssl python3-pip     # demo, TLS test certificates, interop tests
+  podman runc catatonit           # the pod test: images FROM scratch, `podman kube play`
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -16,8 +16,11 @@ echo "== format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== manifests: yamllint, Kubernetes schemas, the DaemonSet's template is pod.yaml's"
+python3 tests/python/check_manifests.py
+
 echo "== build the binaries the end-to-end tests start"
 cargo build --workspace --bins --locked
 
-echo "== tests"
+echo "== tests (tests/tests/pod.rs builds both images from these binaries and plays the pod)"
 cargo test --workspace --locked -- --test-threads=2

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub state_dir: PathBuf,
-    /// Development only: allow running as uid 0.
+    /// Development only: allow running as uid 0 or holding capabilities.
     pub allow_root: bool,
+    /// Install the controller's own seccomp filter (turn off only to debug).
+    pub seccomp: bool,
     pub remote_config: RemoteConfig,
     /// `[loader]`: where verified configs of the loader's products are pushed.
     #[serde(default)]
@@ -69,6 +71,7 @@ impl Default for Config {
         Self {
             state_dir: PathBuf::from("/var/lib/ebpf-controller"),
             allow_root: false,
+            seccomp: true,
             loader: LoaderLink::default(),
             metrics: Default::default(),
             remote_config: RemoteConfig {
@@ -179,6 +182,7 @@ impl Config {
 fn is_config_key(key: &str) -> bool {
     key == "state_dir"
         || key == "allow_root"
+        || key == "seccomp"
         || key.starts_with("remote_config")
         || key.starts_with("loader")
         || key.starts_with("metrics")

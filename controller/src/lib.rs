@@ -3,9 +3,11 @@
 //! listeners. See `docs/controller.md` for how to run it.
 
 pub mod config;
+pub mod health;
 pub mod listeners;
 pub mod loader;
 pub mod metrics;
+pub mod privileges;
 pub mod remote;
 pub mod status;
 pub mod store;

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use controller::config::{Config, Overrides, RemoteOverrides};
 use controller::metrics::{self, loader::LoaderReader};
+use controller::privileges;
 use controller::remote::poll::Poller;
 use controller::status::Status;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,24 @@ struct Cli {
 enum Command {
     /// Poll the remote-config service until SIGTERM/SIGINT.
     Run(RunArgs),
+    /// Audit a running controller's privileges (default: pid 1, the controller in its
+    /// container): ids, every thread's capability sets, no_new_privs, seccomp, listening
+    /// sockets, and one PASS/FAIL line per rule of docs/privilege-audit.md; exits
+    /// non-zero when a rule fails.
+    Audit {
+        #[arg(long, default_value_t = 1)]
+        pid: u32,
+    },
+    /// Liveness: exit 0 when the poll loop wrote status.json within --max-age-secs.
+    Health {
+        #[arg(long, default_value = "/var/lib/ebpf-controller")]
+        state_dir: PathBuf,
+        /// Longer than the longest retry backoff (remote_config.max_backoff_secs).
+        #[arg(long, default_value_t = 300)]
+        max_age_secs: u64,
+    },
+    /// Print the OCI seccomp profile for the controller's container (deploy/seccomp/).
+    SeccompProfile,
     /// Print the status the running (or last) controller wrote to its state directory.
     Status {
         #[arg(long)]
@@ -77,6 +96,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(&args),
         Command::Status { state_dir, json } => print_status(&state_dir, json),
+        Command::Audit { pid } => audit(pid),
+        Command::Health { state_dir, max_age_secs } => {
+            controller::health::check(&state_dir, std::time::Duration::from_secs(max_age_secs))
+                .map(|age| println!("healthy: status.json written {:.1} s ago", age.as_secs_f64()))
+                .map_err(Into::into)
+        }
+        Command::SeccompProfile => {
+            println!("{:#}", privileges::SECCOMP.container_profile());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,8 +119,7 @@ fn main() -> ExitCode {
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let config = Config::load(args.config.as_deref(), &args.overrides())?;
-    refuse_root(&config)?;
-    warn_on_capabilities();
+    refuse_privileges(&config)?;
     // One thread is plenty for one poll loop, and keeps the resident set small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -102,6 +130,11 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let poller = Poller::prepare(&config)?;
+    if config.seccomp {
+        // After start-up (files opened, state loaded), before the first poll.
+        privileges::SECCOMP.install().context("installing the controller's seccomp filter")?;
+        info!("seccomp filter installed on every thread");
+    }
     let cancel = CancellationToken::new();
     let metrics = start_metrics(&config, &poller, &cancel).await;
     let poll = tokio::spawn(poller.run(cancel.clone()));
@@ -151,29 +184,33 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The controller talks to the network; it must not also hold root's powers.
-fn refuse_root(config: &Config) -> anyhow::Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        if !config.allow_root {
-            bail!(
-                "refusing to run as uid 0: the controller is the network-facing half and must run unprivileged \
-                 (set allow_root = true only for development)"
-            );
+/// The controller talks to the network; it must not also hold root's powers or any
+/// capability. Sets no_new_privs before any thread starts, so every thread has it.
+fn refuse_privileges(config: &Config) -> anyhow::Result<()> {
+    let me = hardening::ProcessAudit::read(None).context("reading this process's privileges")?;
+    match privileges::refuse_privileges(&me) {
+        Ok(()) => {}
+        Err(err) if config.allow_root => {
+            warn!(%err, "continuing because allow_root = true: development only")
         }
-        warn!("running as uid 0 because allow_root = true: development only");
+        Err(err) => return Err(err.into()),
     }
+    privileges::set_no_new_privs()?;
     Ok(())
 }
 
-fn warn_on_capabilities() {
-    match caps::read(None, caps::CapSet::Effective) {
-        Ok(set) if !set.is_empty() => {
-            let names: Vec<String> = set.iter().map(ToString::to_string).collect();
-            warn!(capabilities = ?names, "the controller holds capabilities it does not need; drop them");
-        }
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "cannot read this process's capabilities"),
+/// Audits process `pid` against the controller's rules.
+fn audit(pid: u32) -> anyhow::Result<()> {
+    let facts = hardening::ProcessAudit::read(Some(pid))?;
+    let verdict = hardening::rules::controller(&facts);
+    print!("{}", hardening::rules::render(&facts, &verdict));
+    if !verdict.all_pass() {
+        bail!(
+            "audit rule(s) {} failed (docs/privilege-audit.md says what each requires)",
+            verdict.failed().join(", ")
+        );
     }
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

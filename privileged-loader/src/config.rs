@@ -29,11 +29,17 @@ pub struct PrivilegesConfig {
     pub drop: bool,
     /// Capabilities kept in the steady state.
     pub keep: Vec<String>,
+    /// Install the loader's own seccomp filter after start-up (turn off only to debug).
+    pub seccomp: bool,
 }
 
 impl Default for PrivilegesConfig {
     fn default() -> Self {
-        Self { drop: true, keep: crate::privileges::STEADY_STATE.iter().map(|s| s.to_string()).collect() }
+        Self {
+            drop: true,
+            keep: crate::privileges::STEADY_STATE.iter().map(|s| s.to_string()).collect(),
+            seccomp: true,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use privileged_loader::config::{LoaderConfig, LogFormat};
 use privileged_loader::modules::{Modules, ReloadAction};
 use privileged_loader::remote_config::{LogReload, RemoteConfigs, RunningLoader, Settings};
 use privileged_loader::status::Registry;
-use privileged_loader::{btf, privileges, probe};
+use privileged_loader::{btf, privileges, probe, seccomp};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -72,6 +72,10 @@ fn init_tracing(format: &LogFormat) -> LogReload {
 }
 
 async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> {
+    let sys_admin_held = privileges::holds_sys_admin();
+    if sys_admin_held && !config.lockstats.track_all_maps {
+        warn!("{}", privileges::SYS_ADMIN_UNNEEDED);
+    }
     let registry = Registry::default();
     let started_at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let found_btf = btf::discover(&config.btf);
@@ -101,6 +105,9 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         privileges::drop_to(&keep).context("dropping to the steady-state capability set")?;
         info!(kept = ?privileges::effective(), "privileges dropped");
     }
+    if config.privileges.seccomp {
+        install_seccomp()?;
+    }
 
     let startup = Arc::new(OnceLock::new());
     let baseline = Settings {
@@ -113,6 +120,15 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         baseline,
         Arc::new(RunningLoader { modules: modules.clone(), log }),
     );
+    let audit = api::AuditContext {
+        socket: config.api.socket.clone(),
+        kept: privileges::mask(&privileges::parse_caps(&config.privileges.keep)?),
+        startup: privileges::startup_uses(
+            config.api.socket_group,
+            config.lockstats.track_all_maps,
+            sys_admin_held,
+        ),
+    };
     let loader_api = LoaderApi {
         registry,
         kernel: api::kernel_report(&kernel),
@@ -122,6 +138,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         remote: Arc::new(remote),
         access: config.api.access(),
         instance: format!("{}-{started_at_unix_ms}", std::process::id()),
+        audit,
     };
     tasks.spawn(cancel_on_signal(shutdown.clone()));
     let elapsed = exec.elapsed();
@@ -136,6 +153,20 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     }
     served.context("serving the loader API")?;
     info!("stopped");
+    Ok(())
+}
+
+/// Installs the loader's own seccomp filter on every thread; with the tests' switch set,
+/// then tries a call it forbids and logs the outcome.
+fn install_seccomp() -> Result<()> {
+    seccomp::POLICY.install().context("installing the loader's seccomp filter")?;
+    info!("seccomp filter installed on every thread");
+    if std::env::var_os(seccomp::TEST_FORBIDDEN_CALL_ENV).is_some() {
+        match seccomp::try_forbidden_call() {
+            Err(err) => warn!(%err, "test switch: socket(AF_INET) was refused under the seccomp filter"),
+            Ok(()) => error!("test switch: socket(AF_INET) was ALLOWED under the seccomp filter"),
+        }
+    }
     Ok(())
 }
 

@@ -11,4 +11,5 @@ pub mod offsetguess;
 pub mod privileges;
 pub mod probe;
 pub mod remote_config;
+pub mod seccomp;
 pub mod status;

@@ -45,6 +45,8 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Print the OCI seccomp profile for the loader's container (deploy/seccomp/).
+    SeccompProfile,
     /// Probe the kernel (BTF, attach kinds, conntrack, lock tracepoints), print, exit.
     Probe {
         /// Print JSON.
@@ -102,6 +104,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Probe { json } => daemon::probe_command(&config, json),
+        Command::SeccompProfile => {
+            println!("{:#}", privileged_loader::seccomp::POLICY.container_profile());
+            Ok(())
+        }
         Command::Run { .. } => daemon::run_command(config, exec),
     };
     match result {

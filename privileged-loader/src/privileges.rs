@@ -39,7 +39,10 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
     // The bounding set can only shrink while CAP_SETPCAP is still held: do it first.
     for cap in caps::all().difference(keep) {
         if caps::has_cap(None, CapSet::Bounding, *cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| drop_err("bounding", e))?;
+            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| PrivilegeError::Drop {
+                set: "bounding",
+                reason: format!("{e} (grant CAP_SETPCAP for start-up: capabilities.add in the pod)"),
+            })?;
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| drop_err("ambient", e))?;
@@ -48,6 +51,40 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
     caps::set(None, CapSet::Effective, &kept).map_err(|e| drop_err("effective", e))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(|e| drop_err("permitted", e))?;
     set_no_new_privs()
+}
+
+/// The capabilities the loader needs only while starting, each with what it is for (shown
+/// in status and in the audit). The container must grant these on top of `keep`; they are
+/// gone from every set once start-up ends.
+/// `sys_admin_held`: whether the loader started with CAP_SYS_ADMIN, which only
+/// `lockstats.track_all_maps` needs: held without it, the line says to remove it.
+pub fn startup_uses(socket_group: Option<u32>, track_all_maps: bool, sys_admin_held: bool) -> Vec<String> {
+    let mut uses = vec!["CAP_SETPCAP: shrinking the bounding set to the kept capabilities".to_string()];
+    if socket_group.is_some() {
+        uses.push("CAP_CHOWN: giving the API socket to api.socket_group".into());
+    }
+    match (track_all_maps, sys_admin_held) {
+        (true, _) => {
+            uses.push("CAP_SYS_ADMIN: walking other processes' BPF maps (lockstats.track_all_maps)".into())
+        }
+        (false, true) => uses.push(SYS_ADMIN_UNNEEDED.into()),
+        (false, false) => {}
+    }
+    uses
+}
+
+/// Said in status and logged when CAP_SYS_ADMIN was granted without `track_all_maps`.
+pub const SYS_ADMIN_UNNEEDED: &str = "CAP_SYS_ADMIN: held at start-up although lockstats.track_all_maps is off \
+     (only the prebuilt conntracker's offset guessing used it): remove it from the container unless you rely on that";
+
+/// Whether the calling thread holds CAP_SYS_ADMIN (read before the drop).
+pub fn holds_sys_admin() -> bool {
+    caps::has_cap(None, CapSet::Permitted, Capability::CAP_SYS_ADMIN).unwrap_or(false)
+}
+
+/// The mask of a capability set (bit n = capability n), as `/proc` prints it.
+pub fn mask(set: &CapsHashSet) -> u64 {
+    set.iter().fold(0, |m, c| m | c.bitmask())
 }
 
 /// Names of the capabilities that any thread of this process holds in its effective set,
@@ -85,13 +122,7 @@ fn drop_err(set: &'static str, err: caps::errors::CapsError) -> PrivilegeError {
 }
 
 fn set_no_new_privs() -> Result<(), PrivilegeError> {
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers and only changes
-    // this process's own flags.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    hardening::set_no_new_privs().map_err(PrivilegeError::NoNewPrivs)
 }
 
 #[cfg(test)]
@@ -103,6 +134,15 @@ mod tests {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000001000\n";
         let mask = cap_eff(status).expect("CapEff line");
         assert_eq!(names_of(mask), vec!["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn sys_admin_is_explained_or_flagged_as_unneeded() {
+        let with_maps = startup_uses(Some(65532), true, true);
+        assert!(with_maps.iter().any(|u| u.contains("lockstats.track_all_maps)")), "{with_maps:?}");
+        assert!(with_maps.iter().any(|u| u.starts_with("CAP_CHOWN")));
+        assert!(startup_uses(None, false, true).contains(&SYS_ADMIN_UNNEEDED.to_string()));
+        assert_eq!(startup_uses(None, false, false).len(), 1, "only CAP_SETPCAP");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::loader::LoaderProcess;
+use crate::loader::LoaderHandle;
 use crate::{L4, NatLab, Tuple, oracle};
 
 /// One connection: its original and reply tuples.
@@ -28,7 +28,7 @@ pub fn tuple(v: &Value) -> Tuple {
 /// What the loader lists for the lab's namespace. The eBPF hooks see every namespace on
 /// the host (tests run in parallel, all with the same addresses), so the comparison with
 /// the lab's own `conntrack -L` is per namespace.
-pub fn listed(loader: &LoaderProcess, lab: &NatLab) -> BTreeSet<Pair> {
+pub fn listed(loader: &impl LoaderHandle, lab: &NatLab) -> BTreeSet<Pair> {
     let netns = lab.netns.inode().expect("inode").to_string();
     let list = loader.ctl_json(&["conntrack", "list", "--netns", &netns]);
     list.as_array()
@@ -49,7 +49,7 @@ pub fn kernel_nat(lab: &NatLab) -> BTreeSet<Pair> {
 
 /// Waits up to 2 s for the loader's list to equal the kernel's NAT'd entries for which
 /// `keep(original)` holds, then asserts it, naming what is missing and what is extra.
-pub fn assert_matches_kernel(loader: &LoaderProcess, lab: &NatLab, keep: impl Fn(&Tuple) -> bool) {
+pub fn assert_matches_kernel(loader: &impl LoaderHandle, lab: &NatLab, keep: impl Fn(&Tuple) -> bool) {
     let expected: BTreeSet<Pair> = kernel_nat(lab).into_iter().filter(|(o, _)| keep(o)).collect();
     assert!(!expected.is_empty(), "the test made no NAT'd connection");
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -22,6 +22,7 @@ pub mod loader;
 pub mod nat;
 pub mod netns;
 pub mod oracle;
+pub mod podman;
 pub mod process;
 pub mod procfs;
 pub mod traffic;

@@ -25,6 +25,8 @@ pub struct LoaderOptions<'a> {
     pub args: &'a [&'a str],
     /// Peer uids allowed on the API (root is always allowed).
     pub allowed_uids: &'a [u32],
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
     /// Extra lines of the `[api]` section (e.g. `read_only_gids = [65534]`).
     pub api_toml: &'a str,
     /// Serve on this socket instead of one in the loader's temp dir (a restarted loader
@@ -65,6 +67,7 @@ impl LoaderProcess {
             .arg(&config_path)
             .args(options.args)
             .env("RUST_LOG", "info")
+            .envs(options.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let process = ChildGuard::spawn("privileged-loader", &mut command);
@@ -99,16 +102,7 @@ impl LoaderProcess {
 
     /// Runs `loaderctl ... --json` and parses its output, failing with its stderr.
     pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.ctl(&all);
-        assert!(
-            out.status.success(),
-            "loaderctl {args:?} failed: {}\nloader log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        serde_json::from_slice(&out.stdout).expect("loaderctl printed JSON")
+        LoaderHandle::ctl_json(self, args)
     }
 
     /// `loaderctl status --json`.
@@ -123,6 +117,38 @@ impl LoaderProcess {
             .as_array()
             .and_then(|m| m.iter().find(|m| m["name"] == name).cloned())
             .unwrap_or_else(|| panic!("no module {name} in status: {status:#}"))
+    }
+}
+
+/// A loader the comparisons can query: one a test started ([`LoaderProcess`]) or one
+/// running in a container whose socket the test reaches through the shared volume.
+pub trait LoaderHandle {
+    fn socket(&self) -> &Path;
+    /// The loader's log, shown when an assertion fails.
+    fn log_text(&self) -> String;
+
+    /// Runs `loaderctl ... --json` as root and parses its output, failing with its stderr.
+    fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = loaderctl(self.socket(), &all, None);
+        assert!(
+            out.status.success(),
+            "loaderctl {args:?} failed: {}\nloader log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        serde_json::from_slice(&out.stdout).expect("loaderctl printed JSON")
+    }
+}
+
+impl LoaderHandle for LoaderProcess {
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn log_text(&self) -> String {
+        LoaderProcess::log_text(self)
     }
 }
 

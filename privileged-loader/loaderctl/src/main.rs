@@ -36,6 +36,10 @@ enum Command {
     Conntrack(ConntrackCommand),
     /// Lock contention inside BPF maps, most total wait first (like `perf lock contention`).
     Lockstats,
+    /// The loader's privileges as it holds them now (every thread's capability sets,
+    /// no_new_privs, seccomp, its socket, its listening sockets) and one PASS/FAIL line per
+    /// rule of docs/privilege-audit.md; exits non-zero when a rule fails.
+    Audit,
     /// The effective configuration, where each value came from (file, or remote path and
     /// version), and every remote config with its version, state and time applied.
     Config,
@@ -103,6 +107,11 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner();
             print(cli.json, render::lockstats_json(&stats), || render::lockstats_text(&stats))
         }
+        Command::Audit => {
+            let answer =
+                client.get_audit(pb::GetAuditRequest {}).await.map_err(client::explain)?.into_inner();
+            audit(cli.json, &answer)
+        }
         Command::Conntrack(ConntrackCommand::List { netns }) => {
             let mut stream = client
                 .list_conntrack(pb::ListConntrackRequest { netns })
@@ -160,6 +169,28 @@ fn parse_protocol(name: &str) -> Result<pb::Protocol> {
         "udp" => Ok(pb::Protocol::Udp),
         other => bail!("unknown protocol {other:?}: use tcp or udp"),
     }
+}
+
+/// Checks the loader's answer against the rules. The loader reports only facts read from
+/// its /proc entries; the rules are this binary's, so they match the document it ships with.
+fn audit(json: bool, answer: &pb::GetAuditResponse) -> Result<()> {
+    let facts = hardening::wire::from_response(answer);
+    let verdict = hardening::rules::loader(&facts, answer.kept_capabilities);
+    let value = serde_json::json!({
+        "audit": facts, "checks": verdict.checks, "startup_capabilities": answer.startup_capabilities,
+    });
+    print(json, value, || {
+        let uses: String =
+            answer.startup_capabilities.iter().map(|u| format!("start-up only: {u}\n")).collect();
+        format!("{uses}{}", hardening::rules::render(&facts, &verdict))
+    })?;
+    if !verdict.all_pass() {
+        bail!(
+            "audit rule(s) {} failed (docs/privilege-audit.md says what each requires)",
+            verdict.failed().join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) -> Result<()> {

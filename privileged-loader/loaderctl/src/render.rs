@@ -137,6 +137,7 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
     json!({
         "loader_version": s.loader_version, "started_at_unix_ms": s.started_at_unix_ms,
         "startup_us": s.startup_us, "capabilities": s.capabilities,
+        "startup_capabilities": s.startup_capabilities,
         "kernel": kernel, "modules": modules, "assets": assets, "access": access,
     })
 }
@@ -148,6 +149,9 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
         s.startup_us as f64 / 1000.0,
         if s.capabilities.is_empty() { "none".to_string() } else { s.capabilities.join(",") }
     );
+    for used in &s.startup_capabilities {
+        out.push_str(&format!("start-up only: {used}\n"));
+    }
     if let Some(a) = &s.access {
         out.push_str(&format!(
             "access: apply uids {:?} gids {:?}; read-only uids {:?} gids {:?}\n",

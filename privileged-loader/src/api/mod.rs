@@ -1,5 +1,6 @@
 //! The gRPC API, served only on a unix socket: `loader.v1.Loader`, `grpc.health.v1` and
 //! server reflection, every call checked against the peer-credential allow-list.
+mod audit;
 mod auth;
 mod convert;
 mod remote;
@@ -13,6 +14,7 @@ use shared_proto::loader::v1 as pb;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
+pub use audit::AuditContext;
 pub use auth::{AllowList, Role};
 pub use convert::kernel as kernel_report;
 pub use service::LoaderApi;

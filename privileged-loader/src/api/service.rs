@@ -8,7 +8,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::Role;
-use super::{convert, remote};
+use super::{AuditContext, convert, remote};
 use crate::conntrack::{Conntracker, Tuple};
 use crate::modules::Modules;
 use crate::remote_config::RemoteConfigs;
@@ -24,6 +24,7 @@ pub struct LoaderApi {
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
+    pub audit: AuditContext,
     /// Remote configuration (ApplyConfig, GetConfig).
     pub remote: Arc<RemoteConfigs>,
     /// Who may call what, shown in the status.
@@ -59,6 +60,7 @@ impl pb::loader_server::Loader for LoaderApi {
             started_at_unix_ms: self.started_at_unix_ms,
             startup_us: self.startup.get().map_or(0, |d| d.as_micros() as u64),
             capabilities: crate::privileges::effective(),
+            startup_capabilities: self.audit.startup.clone(),
             access: Some(self.access.clone()),
         }))
     }
@@ -107,6 +109,14 @@ impl pb::loader_server::Loader for LoaderApi {
             )
         })?;
         Ok(Response::new((&collector.snapshot()).into()))
+    }
+
+    #[tracing::instrument(skip_all, name = "GetAudit")]
+    async fn get_audit(
+        &self,
+        _: Request<pb::GetAuditRequest>,
+    ) -> Result<Response<pb::GetAuditResponse>, Status> {
+        Ok(Response::new(self.audit.answer()?))
     }
 
     async fn lookup_translation(
