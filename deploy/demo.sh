@@ -103,10 +103,20 @@ ctl conntrack list --json | jq length
 echo; echo "== loaderctl lockstats"
 ctl lockstats
 
-udp6() {  # one IPv6 UDP datagram through the DNAT rule, from a new source port
-  ip netns exec "$ns" python3 -c 'import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.sendto(b"hi", ("fd99::1", 53)); print(s.getsockname()[1])'
+# An IPv6 UDP echo service behind the DNAT rule, so that each exchange is a full flow.
+ip netns exec "$ns" python3 -c '
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::1", 5353))
+while True:
+    data, peer = s.recvfrom(2048); s.sendto(data, peer)' &
+pids+=($!)
+udp6() {  # one IPv6 UDP exchange through the DNAT rule, from a new source port
+  ip netns exec "$ns" python3 -c '
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b"hi", ("fd99::1", 53)); s.recvfrom(16); print(s.getsockname()[1])' 2>/dev/null
 }
-listed_udp6() { ctl conntrack list --json | jq -r '.[] | select(.original.dst_addr == "fd99::1") | .original.src_port'; }
+listed_udp6() { ctl conntrack list --json | jq -r '.[] | select(.original.proto == "udp" and .original.dst == "fd99::1") | .original.sport'; }
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s
   local secs=$1 what=$2; shift 2
   for _ in $(seq $((secs * 5))); do "$@" && return 0; sleep 0.2; done
@@ -114,6 +124,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2
 }
 
 echo; echo "== IPv6 UDP NAT before any remote config (udpv6_enabled = true in the file)"
+wait_for 10 "the IPv6 UDP echo service" udp6 >/dev/null
 port6=$(udp6); sleep 0.3
 echo "sent from port $port6; the loader lists IPv6 UDP entries from ports: $(listed_udp6 | tr '\n' ' ')"
 
@@ -170,5 +181,5 @@ echo; echo "== controller status"
 "$bin/controller" status --state-dir "$work/controller/state"
 echo; echo "== a few lines of the controller's /metrics (http://127.0.0.1:$metrics_port/metrics)"
 curl -s "http://127.0.0.1:$metrics_port/metrics" \
-  | grep -E '^(controller_config_apply_states|controller_polls_total|loader_module_state|loader_conntrack_(max_)?entries)' | head -n 12
+  | grep -E '^(controller_config_apply_states|controller_polls_total|loader_module_state|loader_conntrack_(max_)?entries)' | grep -v ' 0$' | head -n 12 || true
 echo; echo "demo finished"

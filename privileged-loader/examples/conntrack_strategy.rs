@@ -39,9 +39,12 @@ fn main() {
     }
     for module in registry.modules() {
         println!("module {}: {:?}, strategy {:?}", module.name, module.state, module.strategy);
+        let verdict = |ok: bool| if ok { "yes" } else { "no " };
         for attempt in &module.attempts {
-            let verdict = if attempt.ok { "yes" } else { "no " };
-            println!("  {verdict} {:<42} {}", attempt.strategy, attempt.reason);
+            println!("  {} {:<42} {}", verdict(attempt.ok), attempt.implementation, attempt.reason);
+            for hook in &attempt.hooks {
+                println!("    {} {:<40} {}", verdict(hook.ok), hook.hook, hook.reason);
+            }
         }
         if let Some(error) = &module.last_error {
             println!("  last error: {error}");

@@ -63,21 +63,36 @@ pub enum ModuleState {
     Stopped,
 }
 
-/// One strategy a module tried, in order, and why it was or was not used.
+/// One hook (or step, like offset guessing) an implementation tried while it started,
+/// and why it was or was not used.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct StrategyAttempt {
-    pub strategy: String,
+pub struct HookAttempt {
+    /// e.g. `fentry/__nf_conntrack_hash_insert`, `raw_tracepoint/net_dev_queue`, `offsetguess`.
+    pub hook: String,
     pub ok: bool,
     pub reason: String,
 }
 
-impl StrategyAttempt {
-    pub fn ok(strategy: impl Into<String>) -> Self {
-        Self { strategy: strategy.into(), ok: true, reason: String::new() }
+impl HookAttempt {
+    pub fn ok(hook: impl Into<String>) -> Self {
+        Self { hook: hook.into(), ok: true, reason: String::new() }
     }
-    pub fn failed(strategy: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { strategy: strategy.into(), ok: false, reason: reason.into() }
+    pub fn failed(hook: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { hook: hook.into(), ok: false, reason: reason.into() }
     }
+}
+
+/// One implementation a module tried, in order (e.g. `core`, `prebuilt`, `netlink`), why
+/// it was or was not used, and the hooks it tried inside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImplementationAttempt {
+    pub implementation: String,
+    pub ok: bool,
+    pub reason: String,
+    pub hooks: Vec<HookAttempt>,
+    /// Still starting: hooks recorded now belong to it.
+    #[serde(skip)]
+    pub in_progress: bool,
 }
 
 /// How many failed reloads a module record keeps (the newest).
@@ -107,7 +122,7 @@ pub struct ModuleRecord {
     pub state: ModuleState,
     /// The implementation in use, e.g. `core/tp_btf`.
     pub strategy: String,
-    pub attempts: Vec<StrategyAttempt>,
+    pub attempts: Vec<ImplementationAttempt>,
     pub last_error: Option<String>,
     pub load_time: Duration,
     /// The running instance: 1 for the first start, +1 for every start or reload that
@@ -146,6 +161,36 @@ impl ModuleRecord {
         self.attempts = fresh.attempts;
         self.last_error = fresh.last_error;
         self.load_time = fresh.load_time;
+    }
+
+    /// Records `hook` under the attempt of `implementation` in progress (opened if none).
+    pub fn record_hook(&mut self, implementation: &str, hook: HookAttempt) {
+        self.open_attempt(implementation).hooks.push(hook);
+    }
+
+    /// Closes the attempt of `implementation` (opened if none) with its verdict.
+    pub fn finish_attempt(&mut self, implementation: &str, verdict: Result<(), String>) {
+        let attempt = self.open_attempt(implementation);
+        attempt.in_progress = false;
+        (attempt.ok, attempt.reason) = match verdict {
+            Ok(()) => (true, String::new()),
+            Err(reason) => (false, reason),
+        };
+    }
+
+    fn open_attempt(&mut self, implementation: &str) -> &mut ImplementationAttempt {
+        let open = self.attempts.last().is_some_and(|a| a.in_progress && a.implementation == implementation);
+        if !open {
+            self.attempts.push(ImplementationAttempt {
+                implementation: implementation.to_string(),
+                ok: false,
+                reason: String::new(),
+                hooks: Vec::new(),
+                in_progress: true,
+            });
+        }
+        let last = self.attempts.len() - 1;
+        &mut self.attempts[last]
     }
 
     /// Lists a failed reload, dropping the oldest beyond [`FAILED_RELOADS_KEPT`].
@@ -238,15 +283,19 @@ mod tests {
     }
 
     #[test]
-    fn module_updates_accumulate_attempts() {
+    fn hooks_nest_under_the_implementation_that_tried_them() {
         let registry = Registry::default();
-        registry.update_module("conntrack", |m| m.attempts.push(StrategyAttempt::failed("fentry", "EPERM")));
         registry.update_module("conntrack", |m| {
-            m.attempts.push(StrategyAttempt::ok("tp_btf"));
-            m.state = ModuleState::Running;
+            m.record_hook("core", HookAttempt::failed("fentry", "EPERM"));
+            m.finish_attempt("core", Err("no hook attached".into()));
+            m.record_hook("prebuilt", HookAttempt::ok("raw_tracepoint"));
+            m.finish_attempt("prebuilt", Ok(()));
         });
-        let modules = registry.modules();
-        assert_eq!(modules[0].attempts.len(), 2);
-        assert_eq!(modules[0].state, ModuleState::Running);
+        let module = registry.module("conntrack").expect("recorded");
+        let summary: Vec<(&str, bool, usize)> =
+            module.attempts.iter().map(|a| (a.implementation.as_str(), a.ok, a.hooks.len())).collect();
+        assert_eq!(summary, vec![("core", false, 1), ("prebuilt", true, 1)]);
+        assert_eq!(module.attempts[0].reason, "no hook attached");
+        assert_eq!(module.attempts[0].hooks[0].reason, "EPERM");
     }
 }

@@ -163,9 +163,17 @@ impl RunningChain {
         Ok(RunningChain { tracker, registry, shutdown, thread: Some(thread) })
     }
 
-    fn attempt(&self, strategy: &str) -> Option<(bool, String)> {
-        let module = self.registry.modules().into_iter().find(|m| m.name == chain::MODULE)?;
-        module.attempts.into_iter().find(|a| a.strategy == strategy).map(|a| (a.ok, a.reason))
+    /// The verdict on `implementation` (`core`, `prebuilt`, `netlink`).
+    fn attempt(&self, implementation: &str) -> Option<(bool, String)> {
+        let module = self.registry.module(chain::MODULE)?;
+        module.attempts.into_iter().find(|a| a.implementation == implementation).map(|a| (a.ok, a.reason))
+    }
+
+    /// The verdict on `hook` as tried by `implementation`.
+    fn hook(&self, implementation: &str, hook: &str) -> Option<(bool, String)> {
+        let module = self.registry.module(chain::MODULE)?;
+        let attempt = module.attempts.into_iter().find(|a| a.implementation == implementation)?;
+        attempt.hooks.into_iter().find(|h| h.hook == hook).map(|h| (h.ok, h.reason))
     }
 
     /// Waits (up to 3 s: one sweep period plus margin) until the tracker's entries in `netns` equal `want`.
@@ -211,7 +219,7 @@ fn without_btf_the_prebuilt_conntracker_is_chosen_and_matches_conntrack() {
     assert_eq!(running.tracker.strategy(), hook);
     let (ok, reason) = running.attempt("core").expect("core was tried first");
     assert!(!ok && reason.contains("BTF"), "core skipped because BTF is hidden: {reason}");
-    let (ok, guess) = running.attempt("prebuilt/offsetguess").expect("guessing recorded");
+    let (ok, guess) = running.hook("prebuilt", "offsetguess").expect("guessing recorded");
     assert!(ok && guess.contains("sk_buff._nfct=") && guess.contains("offsets guessed in"), "{guess}");
     ns.make_connections(5);
     let want = ns.conntrack_nat_entries();

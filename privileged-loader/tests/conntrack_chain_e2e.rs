@@ -12,18 +12,20 @@ fn assert_matches_kernel(loader: &LoaderProcess, lab: &NatLab) {
     e2e_tests::compare::assert_matches_kernel(loader, lab, |_| true);
 }
 
-/// (strategy, ok, reason) of every attempt of module `conntrack`.
+/// (name, ok, reason) of every implementation attempt of module `conntrack`, each
+/// followed by its hook attempts named `implementation/hook`.
 fn attempts(loader: &LoaderProcess) -> Vec<(String, bool, String)> {
     let module = loader.module("conntrack");
-    module["attempts"]
-        .as_array()
-        .expect("attempts")
-        .iter()
-        .map(|a| {
-            let text = |k: &str| a[k].as_str().unwrap_or_default().to_string();
-            (text("strategy"), a["ok"] == true, text("reason"))
-        })
-        .collect()
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let mut all = Vec::new();
+    for a in module["attempts"].as_array().expect("attempts") {
+        let implementation = text(a, "implementation");
+        all.push((implementation.clone(), a["ok"] == true, text(a, "reason")));
+        for h in a["hooks"].as_array().expect("hooks") {
+            all.push((format!("{implementation}/{}", text(h, "hook")), h["ok"] == true, text(h, "reason")));
+        }
+    }
+    all
 }
 
 #[test]

@@ -277,7 +277,10 @@ fn on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not() {
     let module = ct.registry.modules().into_iter().find(|m| m.name == "conntrack").unwrap();
     assert_eq!(module.state, ModuleState::Running);
     assert_eq!(module.strategy, "core/tp_btf");
-    let hooks: Vec<(&str, bool)> = module.attempts.iter().map(|a| (a.strategy.as_str(), a.ok)).collect();
+    assert_eq!(module.attempts.len(), 1, "one implementation tried: {:#?}", module.attempts);
+    assert_eq!(module.attempts[0].implementation, "core");
+    let tried = &module.attempts[0].hooks;
+    let hooks: Vec<(&str, bool)> = tried.iter().map(|a| (a.hook.as_str(), a.ok)).collect();
     assert_eq!(
         hooks,
         vec![
@@ -287,13 +290,13 @@ fn on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not() {
             ("tp_btf/net_dev_queue", true),
         ]
     );
-    for failed in module.attempts.iter().filter(|a| !a.ok) {
+    for failed in tried.iter().filter(|a| !a.ok) {
         assert!(!failed.reason.is_empty(), "{failed:?}");
     }
     // KERNEL-NOTES.md: fentry loads fail with EPERM here; kprobes are not built in.
-    let fentry = &module.attempts[0].reason;
+    let fentry = &tried[0].reason;
     assert!(fentry.starts_with("EPERM on load"), "fentry reason: {fentry}");
-    let kprobe = &module.attempts[1].reason;
+    let kprobe = &tried[1].reason;
     assert!(kprobe.starts_with("kprobes unavailable"), "kprobe reason: {kprobe}");
 
     let asset = ct.registry.assets().into_iter().find(|a| a.asset == "conntrack").unwrap();

@@ -394,7 +394,8 @@ verdict() {
   if [ -n "$status" ]; then
     strategy=$(jq -r '.modules[] | select(.name == "conntrack") | .strategy' <<<"$status")
     echo "  CO-RE conntracker (loaderctl status --json): strategy ${strategy:-none}, state $(jq -r '.modules[] | select(.name == "conntrack") | .state' <<<"$status")"
-    jq -r '.modules[] | select(.name == "conntrack") | .attempts[] | "    \(if .ok then "ok  " else "no  " end) \(.strategy)\(if .ok then "" else ": " + (.reason | split("\n") | map(select(length > 0)) | last // "") end)"' <<<"$status"
+    jq -r 'def line(name; indent): "\(indent)\(if .ok then "ok  " else "no  " end) \(name)\(if .ok then "" else ": " + (.reason | split("\n") | map(select(length > 0)) | last // "") end)";
+      .modules[] | select(.name == "conntrack") | .attempts[] | line(.implementation; "    "), (.hooks[] | line(.hook; "      "))' <<<"$status"
     if [ -n "$want_strategy" ] && ! [[ $strategy =~ $want_strategy ]]; then
       fail "CO-RE conntracker strategy '${strategy}' does not match ${want_strategy}"
     fi

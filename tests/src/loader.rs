@@ -162,3 +162,20 @@ pub fn loaderctl(socket: &Path, args: &[&str], as_user: Option<(u32, u32)>) -> O
     }
     command.output().expect("run loaderctl")
 }
+
+/// A gRPC client of the loader on `socket`, for tests that call RPCs `loaderctl` has no
+/// command for (`ApplyConfig`).
+pub async fn grpc_client(
+    socket: &Path,
+) -> shared_proto::loader::v1::loader_client::LoaderClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    // The URI is required by the API but unused: every connection goes to the socket.
+    let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
+        .expect("connect to the loader's socket");
+    shared_proto::loader::v1::loader_client::LoaderClient::new(channel)
+}

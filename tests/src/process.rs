@@ -5,12 +5,13 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Path of one of the workspace's binaries (`cargo build --bins` must have run: the
-/// test command does it). Honours CARGO_TARGET_DIR; tests run from the debug profile.
+/// test command does it). Honours CARGO_TARGET_DIR; tests run from the debug profile,
+/// benchmarks built with `--release` from the release one.
 pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    let path = target.join(if cfg!(debug_assertions) { "debug" } else { "release" }).join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace --bins` before the tests",

@@ -110,15 +110,18 @@ fn status_shows_the_conntracker_fallback_chain() {
     assert_eq!(module["state"], "running", "{module:#}");
     assert!(module["strategy"].as_str().unwrap_or("").contains("tp_btf"), "{module:#}");
     let attempts = module["attempts"].as_array().expect("attempts");
-    let names: Vec<&str> = attempts.iter().filter_map(|a| a["strategy"].as_str()).collect();
+    assert_eq!(attempts[0]["implementation"], "core", "{module:#}");
+    assert_eq!(attempts[0]["ok"], true, "{module:#}");
+    let hooks = attempts[0]["hooks"].as_array().expect("hooks of the CO-RE conntracker");
+    let names: Vec<&str> = hooks.iter().filter_map(|h| h["hook"].as_str()).collect();
     assert!(names.len() >= 3, "fentry, kprobe and tp_btf must all be recorded: {module:#}");
-    for failed in attempts.iter().filter(|a| a["ok"] == false) {
+    for failed in hooks.iter().filter(|h| h["ok"] == false) {
         assert!(
             !failed["reason"].as_str().unwrap_or("").is_empty(),
             "a failed attempt needs a reason: {failed}"
         );
     }
-    assert_eq!(attempts.last().expect("attempt")["ok"], true);
+    assert_eq!(hooks.last().expect("hook")["ok"], true);
     let status = loader.status();
     assert_eq!(asset(&status, "conntrack")["outcome"], "loaded");
     assert_eq!(asset(&status, "conntrack")["btf_source"], "sysfs");

@@ -15,15 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e_tests::compare::{assert_matches_kernel, kernel_nat, listed};
-use e2e_tests::loader::{LoaderOptions, LoaderProcess, loaderctl};
+use e2e_tests::loader::{LoaderOptions, LoaderProcess, grpc_client, loaderctl};
 use e2e_tests::traffic::Connection;
 use e2e_tests::{L4, NatLab, Tuple};
 use harness::*;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use shared_proto::loader::v1 as pb;
-use shared_proto::loader::v1::loader_client::LoaderClient;
-use tonic::transport::{Channel, Endpoint};
 use trust::test_repo::{self, File, TestKey, expires_in_days, sign};
 
 const SYNC: Duration = Duration::from_secs(20);
@@ -350,18 +347,6 @@ fn a_controller_restarted_with_the_service_down_leaves_the_loader_alone() {
 
 // ---- ApplyConfig straight to the socket, as a compromised controller would ----
 
-async fn client(socket: &Path) -> LoaderClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://loader.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
-        .await
-        .expect("connect to the loader");
-    LoaderClient::new(channel)
-}
-
 fn request(roots: Vec<Vec<u8>>, targets: Vec<u8>, path: &str, raw: &[u8]) -> pb::ApplyConfigRequest {
     let product = path.split('/').nth(1).unwrap().to_string();
     pb::ApplyConfigRequest {
@@ -384,7 +369,7 @@ async fn apply_config_refuses_every_proof_a_compromised_controller_could_forge()
     let root = dir.path().join("root.json");
     std::fs::write(&root, &repo.root_v1).unwrap();
     let loader = start_loader(&loader_toml(Some(&root), false), None, "");
-    let mut loader_api = client(&loader.socket).await;
+    let mut loader_api = grpc_client(&loader.socket).await;
     let good = br#"{"filter": "info,h2=warn"}"#;
     let year = expires_in_days(365);
     let v5 = log_config(5, good, year, &repo.targets_key);
@@ -447,7 +432,7 @@ async fn apply_config_accepts_a_valid_proof_made_by_python_tuf() {
     let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
     let path = String::from_utf8(read("path")).unwrap();
     let loader = start_loader(&loader_toml(Some(&dir.path().join("root.json")), false), None, "");
-    let answer = client(&loader.socket)
+    let answer = grpc_client(&loader.socket)
         .await
         .apply_config(request(vec![], read("targets.json"), &path, &read("config.json")))
         .await
@@ -464,7 +449,7 @@ async fn without_a_pinned_root_apply_config_is_a_failed_precondition_naming_the_
     let raw = br#"{"filter": "debug"}"#;
     let t = log_config(1, raw, expires_in_days(1), &repo.targets_key);
     let status =
-        client(&loader.socket).await.apply_config(request(vec![], t, LOG_PATH, raw)).await.unwrap_err();
+        grpc_client(&loader.socket).await.apply_config(request(vec![], t, LOG_PATH, raw)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("remote_config.root_file"), "{}", status.message());
 }
@@ -498,7 +483,7 @@ fn a_read_only_caller_may_read_but_not_apply_and_others_get_nothing() {
 #[ignore = "run by a_read_only_caller_may_read_but_not_apply_and_others_get_nothing as another user"]
 async fn apply_config_as_this_process() {
     let socket = PathBuf::from(std::env::var_os("APPLY_CONFIG_SOCKET").expect("APPLY_CONFIG_SOCKET"));
-    let answer = client(&socket).await.apply_config(pb::ApplyConfigRequest::default()).await;
+    let answer = grpc_client(&socket).await.apply_config(pb::ApplyConfigRequest::default()).await;
     match answer {
         Ok(_) => println!("ANSWER Ok"),
         Err(status) => println!("ANSWER {:?}: {}", status.code(), status.message()),

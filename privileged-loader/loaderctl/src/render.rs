@@ -110,7 +110,10 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
         .map(|m| {
             json!({
                 "name": m.name, "state": module_state(m.state), "strategy": m.strategy,
-                "attempts": m.attempts.iter().map(|a| json!({"strategy": a.strategy, "ok": a.ok, "reason": a.reason})).collect::<Vec<_>>(),
+                "attempts": m.attempts.iter().map(|a| json!({
+                    "implementation": a.implementation, "ok": a.ok, "reason": a.reason,
+                    "hooks": a.hooks.iter().map(|h| json!({"hook": h.hook, "ok": h.ok, "reason": h.reason})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
                 "last_error": m.last_error, "load_time_us": m.load_time_us,
                 "maps": m.maps.iter().map(|f| json!({"name": f.name, "entries": f.entries, "max_entries": f.max_entries})).collect::<Vec<_>>(),
                 "generation": m.generation, "loaded_at_unix_ms": m.loaded_at_unix_ms,
@@ -195,9 +198,13 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
         .collect();
     out.push_str(&table(&["MODULE", "STATE", "STRATEGY", "MAPS", "LAST ERROR"], &rows));
     for m in &s.modules {
+        let verdict =
+            |ok: bool, reason: &str| if ok { "chosen".to_string() } else { format!("not used: {reason}") };
         for a in &m.attempts {
-            let verdict = if a.ok { "chosen".to_string() } else { format!("not used: {}", a.reason) };
-            out.push_str(&format!("  {} {}: {}\n", m.name, a.strategy, verdict));
+            out.push_str(&format!("  {} {}: {}\n", m.name, a.implementation, verdict(a.ok, &a.reason)));
+            for h in &a.hooks {
+                out.push_str(&format!("    hook {}: {}\n", h.hook, verdict(h.ok, &h.reason)));
+            }
         }
         out.push_str(&lifecycle_text(m));
     }

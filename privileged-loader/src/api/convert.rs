@@ -2,7 +2,9 @@
 use shared_proto::loader::v1 as pb;
 
 use crate::conntrack::{Entry, TableFill, Tuple};
-use crate::status::{AssetOutcome, AssetRecord, ModuleRecord, ModuleState, StrategyAttempt};
+use crate::status::{
+    AssetOutcome, AssetRecord, HookAttempt, ImplementationAttempt, ModuleRecord, ModuleState,
+};
 
 pub fn tuple(t: &Tuple) -> pb::Tuple {
     pb::Tuple {
@@ -78,8 +80,17 @@ fn module_state(s: ModuleState) -> pb::ModuleState {
     }
 }
 
-fn attempt(a: &StrategyAttempt) -> pb::StrategyAttempt {
-    pb::StrategyAttempt { strategy: a.strategy.clone(), ok: a.ok, reason: a.reason.clone() }
+fn attempt(a: &ImplementationAttempt) -> pb::ImplementationAttempt {
+    pb::ImplementationAttempt {
+        implementation: a.implementation.clone(),
+        ok: a.ok,
+        reason: a.reason.clone(),
+        hooks: a.hooks.iter().map(hook).collect(),
+    }
+}
+
+fn hook(h: &HookAttempt) -> pb::HookAttempt {
+    pb::HookAttempt { hook: h.hook.clone(), ok: h.ok, reason: h.reason.clone() }
 }
 
 fn map_fill(t: &TableFill) -> pb::MapFill {

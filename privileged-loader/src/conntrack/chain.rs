@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConntrackConfig, RunningConntracker, netlink_tracker, prebuilt};
 use crate::asset::AssetLoader;
-use crate::status::{ModuleRecord, ModuleState, Registry, StrategyAttempt};
+use crate::status::{ModuleRecord, ModuleState, Registry};
 
 /// Registry module the chain (and every strategy in it) records into.
 pub use super::core::MODULE;
@@ -161,16 +161,7 @@ pub async fn start(
         registry.update_module(MODULE, |m| m.last_error = None);
         let result = match strategy {
             Strategy::Core => {
-                // The CO-RE start resets the module record: keep what the chain recorded.
-                let earlier = registry.modules().into_iter().find(|m| m.name == MODULE).map(|m| m.attempts);
-                let result =
-                    super::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string());
-                registry.update_module(MODULE, |m| {
-                    let mut attempts = earlier.unwrap_or_default();
-                    attempts.append(&mut m.attempts);
-                    m.attempts = attempts;
-                });
-                result
+                super::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string())
             }
             Strategy::Prebuilt => {
                 prebuilt::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string())
@@ -183,7 +174,7 @@ pub async fn start(
             Ok(running) => {
                 let detail = running.tracker.strategy();
                 registry.update_module(MODULE, |m| {
-                    m.attempts.push(StrategyAttempt::ok(strategy.name()));
+                    m.finish_attempt(strategy.name(), Ok(()));
                     m.state = ModuleState::Running;
                     m.strategy = detail;
                     m.load_time = started.elapsed();
@@ -192,9 +183,7 @@ pub async fn start(
             }
             Err(reason) => {
                 tracing::warn!(%strategy, %reason, "conntracker strategy skipped");
-                registry.update_module(MODULE, |m| {
-                    m.attempts.push(StrategyAttempt::failed(strategy.name(), &reason))
-                });
+                registry.update_module(MODULE, |m| m.finish_attempt(strategy.name(), Err(reason.clone())));
                 reasons.push(format!("{strategy}: {reason}"));
             }
         }
@@ -205,14 +194,12 @@ pub async fn start(
 /// The attempts of the chain itself (`core`, `prebuilt`, `netlink`), as "name: reason"
 /// lines, from a registry snapshot: what `GetStatus` shows as the fallback story.
 pub fn skipped_reasons(registry: &Registry) -> Vec<String> {
-    let names = [Strategy::Core, Strategy::Prebuilt, Strategy::Netlink].map(Strategy::name);
     registry
-        .modules()
+        .module(MODULE)
         .into_iter()
-        .filter(|m| m.name == MODULE)
         .flat_map(|m| m.attempts)
-        .filter(|a| !a.ok && names.contains(&a.strategy.as_str()))
-        .map(|a| format!("{}: {}", a.strategy, a.reason))
+        .filter(|a| !a.ok)
+        .map(|a| format!("{}: {}", a.implementation, a.reason))
         .collect()
 }
 
@@ -220,6 +207,7 @@ pub fn skipped_reasons(registry: &Registry) -> Vec<String> {
 #[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 mod tests {
     use super::*;
+    use crate::status::HookAttempt;
 
     #[test]
     fn the_default_order_is_core_prebuilt_netlink() {
@@ -279,9 +267,9 @@ mod tests {
     fn skipped_reasons_lists_only_the_chains_failures() {
         let registry = Registry::default();
         registry.update_module(MODULE, |m| {
-            m.attempts.push(StrategyAttempt::failed("fentry", "EPERM")); // a hook inside core
-            m.attempts.push(StrategyAttempt::failed("core", "BTF not found"));
-            m.attempts.push(StrategyAttempt::ok("prebuilt"));
+            m.record_hook("core", HookAttempt::failed("fentry", "EPERM"));
+            m.finish_attempt("core", Err("BTF not found".into()));
+            m.finish_attempt("prebuilt", Ok(()));
         });
         assert_eq!(skipped_reasons(&registry), vec!["core: BTF not found".to_string()]);
     }

@@ -22,11 +22,13 @@ use super::map::{self, CtKey, CtValue};
 use super::sweep::{self, SweepPolicy};
 use super::{ConntrackError, Conntracker, Entry, TableFill, Tuple};
 use crate::asset::{AssetError, AssetLoader, error_chain};
-use crate::status::{ModuleRecord, ModuleState, Registry, StrategyAttempt};
+use crate::status::{HookAttempt, ModuleState, Registry};
 
 /// Name of the asset (`bpf/conntrack.bpf.c`) and of the module in the status registry.
 pub const ASSET: &str = "conntrack";
 pub const MODULE: &str = "conntrack";
+/// The implementation name its hook attempts are recorded under (`conntrack::chain`).
+const IMPLEMENTATION: &str = "core";
 /// Bound on one sweep's conntrack dump.
 const SWEEP_DUMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an unexpected netlink error, so a broken socket cannot spin a core.
@@ -67,8 +69,8 @@ impl Strategy {
             Strategy::KProbeHashInsert => "kprobe/__nf_conntrack_hash_insert",
             Strategy::KProbeConfirm => "kprobe+kretprobe/__nf_conntrack_confirm",
             Strategy::TpBtf => "tp_btf/net_dev_queue",
-            Strategy::PrebuiltKprobe => "prebuilt kprobe/__nf_conntrack_hash_insert",
-            Strategy::PrebuiltRawTracepoint => "prebuilt raw_tracepoint/net_dev_queue",
+            Strategy::PrebuiltKprobe => "kprobe/__nf_conntrack_hash_insert",
+            Strategy::PrebuiltRawTracepoint => "raw_tracepoint/net_dev_queue",
         }
     }
 
@@ -140,7 +142,6 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ConntrackError> {
     let started = Instant::now();
-    registry.update_module(MODULE, ModuleRecord::begin_attempt);
     if !cfg.enabled {
         registry.update_module(MODULE, |m| m.state = ModuleState::Disabled);
         return Err(ConntrackError::Disabled);
@@ -440,14 +441,16 @@ fn attach_first(
         match attach(ebpf, btf, strategy) {
             Ok(()) => {
                 tracing::info!(module = MODULE, hook = strategy.hook(), "conntracker attached");
-                registry.update_module(MODULE, |m| m.attempts.push(StrategyAttempt::ok(strategy.hook())));
+                registry.update_module(MODULE, |m| {
+                    m.record_hook(IMPLEMENTATION, HookAttempt::ok(strategy.hook()))
+                });
                 return Ok(strategy);
             }
             Err(e) => {
                 let reason = attempt_reason(&e);
                 tracing::info!(module = MODULE, hook = strategy.hook(), %reason, "attach strategy unavailable");
                 registry.update_module(MODULE, |m| {
-                    m.attempts.push(StrategyAttempt::failed(strategy.hook(), reason))
+                    m.record_hook(IMPLEMENTATION, HookAttempt::failed(strategy.hook(), reason))
                 });
                 last_error = Some(e);
             }

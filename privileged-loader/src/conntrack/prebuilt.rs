@@ -16,9 +16,11 @@ use super::core::Strategy;
 use super::{ConntrackConfig, ConntrackError, RunningConntracker};
 use crate::asset::{AssetError, AssetLoader};
 use crate::offsetguess::{self, GuessError, GuessReport, OffsetGuessConfig};
-use crate::status::{AssetOutcome, Registry, StrategyAttempt};
+use crate::status::{AssetOutcome, HookAttempt, Registry};
 
 pub const ASSET: &str = "conntrack_prebuilt";
+/// The implementation name its hook attempts are recorded under (`conntrack::chain`).
+const IMPLEMENTATION: &str = "prebuilt";
 const KPROBE: &str = "prebuilt_kprobe_hash_insert";
 const KPROBE_TARGET: &str = "__nf_conntrack_hash_insert";
 const RAW_TP: &str = "prebuilt_net_dev_queue";
@@ -60,11 +62,10 @@ pub fn load(
 ) -> Result<LoadedPrebuilt, PrebuiltError> {
     let guess = offsetguess::guess_cached(&settings.offsetguess, assets)?;
     registry.update_module(module, |m| {
-        m.attempts.push(StrategyAttempt {
-            strategy: "prebuilt/offsetguess".into(),
-            ok: true,
-            reason: guess.to_string(),
-        })
+        m.record_hook(
+            IMPLEMENTATION,
+            HookAttempt { hook: "offsetguess".into(), ok: true, reason: guess.to_string() },
+        )
     });
     let started = Instant::now();
     let result = assets.read_asset(ASSET).and_then(|object| load_object(&object, settings, &guess));
@@ -122,10 +123,10 @@ fn load_object(
 fn attach(ebpf: &mut aya::Ebpf, registry: &Registry, module: &str) -> Result<Strategy, AssetError> {
     let record = |hook: Strategy, result: &Result<(), AssetError>| {
         let attempt = match result {
-            Ok(()) => StrategyAttempt::ok(hook.name()),
-            Err(e) => StrategyAttempt::failed(hook.name(), e.to_string()),
+            Ok(()) => HookAttempt::ok(hook.hook()),
+            Err(e) => HookAttempt::failed(hook.hook(), e.to_string()),
         };
-        registry.update_module(module, |m| m.attempts.push(attempt));
+        registry.update_module(module, |m| m.record_hook(IMPLEMENTATION, attempt));
     };
     let kprobe = attach_kprobe(ebpf);
     record(Strategy::PrebuiltKprobe, &kprobe);

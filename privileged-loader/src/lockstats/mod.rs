@@ -41,10 +41,12 @@ use report::MapMeta;
 use targets::{HeldMap, Target};
 
 use crate::asset::AssetLoader;
-use crate::status::{ModuleState, Registry, StrategyAttempt};
+use crate::status::{HookAttempt, ModuleState, Registry};
 
 /// The module name in the status registry.
 pub const MODULE: &str = "lockstats";
+/// The hooks of the contention object, as its status attempt names them.
+const CONTENTION_HOOKS: &str = "tp_btf/contention_begin+contention_end";
 
 /// The running (or disabled, or failed) collector. Cheap to share behind an `Arc`.
 pub struct LockStatsCollector {
@@ -240,10 +242,16 @@ fn record_module(registry: &Registry, status: &LockStatsStatus, took: std::time:
             CollectorState::Disabled => ModuleState::Disabled,
             CollectorState::Failed => ModuleState::Failed,
         };
-        m.attempts.push(match status.state {
-            CollectorState::Running => StrategyAttempt::ok("core/tp_btf"),
-            _ => StrategyAttempt::failed("core/tp_btf", status.reasons.join("; ")),
-        });
+        let verdict = match status.state {
+            CollectorState::Running => Ok(()),
+            _ => Err(status.reasons.join("; ")),
+        };
+        let hook = match &verdict {
+            Ok(()) => HookAttempt::ok(CONTENTION_HOOKS),
+            Err(reason) => HookAttempt::failed(CONTENTION_HOOKS, reason.clone()),
+        };
+        m.record_hook("core", hook);
+        m.finish_attempt("core", verdict);
         m.last_error = (status.state == CollectorState::Failed).then(|| status.reasons.join("; "));
     });
 }

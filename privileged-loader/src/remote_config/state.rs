@@ -166,10 +166,14 @@ impl RemoteConfigs {
             .map(|(p, v)| (p.clone(), v.iter().map(|(value, _)| value.clone()).collect()))
             .collect();
         let effective = resolve(&self.baseline, &values, &self.allow)?;
-        let blame = verified.configs.first().map(|c| c.path.clone()).unwrap_or_default();
-        self.apply_live(&inner.effective.settings, &effective.settings)
-            .await
-            .map_err(|reason| (blame, reason))?;
+        self.apply_live(&inner.effective.settings, &effective.settings).await.map_err(
+            |(product, reason)| {
+                // Blamed on a config of the product that failed (the others are innocent).
+                let culprit =
+                    verified.configs.iter().find(|c| c.product == product).or(verified.configs.first());
+                (culprit.map(|c| c.path.clone()).unwrap_or_default(), reason)
+            },
+        )?;
         for config in &verified.configs {
             inner.refused.remove(&config.path);
         }
@@ -179,25 +183,28 @@ impl RemoteConfigs {
     }
 
     /// Applies what differs between `old` and `new`; on a failure, what was already
-    /// changed is put back, so the loader runs `old` again.
-    async fn apply_live(&self, old: &Settings, new: &Settings) -> Result<(), String> {
+    /// changed is put back, so the loader runs `old` again. `Err` names the product.
+    async fn apply_live(&self, old: &Settings, new: &Settings) -> Result<(), (&'static str, String)> {
+        use trust::products::{CONNTRACK, LOADER_LOG, LOCK_STATS};
         if old.conntrack != new.conntrack {
-            self.live.conntrack(&new.conntrack).await?;
+            self.live.conntrack(&new.conntrack).await.map_err(|e| (CONNTRACK, e))?;
         }
         if old.lockstats != new.lockstats
             && let Err(reason) = self.live.lockstats(&new.lockstats).await
         {
             self.undo_conntrack(old, new).await;
-            return Err(reason);
+            return Err((LOCK_STATS, reason));
         }
         if old.log_filter != new.log_filter
             && let Err(reason) = self.live.log_filter(&new.log_filter)
         {
             self.undo_conntrack(old, new).await;
-            if old.lockstats != new.lockstats {
-                let _ = self.live.lockstats(&old.lockstats).await;
+            if old.lockstats != new.lockstats
+                && let Err(err) = self.live.lockstats(&old.lockstats).await
+            {
+                tracing::error!(%err, "could not put the previous lockstats settings back");
             }
-            return Err(reason);
+            return Err((LOADER_LOG, reason));
         }
         Ok(())
     }
@@ -257,4 +264,103 @@ fn refuse_all(
         inner.refused.insert(r.path.clone(), r.clone());
     }
     records
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex;
+
+    use trust::test_repo::{File, Repo};
+
+    use super::*;
+    use crate::conntrack::ConntrackConfig;
+    use crate::lockstats::LockStatsConfig;
+    use crate::remote_config::Source;
+    use crate::remote_config::live::BoxFuture;
+
+    /// Stands in for the running modules: a lock-statistics reload that fails on demand
+    /// cannot be provoked in the real kernel from a unit test (the e2e tests apply for real).
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        fail_lockstats: bool,
+    }
+
+    impl LiveApply for Recorder {
+        fn conntrack<'a>(&'a self, c: &'a ConntrackConfig) -> BoxFuture<'a, Result<(), String>> {
+            self.calls.lock().unwrap().push(format!("conntrack udpv6={}", c.udpv6_enabled));
+            Box::pin(async { Ok(()) })
+        }
+        fn lockstats<'a>(&'a self, _: &'a LockStatsConfig) -> BoxFuture<'a, Result<(), String>> {
+            self.calls.lock().unwrap().push("lockstats".into());
+            let fail = self.fail_lockstats;
+            Box::pin(async move { if fail { Err("the kernel said no".into()) } else { Ok(()) } })
+        }
+        fn log_filter(&self, f: &str) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("log {f}"));
+            Ok(())
+        }
+    }
+
+    fn configs(repo: &Repo, recorder: Arc<Recorder>) -> RemoteConfigs {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root.json");
+        std::fs::write(&root, &repo.root_v1).unwrap();
+        let settings = RemoteConfigSettings { root_file: Some(root), ..Default::default() };
+        let baseline = Settings {
+            conntrack: ConntrackConfig::default(),
+            lockstats: LockStatsConfig::default(),
+            log_filter: "info".into(),
+        };
+        RemoteConfigs::new(&settings, baseline, recorder)
+    }
+
+    const CT: &str = "2/CONNTRACK/a/config.json";
+    const LS: &str = "2/LOCK_STATS/a/config.json";
+
+    #[tokio::test]
+    async fn a_failed_live_step_puts_back_what_was_changed_and_answers_error_for_all() {
+        let repo = Repo::new();
+        let recorder = Arc::new(Recorder { fail_lockstats: true, ..Default::default() });
+        let rc = configs(&repo, recorder.clone());
+        let (ct, ls) = (br#"{"udpv6_enabled": false}"#, br#"{"max_ranges": 100}"#);
+        let t = repo
+            .targets(1, &[File { path: CT, raw: ct, v: Some(1) }, File { path: LS, raw: ls, v: Some(1) }]);
+        let proof = Proof { roots: vec![], targets: &t, configs: vec![(CT, ct), (LS, ls)] };
+        let products = ["CONNTRACK".to_string(), "LOCK_STATS".to_string()];
+        let outcome = rc.apply(&products, &proof, jiff::Timestamp::now().as_second()).await.unwrap();
+        assert!(outcome.results.iter().all(|r| r.state == RecordState::Error), "{outcome:?}");
+        let culprit = outcome.results.iter().find(|r| r.path == LS).unwrap();
+        assert_eq!(culprit.error, "the kernel said no", "the failing product's config carries the reason");
+        assert_eq!(
+            *recorder.calls.lock().unwrap(),
+            ["conntrack udpv6=false", "lockstats", "conntrack udpv6=true"],
+            "the conntracker is put back"
+        );
+        let snapshot = rc.snapshot().await;
+        assert_eq!(snapshot.targets_version, 0, "nothing applied: the floor stays");
+        assert!(snapshot.effective.settings.conntrack.udpv6_enabled);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_set_applies_nothing_live_and_an_empty_one_returns_to_the_file() {
+        let repo = Repo::new();
+        let recorder = Arc::new(Recorder::default());
+        let rc = configs(&repo, recorder.clone());
+        let now = jiff::Timestamp::now().as_second();
+        let ct = br#"{"udpv6_enabled": false}"#;
+        let t1 = repo.targets(1, &[File { path: CT, raw: ct, v: Some(1) }]);
+        let products = ["CONNTRACK".to_string()];
+        let proof = Proof { roots: vec![], targets: &t1, configs: vec![(CT, ct)] };
+        rc.apply(&products, &proof, now).await.unwrap();
+        rc.apply(&products, &proof, now).await.unwrap();
+        let t2 = repo.targets(2, &[]);
+        let removal = Proof { roots: vec![], targets: &t2, configs: vec![] };
+        rc.apply(&products, &removal, now).await.unwrap();
+        assert_eq!(*recorder.calls.lock().unwrap(), ["conntrack udpv6=false", "conntrack udpv6=true"]);
+        let snapshot = rc.snapshot().await;
+        assert!(snapshot.records.is_empty() && snapshot.targets_version == 2);
+        assert_eq!(snapshot.effective.sources["conntrack.udpv6_enabled"].1, Source::File);
+    }
 }
