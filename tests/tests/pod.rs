@@ -4,7 +4,8 @@
 //! with runc, the shipped ConfigMaps and seccomp profiles. Checked from outside the
 //! containers: the loader serves through the shared socket volume, lists the node's NAT
 //! translations exactly as `conntrack -L` does, the controller polls the reference
-//! service, and both audits pass inside their containers.
+//! service and pushes the published config to the loader, which applies it, and both
+//! audits pass inside their containers.
 //!
 //! What the test changes in the shipped manifests, and why: the TUF state hostPath points
 //! at a temporary directory (not the machine's /var/lib), the controller's endpoint is the
@@ -22,12 +23,13 @@ use e2e_tests::NatLab;
 use e2e_tests::compare::assert_matches_kernel;
 use e2e_tests::loader::{LoaderHandle, loaderctl};
 use e2e_tests::podman::{self, PlaySpec, PlayedPod, repo_root};
-use harness::{Repo, Service, TOKEN, holds, scratch_dir, wait_until};
+use harness::{Repo, Service, TOKEN, scratch_dir, wait_until};
 
 const POD: &str = "ebpf-agent";
 const LOADER: &str = "privileged-loader";
 const CONTROLLER: &str = "controller";
 const CONTROLLER_UID: u32 = 65532;
+const LOG_PATH: &str = "2/LOADER_LOG/log/config.json";
 const VOLUMES: &[&str] = &[
     "loader-socket",
     "ebpf-loader-config",
@@ -61,7 +63,7 @@ fn the_shipped_pod_runs_under_podman_and_passes_its_audits() {
     podman::build_images();
     let work = scratch_dir();
     let repo = Repo::init(work.path());
-    repo.publish("pod-cfg", r#"{"conntrack":{"enabled":true}}"#);
+    repo.publish_product("LOADER_LOG", "log", r#"{"filter": "info"}"#);
     let service = Service::start(work.path(), &repo, &[]);
     let pod = play(work.path(), &repo, &service);
 
@@ -70,12 +72,17 @@ fn the_shipped_pod_runs_under_podman_and_passes_its_audits() {
     let _connections = lab.connect_all().expect("NAT'd connections");
     assert_matches_kernel(&loader, &lab, |_| true);
 
-    let state = work.path().join("state");
-    let status = wait_until(Duration::from_secs(30), "the controller to hold the published config", || {
-        let raw = fs::read(state.join("status.json")).ok()?;
-        let status: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-        holds(&status, "pod-cfg", 1).then_some(status)
+    // The controller polls the service, verifies, pushes to the loader over the shared
+    // socket, and the loader (re-verifying against its own pinned root) applies it.
+    let applied = wait_until(Duration::from_secs(60), "the published config applied in the loader", || {
+        let config = loader.ctl_json(&["config"]);
+        let records = config["remote_configs"].as_array()?;
+        records.iter().any(|r| r["path"] == LOG_PATH && r["state"] == "applied").then_some(config)
     });
+    assert_eq!(applied["remote_config_enabled"], true, "the loader pins the shipped root: {applied:#}");
+    let state = work.path().join("state");
+    let status: serde_json::Value =
+        serde_json::from_slice(&fs::read(state.join("status.json")).expect("status.json")).expect("JSON");
     assert!(status["polls_ok"].as_u64() >= Some(1), "{status:#}");
 
     assert_audit_passes(&pod, LOADER, &["/loaderctl", "--socket", "/run/ebpf-loader/loader.sock", "audit"]);
