@@ -103,12 +103,20 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
         lockstats: Some(lockstats),
         started_at_unix_ms,
         startup: startup.clone(),
+        walks: Default::default(),
     };
     tasks.spawn(cancel_on_signal(shutdown.clone()));
     let elapsed = exec.elapsed();
     let _ = startup.set(elapsed);
     info!(socket = %config.api.socket.display(), startup_ms = elapsed.as_secs_f64() * 1000.0, "serving the loader API");
-    let served = api::serve(loader_api, listener, config.api.allow_list(), shutdown.clone()).await;
+    let served = api::serve(
+        loader_api,
+        listener,
+        config.api.allow_list(),
+        config.api.limits.clone(),
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     if let Err(err) = std::fs::remove_file(&config.api.socket) {

@@ -3,6 +3,8 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use shared_proto::loader::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -21,6 +23,33 @@ pub struct LoaderApi {
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
+    /// Turns for calls that walk a whole map (`api.limits.max_concurrent_map_walks`).
+    pub walks: MapWalks,
+}
+
+/// Map walks take one syscall per key (~100 ms for a full conntrack map): they run on the
+/// blocking pool, a bounded number at once, so the async workers keep answering health
+/// checks and lookups while they run.
+#[derive(Clone)]
+pub struct MapWalks(Arc<Semaphore>);
+
+impl MapWalks {
+    pub fn new(at_once: usize) -> Self {
+        Self(Arc::new(Semaphore::new(at_once.max(1))))
+    }
+
+    async fn run<T: Send + 'static>(&self, walk: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+        let _turn = self.0.acquire().await.map_err(|_| Status::unavailable("the loader is shutting down"))?;
+        tokio::task::spawn_blocking(walk)
+            .await
+            .map_err(|e| Status::internal(format!("a map walk failed: {e}")))
+    }
+}
+
+impl Default for MapWalks {
+    fn default() -> Self {
+        Self::new(super::limits::Limits::default().max_concurrent_map_walks)
+    }
 }
 
 impl LoaderApi {
@@ -40,7 +69,8 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let tables = self.conntrack.as_ref().map(|c| c.tables()).unwrap_or_default();
+        let tracker = self.conntrack.clone();
+        let tables = self.walks.run(move || tracker.map(|c| c.tables()).unwrap_or_default()).await?;
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),
@@ -63,7 +93,9 @@ impl pb::loader_server::Loader for LoaderApi {
         request: Request<pb::ListConntrackRequest>,
     ) -> Result<Response<Self::ListConntrackStream>, Status> {
         let netns = request.into_inner().netns;
-        let entries = self.conntracker()?.entries().map_err(|e| Status::internal(e.to_string()))?;
+        let tracker = self.conntracker()?.clone();
+        let entries =
+            self.walks.run(move || tracker.entries()).await?.map_err(|e| Status::internal(e.to_string()))?;
         let items = entries
             .into_iter()
             .filter(move |e| netns == 0 || e.netns == netns)
