@@ -25,6 +25,8 @@ pub struct LoaderOptions<'a> {
     pub args: &'a [&'a str],
     /// Peer uids allowed on the API (root is always allowed).
     pub allowed_uids: &'a [u32],
+    /// Peer gids (primary or supplementary) allowed on the API.
+    pub allowed_gids: &'a [u32],
 }
 
 impl LoaderProcess {
@@ -36,9 +38,10 @@ impl LoaderProcess {
         let mut uids = vec![0];
         uids.extend_from_slice(options.allowed_uids);
         let config = format!(
-            "[api]\nsocket = {:?}\nallowed_uids = {:?}\n\n{}\n",
+            "[api]\nsocket = {:?}\nallowed_uids = {:?}\nallowed_gids = {:?}\n\n{}\n",
             socket.display().to_string(),
             uids,
+            options.allowed_gids,
             options.extra_toml
         );
         let config_path = dir.path().join("loader.toml");

@@ -15,8 +15,10 @@ fn request_frame(encoder: &mut loona_hpack::Encoder<'_>, stream: u32, authority:
     out
 }
 
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What h2 would decode from the rewritten bytes: (stream, fields) per header block.
-fn decoded_blocks(bytes: &[u8]) -> Vec<(u32, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn decoded_blocks(bytes: &[u8]) -> Vec<(u32, Fields)> {
     assert_eq!(&bytes[..PREFACE_LEN], PREFACE);
     let mut decoder = loona_hpack::Decoder::new();
     let (mut pos, mut blocks) = (PREFACE_LEN, Vec::new());
@@ -30,7 +32,7 @@ fn decoded_blocks(bytes: &[u8]) -> Vec<(u32, Vec<(Vec<u8>, Vec<u8>)>)> {
     blocks
 }
 
-fn authority(fields: &[(Vec<u8>, Vec<u8>)]) -> &[u8] {
+fn authority(fields: &Fields) -> &[u8] {
     &fields.iter().find(|(n, _)| n == b":authority").expect(":authority").1
 }
 
