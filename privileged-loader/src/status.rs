@@ -87,6 +87,8 @@ pub struct ModuleRecord {
     pub attempts: Vec<StrategyAttempt>,
     pub last_error: Option<String>,
     pub load_time: Duration,
+    /// Things an operator should know about a running module (a fallback it took).
+    pub notes: Vec<String>,
 }
 
 impl ModuleRecord {
@@ -98,6 +100,7 @@ impl ModuleRecord {
             attempts: Vec::new(),
             last_error: None,
             load_time: Duration::ZERO,
+            notes: Vec::new(),
         }
     }
 }

@@ -110,7 +110,7 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
             json!({
                 "name": m.name, "state": module_state(m.state), "strategy": m.strategy,
                 "attempts": m.attempts.iter().map(|a| json!({"strategy": a.strategy, "ok": a.ok, "reason": a.reason})).collect::<Vec<_>>(),
-                "last_error": m.last_error, "load_time_us": m.load_time_us,
+                "last_error": m.last_error, "load_time_us": m.load_time_us, "notes": m.notes,
                 "maps": m.maps.iter().map(|f| json!({"name": f.name, "entries": f.entries, "max_entries": f.max_entries})).collect::<Vec<_>>(),
             })
         })
@@ -180,6 +180,9 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
         for a in &m.attempts {
             let verdict = if a.ok { "chosen".to_string() } else { format!("not used: {}", a.reason) };
             out.push_str(&format!("  {} {}: {}\n", m.name, a.strategy, verdict));
+        }
+        for note in &m.notes {
+            out.push_str(&format!("  {} note: {note}\n", m.name));
         }
     }
     out.push('\n');
