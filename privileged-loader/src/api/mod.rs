@@ -6,6 +6,7 @@ mod connection;
 mod convert;
 mod grpc_status;
 mod limits;
+mod map_walks;
 mod peer;
 mod quiet_log;
 mod service;
@@ -23,8 +24,9 @@ pub use authority::{AuthorityRewriter, RewriteError};
 pub use connection::ConnectionStats;
 pub use convert::kernel as kernel_report;
 pub use limits::Limits;
+pub use map_walks::MapWalks;
 pub use peer::Peer;
-pub use service::{LoaderApi, MapWalks};
+pub use service::LoaderApi;
 pub use socket::{SocketError, bind};
 
 /// Section `[api]` of the configuration.

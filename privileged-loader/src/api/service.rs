@@ -3,13 +3,12 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use shared_proto::loader::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::map_walks::MapWalks;
 use crate::conntrack::{Conntracker, Tuple};
 use crate::lockstats::LockStatsCollector;
 use crate::status::Registry;
@@ -25,31 +24,6 @@ pub struct LoaderApi {
     pub startup: Arc<OnceLock<Duration>>,
     /// Turns for calls that walk a whole map (`api.limits.max_concurrent_map_walks`).
     pub walks: MapWalks,
-}
-
-/// Map walks take one syscall per key (~100 ms for a full conntrack map): they run on the
-/// blocking pool, a bounded number at once, so the async workers keep answering health
-/// checks and lookups while they run.
-#[derive(Clone)]
-pub struct MapWalks(Arc<Semaphore>);
-
-impl MapWalks {
-    pub fn new(at_once: usize) -> Self {
-        Self(Arc::new(Semaphore::new(at_once.max(1))))
-    }
-
-    async fn run<T: Send + 'static>(&self, walk: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-        let _turn = self.0.acquire().await.map_err(|_| Status::unavailable("the loader is shutting down"))?;
-        tokio::task::spawn_blocking(walk)
-            .await
-            .map_err(|e| Status::internal(format!("a map walk failed: {e}")))
-    }
-}
-
-impl Default for MapWalks {
-    fn default() -> Self {
-        Self::new(super::limits::Limits::default().max_concurrent_map_walks)
-    }
 }
 
 impl LoaderApi {
@@ -69,8 +43,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let tracker = self.conntrack.clone();
-        let tables = self.walks.run(move || tracker.map(|c| c.tables()).unwrap_or_default()).await?;
+        let tables = self.walks.fill_levels(self.conntrack.clone()).await?;
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),
