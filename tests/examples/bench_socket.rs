@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         let mut client = api_load::client(&loader.socket).await?;
         status_latency("empty map", &mut client).await?;
         map_fill::fill(map_fill::conntrack_map_id(pid)?, SLOTS / 2)?;
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        tokio::time::sleep(Duration::from_millis(10_100)).await;
         status_latency("full map", &mut client).await?;
 
         health_while("32 callers loop GetStatus", &loader.socket, 32, loop_for, |mut c| async move {
@@ -86,7 +86,7 @@ async fn churn_connections(socket: &Path, n: usize) -> anyhow::Result<usize> {
     Ok(failed)
 }
 
-/// p50/p99 of 200 sequential `GetStatus` calls, and of 10 calls each after the shared
+/// p50/p99 of 200 sequential `GetStatus` calls, and of 3 calls each after the shared
 /// fill level has expired (each one counts the map).
 async fn status_latency(label: &str, client: &mut LoaderClient) -> anyhow::Result<()> {
     let mut warm = Vec::new();
@@ -96,14 +96,14 @@ async fn status_latency(label: &str, client: &mut LoaderClient) -> anyhow::Resul
         warm.push(start.elapsed());
     }
     let mut cold = Vec::new();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(1050)).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(10_050)).await;
         let start = Instant::now();
         client.get_status(pb::GetStatusRequest {}).await?;
         cold.push(start.elapsed());
     }
     println!(
-        "GetStatus, {label}: p50 {:.2} ms, p99 {:.2} ms (200 calls); counting the map: p50 {:.2} ms, max {:.2} ms (10 calls)",
+        "GetStatus, {label}: p50 {:.2} ms, p99 {:.2} ms (200 calls); counting the map: p50 {:.2} ms, max {:.2} ms (3 calls)",
         api_load::percentile_ms(&mut warm, 50.0),
         api_load::percentile_ms(&mut warm, 99.0),
         api_load::percentile_ms(&mut cold, 50.0),

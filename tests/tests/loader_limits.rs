@@ -201,3 +201,35 @@ fn a_caller_allowed_by_a_supplementary_group_is_served() {
     let refused = run_as("100");
     assert!(!refused.status.success(), "without group 4242 the caller is refused");
 }
+
+/// At the file-descriptor limit accept() fails with EMFILE while connections wait in the
+/// backlog: the loader pauses instead of retrying in a loop, says so, and serves again
+/// once descriptors are free.
+#[test]
+fn at_the_file_descriptor_limit_the_loader_pauses_instead_of_spinning() {
+    let loader = LoaderProcess::start(LoaderOptions {
+        extra_toml: "[api.limits]\nmax_connections = 10000\n",
+        ..Default::default()
+    });
+    let pid = loader.process.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
+    let limit = (open_fds + 20).to_string();
+    let set = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status();
+    assert!(set.expect("prlimit").success());
+    let held: Vec<UnixStream> =
+        (0..60).map(|_| UnixStream::connect(&loader.socket).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 40, "{used} ticks of CPU in 2 s at the descriptor limit: a busy loop");
+    assert!(loader.log_text().contains("accepting a connection failed"), "{}", loader.log_text());
+    drop(held);
+    let served =
+        e2e_tests::process::wait_until(Duration::from_secs(10), || loader.ctl(&["health"]).status.success());
+    assert!(served, "the loader must serve again once descriptors are free:\n{}", loader.log_text());
+}

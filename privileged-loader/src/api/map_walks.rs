@@ -1,8 +1,10 @@
 //! Calls that walk a whole map. A walk takes one syscall per key (~100 ms for a full
 //! conntrack map of 131k slots), so walks run on the blocking pool, a bounded number at
 //! once, and the async workers keep answering health checks and lookups meanwhile. The
-//! fill level `GetStatus` shows is counted at most once a second and shared: any number
-//! of callers cost one walk a second, not one walk each.
+//! fill level `GetStatus` shows is counted at most once every `FILL_MAX_AGE` and shared:
+//! any number of callers cost one walk per period (≤ 1 % of a core for a full map), and
+//! `GetStatus` itself reads a stored number. (An exact O(1) count needs the kernel's
+//! per-map element counter, read by an eBPF iterator: not done yet.)
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +13,9 @@ use tonic::Status;
 
 use crate::conntrack::{Conntracker, TableFill};
 
-/// How old a shared fill level may be.
-const FILL_MAX_AGE: Duration = Duration::from_secs(1);
+/// How old a shared fill level may be: a fill level is for trends and alerts, not
+/// for decisions that need the count of this very second.
+const FILL_MAX_AGE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct MapWalks {
