@@ -8,21 +8,9 @@ import sys
 
 import grpc
 
+from protowire import field
+
 LOOKUP = "/loader.v1.Loader/LookupTranslation"
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def raw_call(channel, payload: bytes):
