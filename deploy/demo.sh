@@ -6,9 +6,14 @@
 #   3. real connections through the DNAT rule,
 #   4. `loaderctl` (as an unprivileged uid) showing the loader's status, the live NAT
 #      translations next to `conntrack -L`, and the lock statistics of its maps,
-#   5. the reference config service publishing a signed (TUF) config on loopback, and the
-#      controller, as uid 65534 with no capabilities, polling it with a bearer token and
-#      verifying what it gets.
+#   5. the whole remote-config loop: the reference config service publishes a signed (TUF)
+#      CONNTRACK config on loopback; the controller, as uid 65534 with no capabilities,
+#      polls it with a bearer token, verifies it and pushes it to the loader, which
+#      re-verifies it against its own pinned root, checks its allow-list and reloads the
+#      conntracker (IPv6 UDP NAT entries stop being recorded, the map gets its new size);
+#      the service hears "acknowledged"; then a config the loader's allow-list forbids is
+#      published, the error reaches the service and the loader keeps the previous config;
+#      last, a few lines of the controller's Prometheus /metrics.
 # Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +35,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== network namespace $ns with DNAT 10.99.0.1:80 -> 127.0.0.1:8080 (tcp and udp)"
+echo "== network namespace $ns with DNAT 10.99.0.1:80 -> 127.0.0.1:8080 (tcp and udp), [fd99::1]:53 -> [::1]:5353 (udp)"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 ip -n "$ns" addr add 10.99.0.1/32 dev lo
+ip -n "$ns" addr add fd99::1/128 dev lo nodad
 ip netns exec "$ns" nft -f - <<'NFT'
 table ip nat {
   chain output {
@@ -42,18 +48,36 @@ table ip nat {
     ip daddr 10.99.0.1 udp dport 53 dnat to 127.0.0.1:5353
   }
 }
+table ip6 nat {
+  chain output {
+    type nat hook output priority -100;
+    ip6 daddr fd99::1 udp dport 53 dnat to [::1]:5353
+  }
+}
 NFT
 ip netns exec "$ns" python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do ip netns exec "$ns" curl -s -o /dev/null http://127.0.0.1:8080/ && break; sleep 0.05; done
 
+# The remote-config repository (keys, signed metadata): the loader pins its first root.
+repo=$work/repo
+"$bin/config-service" init --repo "$repo" >/dev/null
+cp "$repo/metadata/1.root.json" "$work/loader-root.json"
+
 # The demo's loader runs inside the namespace so that its ctnetlink dump and destroy
-# events cover the namespace's connections too.
+# events cover the namespace's connections too. Its allow-list caps what remote config
+# may ask for.
 sock=$work/run/loader.sock
 cat > "$work/loader.toml" <<TOML
 [api]
 socket = "$sock"
 allowed_uids = [0, 65534]
+
+[remote_config]
+root_file = "$work/loader-root.json"
+
+[remote_config.allow]
+max_conntrack_entries = 262144
 TOML
 echo "== starting privileged-loader"
 ip netns exec "$ns" "$bin/privileged-loader" run --config "$work/loader.toml" 2> "$work/loader.log" &
@@ -79,28 +103,72 @@ ctl conntrack list --json | jq length
 echo; echo "== loaderctl lockstats"
 ctl lockstats
 
-echo; echo "== remote config: config-service publishes, the unprivileged controller verifies"
-repo=$work/repo
-"$bin/config-service" init --repo "$repo" >/dev/null
-echo '{"conntrack": {"udpv6_enabled": false}}' > "$work/loader-config.json"
-"$bin/config-service" publish --repo "$repo" LOADER_CONFIG demo "$work/loader-config.json"
-token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
-printf 'demo:%s\n' "$token" > "$work/tokens"; chmod 0600 "$work/tokens"
+udp6() {  # one IPv6 UDP datagram through the DNAT rule, from a new source port
+  ip netns exec "$ns" python3 -c 'import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.sendto(b"hi", ("fd99::1", 53)); print(s.getsockname()[1])'
+}
+listed_udp6() { ctl conntrack list --json | jq -r '.[] | select(.original.dst_addr == "fd99::1") | .original.src_port'; }
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s
+  local secs=$1 what=$2; shift 2
+  for _ in $(seq $((secs * 5))); do "$@" && return 0; sleep 0.2; done
+  echo "demo: timed out after ${secs}s waiting for $what" >&2; return 1
+}
+
+echo; echo "== IPv6 UDP NAT before any remote config (udpv6_enabled = true in the file)"
+port6=$(udp6); sleep 0.3
+echo "sent from port $port6; the loader lists IPv6 UDP entries from ports: $(listed_udp6 | tr '\n' ' ')"
+
+echo; echo "== remote config: the service publishes, the controller verifies and pushes, the loader re-verifies and applies"
+printf 'demo:%s\n' "$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > "$work/tokens"; chmod 0600 "$work/tokens"
 mkdir -p "$work/controller/state"
-printf '%s' "$token" > "$work/controller/token"
+cut -d: -f2 "$work/tokens" | tr -d '\n' > "$work/controller/token"
 cp "$repo/metadata/1.root.json" "$work/controller/root.json"
 chown -R 65534:65534 "$work/controller"; chmod 0700 "$work/controller"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin/config-service" serve --repo "$repo" --listen "127.0.0.1:$port" --tokens-file "$work/tokens" 2> "$work/service.log" &
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port); metrics_port=$(free_port)
+"$bin/config-service" serve --repo "$repo" --listen "127.0.0.1:$port" --tokens-file "$work/tokens" \
+  --request-log "$work/requests.jsonl" 2> "$work/service.log" &
 pids+=($!)
 sleep 0.5
-setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$bin/controller" run \
+CONTROLLER_LOADER__SOCKET="$sock" CONTROLLER_METRICS__LISTEN="127.0.0.1:$metrics_port" \
+  setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$bin/controller" run \
   --state-dir "$work/controller/state" --endpoint "http://127.0.0.1:$port" \
   --token-file "$work/controller/token" --root-file "$work/controller/root.json" \
   --poll-interval-secs 1 2> "$work/controller.log" &
 pids+=($!)
-for _ in $(seq 100); do
-  grep -q '"apply_state": *2' "$work/controller/state/status.json" 2>/dev/null && break; sleep 0.1
-done
+
+echo '{"udpv6_enabled": false, "max_entries": 32768}' > "$work/conntrack.json"
+echo "publishing CONNTRACK demo v1: $(cat "$work/conntrack.json")"
+"$bin/config-service" publish --repo "$repo" CONNTRACK demo "$work/conntrack.json"
+remote_source() { [ "$(ctl config --json | jq -r '.values["conntrack.udpv6_enabled"].source')" = remote ]; }
+wait_for 30 "the loader to apply the config" remote_source
+echo; echo "== loaderctl config (effective values and where each came from)"
+ctl config
+echo; echo "== the conntracker after the reload"
+ctl status --json | jq -c '.modules[] | select(.name == "conntrack") | {state, strategy, maps}'
+port6=$(udp6); sleep 0.3
+echo "IPv6 UDP sent from port $port6; the kernel has it:"
+ip netns exec "$ns" conntrack -L -f ipv6 -p udp 2>/dev/null | grep "sport=$port6 " || true
+if listed_udp6 | grep -qx "$port6"; then echo "the loader lists it (unexpected)"; else echo "the loader does not record it: udpv6_enabled = false is in force"; fi
+
+reported() {  # reported VERSION STATE: the service heard STATE for config demo at VERSION
+  jq -e --argjson v "$1" --argjson s "$2" 'select(.config_states[]? | .id == "demo" and .version == $v and .apply_state == $s)' \
+    "$work/requests.jsonl" >/dev/null 2>&1
+}
+wait_for 30 "the service to hear acknowledged" reported 1 2
+echo; echo "== the service's view (the last request's config states: 2 = acknowledged, 3 = error)"
+tail -n 1 "$work/requests.jsonl" | jq -c '.config_states'
+
+echo; echo "== publishing a config the loader's allow-list forbids (max_entries above its cap of 262144)"
+echo '{"max_entries": 10000000}' > "$work/conntrack.json"
+"$bin/config-service" publish --repo "$repo" CONNTRACK demo "$work/conntrack.json"
+wait_for 30 "the service to hear the error" reported 2 3
+tail -n 1 "$work/requests.jsonl" | jq -c '.config_states[] | select(.id == "demo") | {version, apply_state, apply_error}'
+echo "the loader keeps the previous config:"
+ctl config --json | jq -c '{max_entries: .values["conntrack.max_entries"], udpv6_enabled: .values["conntrack.udpv6_enabled"]}'
+
+echo; echo "== controller status"
 "$bin/controller" status --state-dir "$work/controller/state"
+echo; echo "== a few lines of the controller's /metrics (http://127.0.0.1:$metrics_port/metrics)"
+curl -s "http://127.0.0.1:$metrics_port/metrics" \
+  | grep -E '^(controller_config_apply_states|controller_polls_total|loader_module_state|loader_conntrack_(max_)?entries)' | head -n 12
 echo; echo "demo finished"

@@ -7,8 +7,7 @@
 //! Run: `cargo run --release -p controller --example bench_verify`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/repo.rs"]
-mod repo;
+use trust::test_repo as repo;
 #[path = "../tests/support/service.rs"]
 mod service;
 
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use controller::remote::fetch::{FetchSettings, Fetcher};
 use controller::remote::request::{ClientIdentity, build_request};
 use controller::store::Store;
-use controller::tuf::{Applied, ExpiryCheck, TrustedState, Update, apply_update};
+use trust::{Applied, ExpiryCheck, TrustedState, Update, apply_update};
 
 const CONFIGS: usize = 1000;
 const RUNS: usize = 30;

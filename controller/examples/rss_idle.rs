@@ -6,8 +6,7 @@
 //!  cargo run --release -p controller --example rss_idle`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/repo.rs"]
-mod repo;
+use trust::test_repo as repo;
 #[path = "../tests/support/service.rs"]
 mod service;
 

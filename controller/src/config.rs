@@ -16,6 +16,32 @@ pub struct Config {
     /// Development only: allow running as uid 0.
     pub allow_root: bool,
     pub remote_config: RemoteConfig,
+    /// `[loader]`: where verified configs of the loader's products are pushed.
+    #[serde(default)]
+    pub loader: LoaderLink,
+    /// `[metrics]`: the Prometheus listener.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
+}
+
+/// The `[loader]` table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoaderLink {
+    /// The loader's API socket. Empty: configs are verified and held but pushed nowhere.
+    pub socket: PathBuf,
+}
+
+impl Default for LoaderLink {
+    fn default() -> Self {
+        Self { socket: PathBuf::from("/run/ebpf-loader/loader.sock") }
+    }
+}
+
+impl LoaderLink {
+    pub fn socket(&self) -> Option<&Path> {
+        (!self.socket.as_os_str().is_empty()).then_some(self.socket.as_path())
+    }
 }
 
 /// The `[remote_config]` table.
@@ -43,13 +69,17 @@ impl Default for Config {
         Self {
             state_dir: PathBuf::from("/var/lib/ebpf-controller"),
             allow_root: false,
+            loader: LoaderLink::default(),
+            metrics: Default::default(),
             remote_config: RemoteConfig {
                 endpoint: "http://127.0.0.1:7443".into(),
                 token_file: PathBuf::from("/run/secrets/remote-config-token"),
                 ca_file: PathBuf::new(),
                 root_file: PathBuf::new(),
                 client_id: String::new(),
-                products: vec!["LOADER_CONFIG".into()],
+                products: ["LOADER_CONFIG", "CONNTRACK", "LOCK_STATS", "LOADER_LOG"]
+                    .map(String::from)
+                    .to_vec(),
                 poll_interval_secs: 5,
                 max_backoff_secs: 90,
                 clock_skew_secs: 60,
@@ -147,7 +177,11 @@ impl Config {
 /// Only environment variables naming our keys are read, so unrelated `CONTROLLER_*`
 /// variables in a pod spec do not trip the unknown-key check meant for typos in files.
 fn is_config_key(key: &str) -> bool {
-    key == "state_dir" || key == "allow_root" || key.starts_with("remote_config")
+    key == "state_dir"
+        || key == "allow_root"
+        || key.starts_with("remote_config")
+        || key.starts_with("loader")
+        || key.starts_with("metrics")
 }
 
 impl RemoteConfig {

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use controller::config::{Config, Overrides, RemoteOverrides};
+use controller::metrics::{self, loader::LoaderReader};
 use controller::remote::poll::Poller;
 use controller::status::Status;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(version, about = "The unprivileged controller: remote-config client with TUF verification")]
@@ -102,12 +103,41 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let poller = Poller::prepare(&config)?;
     let cancel = CancellationToken::new();
+    let metrics = start_metrics(&config, &poller, &cancel).await;
     let poll = tokio::spawn(poller.run(cancel.clone()));
     shutdown_signal().await?;
     info!("shutting down");
     cancel.cancel();
     poll.await.context("the poll loop panicked")?;
+    if let Some(metrics) = metrics {
+        metrics.await.context("the metrics listener panicked")?;
+    }
     Ok(())
+}
+
+/// Starts the `/metrics` listener. One that cannot bind is reported and left out: the
+/// poll loop, which is what the node needs, runs on.
+async fn start_metrics(
+    config: &Config,
+    poller: &Poller,
+    cancel: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listen = &config.metrics.listen;
+    if listen.is_empty() {
+        return None;
+    }
+    let listener = match tokio::net::TcpListener::bind(listen.as_str()).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(listen = %listen, error = %e, "cannot serve metrics: change metrics.listen (or set it empty to turn them off)");
+            return None;
+        }
+    };
+    let loader = config
+        .loader
+        .socket()
+        .map(|s| std::sync::Arc::new(LoaderReader::new(s, config.metrics.loader_cache())));
+    Some(tokio::spawn(metrics::serve(listener, poller.metrics(), loader, cancel.clone())))
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

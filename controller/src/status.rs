@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{StoreError, overwrite_in_place, replace_file};
-use crate::tuf::{ConfigEntry, TrustedState};
+use trust::{ConfigEntry, TrustedState};
 
 pub const STATUS_FILE: &str = "status.json";
 

@@ -3,16 +3,14 @@
 //! verifies — the old or the new one, never a mix — and no temporary file left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use controller::store::Store;
-use controller::tuf::{Applied, ExpiryCheck, TrustedState, Update, apply_update};
-use support::repo::{File, Repo};
+use trust::test_repo::{File, Repo};
+use trust::{Applied, ExpiryCheck, TrustedState, Update, apply_update};
 
 const WRITER_DIR: &str = "STORE_FAULTS_WRITER_DIR";
 const PATH: &str = "2/LOADER_CONFIG/cfg1/config.json";

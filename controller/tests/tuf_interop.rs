@@ -8,8 +8,8 @@ mod support;
 use std::collections::HashMap;
 use std::process::Command;
 
-use controller::tuf::{Applied, ExpiryCheck, TrustedState, Update, apply_update};
 use support::repo::{File, Repo};
+use trust::{Applied, ExpiryCheck, TrustedState, Update, apply_update};
 
 #[test]
 fn metadata_round_trips_with_python_tuf() {

@@ -11,6 +11,7 @@ use crate::api::ApiConfig;
 use crate::btf::BtfConfig;
 use crate::conntrack::ConntrackConfig;
 use crate::lockstats::LockStatsConfig;
+use crate::remote_config::RemoteConfigSettings;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +48,8 @@ pub struct LoaderConfig {
     pub conntrack: ConntrackConfig,
     pub lockstats: LockStatsConfig,
     pub privileges: PrivilegesConfig,
+    /// `[remote_config]`: the pinned root and the local allow-list (docs/remote-config.md).
+    pub remote_config: RemoteConfigSettings,
 }
 
 #[derive(Debug, thiserror::Error)]

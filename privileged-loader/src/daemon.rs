@@ -8,13 +8,14 @@ use anyhow::{Context, Result};
 use privileged_loader::api::{self, LoaderApi};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::config::{LoaderConfig, LogFormat};
-use privileged_loader::conntrack::{self, Conntracker};
-use privileged_loader::lockstats::{self, OwnedMap};
-use privileged_loader::status::{ModuleState, Registry};
+use privileged_loader::modules::{Modules, ReloadAction};
+use privileged_loader::remote_config::{LogReload, RemoteConfigs, RunningLoader, Settings};
+use privileged_loader::status::Registry;
 use privileged_loader::{btf, privileges, probe};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use tracing_subscriber::{EnvFilter, fmt, reload};
 
 pub fn probe_command(config: &LoaderConfig, json: bool) -> Result<()> {
     let assets = AssetLoader::new(btf::discover(&config.btf), config.bpf_dir.clone(), Registry::default());
@@ -28,7 +29,7 @@ pub fn probe_command(config: &LoaderConfig, json: bool) -> Result<()> {
 }
 
 pub fn run_command(config: LoaderConfig, exec: Instant) -> Result<()> {
-    init_tracing(&config.log_format);
+    let log = init_tracing(&config.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
     if config.privileges.drop {
@@ -46,23 +47,31 @@ pub fn run_command(config: LoaderConfig, exec: Instant) -> Result<()> {
         });
     }
     let runtime = builder.build().context("starting the async runtime")?;
-    runtime.block_on(run(config, exec))
+    runtime.block_on(run(config, exec, log))
 }
 
-fn init_tracing(format: &LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+/// The log filter in force at start (`RUST_LOG`, else `info`): the baseline of `LOADER_LOG`.
+fn baseline_log_filter() -> String {
+    std::env::var("RUST_LOG").ok().filter(|f| EnvFilter::try_new(f).is_ok()).unwrap_or_else(|| "info".into())
 }
 
-async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
+/// Installs the subscriber; the filter sits behind a reload handle so that a `LOADER_LOG`
+/// remote config changes it live.
+fn init_tracing(format: &LogFormat) -> LogReload {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(baseline_log_filter()));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = *format == LogFormat::Json;
+    let text_layer = (!json).then(|| fmt::layer().with_writer(std::io::stderr).with_ansi(ansi));
+    let json_layer = json.then(|| fmt::layer().json().with_writer(std::io::stderr));
+    tracing_subscriber::registry().with(filter).with(text_layer).with(json_layer).init();
+    Box::new(move |directives: &str| {
+        let filter = EnvFilter::try_new(directives).map_err(|e| format!("filter {directives:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| format!("the log filter could not be replaced: {e}"))
+    })
+}
+
+async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> {
     let registry = Registry::default();
     let started_at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let found_btf = btf::discover(&config.btf);
@@ -79,15 +88,13 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let conntrack = start_conntrack(&config, &assets, &registry, &shutdown, &mut tasks).await;
+    let modules = Modules::new(Arc::new(assets), registry.clone(), shutdown.clone());
+    start_conntrack(&config, &modules).await;
     // Post-register: once every module is loaded, and while walking other maps by id is
     // still allowed (CAP_SYS_ADMIN), before the drop.
-    let owned: Vec<OwnedMap> = conntrack
-        .iter()
-        .flat_map(|c| c.bpf_map_ids())
-        .map(|id| OwnedMap::by_id(id, conntrack::core::MODULE))
-        .collect();
-    let lockstats = Arc::new(lockstats::start(&config.lockstats, &assets, &registry, &owned));
+    if let Err(err) = modules.start_lockstats(config.lockstats.clone()).await {
+        warn!(%err, "the lock-statistics collector did not start; see GetStatus (module \"lockstats\")");
+    }
 
     if config.privileges.drop {
         let keep = privileges::parse_caps(&config.privileges.keep)?;
@@ -96,14 +103,26 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     }
 
     let startup = Arc::new(OnceLock::new());
+    let baseline = Settings {
+        conntrack: config.conntrack.clone(),
+        lockstats: config.lockstats.clone(),
+        log_filter: baseline_log_filter(),
+    };
+    let remote = RemoteConfigs::new(
+        &config.remote_config,
+        baseline,
+        Arc::new(RunningLoader { modules: modules.clone(), log }),
+    );
     let loader_api = LoaderApi {
         registry,
         kernel: api::kernel_report(&kernel),
-        conntrack,
-        lockstats: Some(lockstats),
+        modules: modules.clone(),
         started_at_unix_ms,
         startup: startup.clone(),
         walks: Default::default(),
+        remote: Arc::new(remote),
+        access: config.api.access(),
+        instance: format!("{}-{started_at_unix_ms}", std::process::id()),
     };
     tasks.spawn(cancel_on_signal(shutdown.clone()));
     let elapsed = exec.elapsed();
@@ -118,6 +137,7 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     )
     .await;
     shutdown.cancel();
+    modules.stop_all().await;
     while tasks.join_next().await.is_some() {}
     if let Err(err) = std::fs::remove_file(&config.api.socket) {
         warn!(%err, socket = %config.api.socket.display(), "could not remove the API socket");
@@ -127,31 +147,14 @@ async fn run(config: LoaderConfig, exec: Instant) -> Result<()> {
     Ok(())
 }
 
-async fn start_conntrack(
-    config: &LoaderConfig,
-    assets: &AssetLoader,
-    registry: &Registry,
-    shutdown: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) -> Option<Arc<dyn Conntracker>> {
-    if !config.conntrack.enabled {
-        registry.update_module(conntrack::core::MODULE, |m| m.state = ModuleState::Disabled);
-        return None;
-    }
-    match conntrack::chain::start(&config.conntrack, assets, registry, shutdown.clone()).await {
-        Ok(running) => {
-            let mut owned = running.tasks;
-            tasks.spawn(async move { while owned.join_next().await.is_some() {} });
-            Some(running.tracker)
+/// Starts the conntracker; a failure is a status line, and the API serves without it.
+async fn start_conntrack(config: &LoaderConfig, modules: &Modules) {
+    match modules.start_conntrack(config.conntrack.clone()).await {
+        Ok(report) if report.action == ReloadAction::Stopped => {
+            info!("the conntracker is disabled by configuration (conntrack.enabled = false)")
         }
-        Err(err) => {
-            error!(%err, "the conntracker did not start; the API keeps serving without it");
-            registry.update_module(conntrack::core::MODULE, |m| {
-                m.state = ModuleState::Failed;
-                m.last_error = Some(err.to_string());
-            });
-            None
-        }
+        Ok(report) => info!(implementation = %report.implementation, "conntracker started"),
+        Err(err) => error!(%err, "the conntracker did not start; the API keeps serving without it"),
     }
 }
 

@@ -59,6 +59,8 @@ pub enum ModuleState {
     Running,
     Failed,
     Disabled,
+    /// Stopped while the loader runs (it can be started again).
+    Stopped,
 }
 
 /// One strategy a module tried, in order, and why it was or was not used.
@@ -78,6 +80,27 @@ impl StrategyAttempt {
     }
 }
 
+/// How many failed reloads a module record keeps (the newest).
+pub const FAILED_RELOADS_KEPT: usize = 8;
+
+/// A reload that took effect: when, and which configuration keys it changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReloadRecord {
+    pub at_unix_ms: i64,
+    /// Top-level keys of the module's configuration section that changed.
+    pub changed: Vec<String>,
+    /// Whether the running object was kept (`in place`) or replaced (`replaced`).
+    pub how: String,
+}
+
+/// A reload that did not take effect; the previous instance kept running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailedReload {
+    pub at_unix_ms: i64,
+    pub changed: Vec<String>,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ModuleRecord {
     pub name: String,
@@ -89,6 +112,15 @@ pub struct ModuleRecord {
     pub load_time: Duration,
     /// Things an operator should know about a running module (a fallback it took).
     pub notes: Vec<String>,
+    /// The running instance: 1 for the first start, +1 for every start or reload that
+    /// replaced or changed it; 0 before any start.
+    pub generation: u64,
+    /// When the running instance was (re)loaded, Unix milliseconds; 0 before any start.
+    pub loaded_at_unix_ms: i64,
+    /// What the last successful reload changed.
+    pub last_reload: Option<ReloadRecord>,
+    /// The newest reloads that failed (at most [`FAILED_RELOADS_KEPT`]), oldest first.
+    pub failed_reloads: Vec<FailedReload>,
 }
 
 impl ModuleRecord {
@@ -101,8 +133,38 @@ impl ModuleRecord {
             last_error: None,
             load_time: Duration::ZERO,
             notes: Vec::new(),
+            generation: 0,
+            loaded_at_unix_ms: 0,
+            last_reload: None,
+            failed_reloads: Vec::new(),
         }
     }
+
+    /// Clears what one start attempt records (state, implementation, attempts, error, notes,
+    /// load time) and keeps the lifecycle history (generation, reloads).
+    pub fn begin_attempt(&mut self) {
+        let fresh = ModuleRecord::new(self.name.clone());
+        self.state = fresh.state;
+        self.strategy = fresh.strategy;
+        self.attempts = fresh.attempts;
+        self.last_error = fresh.last_error;
+        self.load_time = fresh.load_time;
+        self.notes = fresh.notes;
+    }
+
+    /// Lists a failed reload, dropping the oldest beyond [`FAILED_RELOADS_KEPT`].
+    pub fn push_failed_reload(&mut self, failed: FailedReload) {
+        self.failed_reloads.push(failed);
+        let excess = self.failed_reloads.len().saturating_sub(FAILED_RELOADS_KEPT);
+        self.failed_reloads.drain(..excess);
+    }
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[derive(Default)]
@@ -146,6 +208,16 @@ impl Registry {
 
     pub fn modules(&self) -> Vec<ModuleRecord> {
         self.lock().modules.values().cloned().collect()
+    }
+
+    /// The record of module `name`, if one was written.
+    pub fn module(&self, name: &str) -> Option<ModuleRecord> {
+        self.lock().modules.get(name).cloned()
+    }
+
+    /// Replaces the record of module `name` (a failed reload restores the one it saved).
+    pub fn set_module(&self, record: ModuleRecord) {
+        self.lock().modules.insert(record.name.clone(), record);
     }
 }
 

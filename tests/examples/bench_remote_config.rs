@@ -21,6 +21,7 @@ mod harness;
 use std::fs;
 use std::time::{Duration, Instant};
 
+use e2e_tests::procfs;
 use harness::*;
 use shared_proto::remoteconfig::v1::config_service_client::ConfigServiceClient;
 use shared_proto::remoteconfig::v1::{
@@ -31,19 +32,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// utime + stime of a process, in milliseconds (USER_HZ = 100).
+/// utime + stime of a process, in milliseconds.
 fn cpu_ms(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) * 10
-}
-
-/// A `/proc/<pid>/status` field in kB (VmRSS, VmHWM).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    procfs::cpu_ns(pid).unwrap() / 1_000_000
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -171,8 +162,8 @@ fn main() {
         "controller holding 1 config, after {idle_secs} s idle polling ({polls} polls, {} ms CPU): \
          VmRSS {} kB, VmHWM {} kB (target <= 20 MB)",
         cpu_ms(pid) - cpu_before,
-        status_kb(pid, "VmRSS:"),
-        status_kb(pid, "VmHWM:")
+        procfs::status_kb(pid, "VmRSS").unwrap(),
+        procfs::status_kb(pid, "VmHWM").unwrap()
     );
 
     // 4. a full answer for many configs.
@@ -221,7 +212,7 @@ fn main() {
     println!(
         "controller holding {} configs, after 10 s more polling: VmRSS {} kB, VmHWM {} kB",
         configs + 1,
-        status_kb(pid, "VmRSS:"),
-        status_kb(pid, "VmHWM:")
+        procfs::status_kb(pid, "VmRSS").unwrap(),
+        procfs::status_kb(pid, "VmHWM").unwrap()
     );
 }

@@ -25,6 +25,7 @@ pub mod nat;
 pub mod netns;
 pub mod oracle;
 pub mod process;
+pub mod procfs;
 pub mod traffic;
 pub mod workload;
 

@@ -25,36 +25,41 @@ pub struct LoaderOptions<'a> {
     pub args: &'a [&'a str],
     /// Peer uids allowed on the API (root is always allowed).
     pub allowed_uids: &'a [u32],
-    /// Peer gids (primary or supplementary) allowed on the API.
-    pub allowed_gids: &'a [u32],
+    /// Extra lines of the `[api]` section (e.g. `read_only_gids = [65534]`).
+    pub api_toml: &'a str,
+    /// Serve on this socket instead of one in the loader's temp dir (a restarted loader
+    /// takes its predecessor's place).
+    pub socket: Option<&'a Path>,
+    /// A command the loader is started through, e.g. `["setpriv", "--bounding-set=-net_admin", "--"]`.
+    pub wrapper: &'a [&'a str],
 }
 
 impl LoaderProcess {
     /// Starts the loader and waits (up to 20 s) until its socket answers.
     pub fn start(options: LoaderOptions<'_>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("run/loader.sock");
+        let socket = options.socket.map_or_else(|| dir.path().join("run/loader.sock"), Path::to_path_buf);
         let log = dir.path().join("loader.log");
         let mut uids = vec![0];
         uids.extend_from_slice(options.allowed_uids);
         let config = format!(
-            "[api]\nsocket = {:?}\nallowed_uids = {:?}\nallowed_gids = {:?}\n\n{}\n",
+            "[api]\nsocket = {:?}\nallowed_uids = {:?}\n{}\n\n{}\n",
             socket.display().to_string(),
             uids,
-            options.allowed_gids,
+            options.api_toml,
             options.extra_toml
         );
         let config_path = dir.path().join("loader.toml");
         std::fs::write(&config_path, config).expect("write loader config");
-        let mut command = match options.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(binary("privileged-loader"));
-                c
-            }
-            None => Command::new(binary("privileged-loader")),
+        let mut argv: Vec<std::ffi::OsString> = match options.netns {
+            Some(ns) => ["ip", "netns", "exec", ns].map(Into::into).to_vec(),
+            None => Vec::new(),
         };
+        argv.extend(options.wrapper.iter().map(Into::into));
+        argv.push(binary("privileged-loader").into());
+        let mut command = Command::new(&argv[0]);
         command
+            .args(&argv[1..])
             .arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -71,6 +76,16 @@ impl LoaderProcess {
         });
         assert!(up && loader.process.running(), "the loader did not start serving:\n{}", loader.log_text());
         loader
+    }
+
+    /// Opens the socket's directories and file to everyone, as a deployment would for the
+    /// controller's group, so that only SO_PEERCRED stands between a caller and the API.
+    pub fn open_socket_to_all(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.socket.parent().expect("socket dir");
+        for (path, mode) in [(self.dir.path(), 0o755), (dir, 0o755), (self.socket.as_path(), 0o666)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -1,6 +1,5 @@
 //! The loader as a process: its socket, its caller checks, its status, its handling of
 //! BTF sources and bad objects. Real binary, real kernel, real unix socket.
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -9,15 +8,6 @@ use e2e_tests::process::binary;
 use serde_json::Value;
 
 const NOBODY: (u32, u32) = (65534, 65534);
-
-/// Opens the socket's directory and file to everyone, as a deployment would for the
-/// controller's group, so that only SO_PEERCRED stands between a caller and the API.
-fn open_socket_to_all(loader: &LoaderProcess) {
-    let dir = loader.socket.parent().expect("socket dir");
-    for (path, mode) in [(loader.dir.path(), 0o755), (dir, 0o755), (loader.socket.as_path(), 0o666)] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    }
-}
 
 fn asset<'a>(status: &'a Value, name: &str) -> &'a Value {
     status["assets"]
@@ -29,7 +19,7 @@ fn asset<'a>(status: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn a_caller_outside_the_allow_list_is_refused_and_named_in_the_log() {
     let loader = LoaderProcess::start(LoaderOptions::default());
-    open_socket_to_all(&loader);
+    loader.open_socket_to_all();
     let out = loaderctl(&loader.socket, &["status"], Some(NOBODY));
     assert!(!out.status.success(), "uid 65534 must be refused");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -42,7 +32,7 @@ fn a_caller_outside_the_allow_list_is_refused_and_named_in_the_log() {
 #[test]
 fn an_allowed_unprivileged_uid_is_served() {
     let loader = LoaderProcess::start(LoaderOptions { allowed_uids: &[65534], ..Default::default() });
-    open_socket_to_all(&loader);
+    loader.open_socket_to_all();
     let out = loaderctl(&loader.socket, &["status", "--json"], Some(NOBODY));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -58,7 +48,7 @@ fn loaderctl_health_answers_serving_and_fails_when_the_loader_is_gone() {
     let json = loader.ctl_json(&["health"]);
     assert_eq!(json["status"], "SERVING", "{json:#}");
     // Refused callers are refused here too: the health check is behind the same check.
-    open_socket_to_all(&loader);
+    loader.open_socket_to_all();
     let out = loaderctl(&loader.socket, &["health"], Some(NOBODY));
     assert!(!out.status.success(), "uid 65534 must be refused");
 
@@ -280,4 +270,20 @@ fn status_says_when_the_root_network_namespace_could_not_be_read() {
         let text = String::from_utf8_lossy(&loader.ctl(&["status"]).stdout).into_owned();
         assert!(text.contains("conntrack note: cannot read /proc/1/ns/net"), "{text}");
     }
+}
+
+/// Without CAP_NET_ADMIN the conntracker still loads but cannot open its ctnetlink
+/// sockets: it runs without seeding and destroy events, and says so. That warning is
+/// written while the chain starts the conntracker, and must survive the chain's own
+/// record of the success (it used to be wiped a few lines later).
+#[test]
+fn a_degraded_mode_warning_reaches_get_status() {
+    let loader = LoaderProcess::start(LoaderOptions {
+        wrapper: &["setpriv", "--bounding-set=-net_admin", "--"],
+        ..Default::default()
+    });
+    let module = loader.module("conntrack");
+    assert_eq!(module["state"], "running", "{module:#}");
+    let warning = module["last_error"].as_str().unwrap_or_default();
+    assert!(warning.contains("destroyed entries leave only by LRU eviction"), "{module:#}");
 }

@@ -184,7 +184,8 @@ fn bad_requests_from_a_stock_grpcio_client_get_standard_codes_and_short_messages
 
 #[test]
 fn a_caller_allowed_by_a_supplementary_group_is_served() {
-    let loader = LoaderProcess::start(LoaderOptions { allowed_gids: &[4242], ..Default::default() });
+    let loader =
+        LoaderProcess::start(LoaderOptions { api_toml: "allowed_gids = [4242]", ..Default::default() });
     open_socket_to_all(&loader);
     let run_as = |groups: &str| {
         Command::new("setpriv")

@@ -262,10 +262,6 @@ fn wait_request(service: &Service, skip: usize, what: &str, pred: impl Fn(&Value
     wait_until(SYNC, what, || requests_after(service, skip).into_iter().find(&pred))
 }
 
-fn reported_state<'r>(request: &'r Value, config_id: &str) -> Option<&'r Value> {
-    request["config_states"].as_array()?.iter().find(|c| c["id"] == config_id)
-}
-
 #[test]
 fn published_configs_reach_the_controller_and_removal_removes_them() {
     let work = scratch_dir();

@@ -4,7 +4,7 @@
 use tracing::{info, warn};
 
 use super::{Listener, Report};
-use crate::tuf::{ApplyState, ConfigEntry};
+use trust::{ApplyState, ConfigEntry};
 
 pub struct JsonListener {
     product: String,
@@ -40,18 +40,18 @@ mod tests {
     use std::collections::{BTreeSet, HashMap};
 
     use super::super::Listeners;
-    use crate::tuf::{Applied, ApplyState, ExpiryCheck, TrustedState, Update, apply_update};
+    use trust::{Applied, ApplyState, ExpiryCheck, TrustedState, Update, apply_update};
 
     #[test]
     fn json_is_acknowledged_other_content_is_an_error() {
         let (good, bad) = ("2/LOADER_CONFIG/good/config.json", "2/LOADER_CONFIG/bad/config.json");
-        let repo = crate::test_repo::Repo::new();
+        let repo = trust::test_repo::Repo::new();
         let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
         let t = repo.targets(
             1,
             &[
-                crate::test_repo::File { path: good, raw: b"{\"a\":1}", v: Some(1) },
-                crate::test_repo::File { path: bad, raw: b"nope", v: Some(1) },
+                trust::test_repo::File { path: good, raw: b"{\"a\":1}", v: Some(1) },
+                trust::test_repo::File { path: bad, raw: b"nope", v: Some(1) },
             ],
         );
         let update = Update {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use json::JsonListener;
 
-use crate::tuf::{ApplyState, ConfigEntry, TrustedState};
+use trust::{ApplyState, ConfigEntry, TrustedState};
 
 /// A listener's verdict on one config, by path.
 pub type Report<'a> = dyn FnMut(&str, ApplyState, String) + 'a;

@@ -22,9 +22,11 @@ use super::request::{ClientIdentity, build_request};
 use super::schedule::{SUGGESTED_BOUNDS_SECS, Schedule};
 use crate::config::Config;
 use crate::listeners::Listeners;
+use crate::loader::{Desired, Pusher, PusherHandle, Verdict};
+use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::store::{Store, StoreError};
-use crate::tuf::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
+use trust::{Applied, ExpiryCheck, TrustedState, Update, VerifyError, apply_update};
 
 /// Failures logged quietly before logs turn to errors.
 const QUIET_FAILURES: u64 = 5;
@@ -85,6 +87,10 @@ pub struct Poller {
     last_update_error: Option<String>,
     last_error_log: Option<Instant>,
     warned_interval: Option<u64>,
+    /// The loader push task (started by [`Self::run`]) and its channels, when configured.
+    pusher: Option<Pusher>,
+    loader: Option<PusherHandle>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Poller {
@@ -113,7 +119,15 @@ impl Poller {
             request_timeout: Duration::from_secs(30),
         })?;
         let mut state = loaded.state;
-        let mut listeners = Listeners::json_for(&rc.products);
+        // The loader's products go to the loader; the others to the JSON listener.
+        let others: Vec<String> =
+            rc.products.iter().filter(|p| !trust::products::Payload::is_known(p)).cloned().collect();
+        let mut listeners = Listeners::json_for(&others);
+        let (pusher, loader) = config.loader.socket().map(Pusher::new).unzip();
+        let metrics = std::sync::Arc::new(Metrics::default());
+        if state.targets().is_some() {
+            metrics.targets_verified();
+        }
         let held: BTreeSet<String> = state.configs().values().map(|c| c.parsed.product.clone()).collect();
         listeners.notify(&mut state, &held);
         info!(
@@ -132,18 +146,34 @@ impl Poller {
             last_update_error: None,
             last_error_log: None,
             warned_interval: None,
+            pusher,
+            loader,
+            metrics,
         })
+    }
+
+    /// The series this loop keeps up to date (served by [`crate::metrics::serve`]).
+    pub fn metrics(&self) -> std::sync::Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Polls until `cancel` fires or the service disables remote config.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let pusher = self.pusher.take().map(|p| tokio::spawn(p.run(cancel.child_token())));
+        self.publish_desired();
         loop {
             let span = info_span!("poll", client_id = %self.identity.id, targets_version = self.state.targets_version());
+            let started = Instant::now();
             let outcome = tokio::select! {
                 () = cancel.cancelled() => break,
                 outcome = self.poll_once().instrument(span) => outcome,
             };
+            self.metrics.poll(outcome.is_ok(), started.elapsed());
+            if let Err(PollError::Verify(e)) = &outcome {
+                self.metrics.verification_failure(e.reason());
+            }
             let next = self.after_poll(outcome);
+            self.metrics.backoff(self.schedule.backoff_level());
             self.write_status();
             let Some(delay) = next else { break };
             tokio::select! {
@@ -151,10 +181,59 @@ impl Poller {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+        cancel.cancel();
+        if let Some(task) = pusher
+            && let Err(e) = task.await
+        {
+            error!(error = %e, "the loader push task panicked");
+        }
+    }
+
+    /// Hands what is in force to the push task (it ignores an unchanged set).
+    fn publish_desired(&self) {
+        if let Some(loader) = &self.loader {
+            let desired = Desired::from_state(&self.state);
+            loader.desired.send_if_modified(|current| {
+                let changed = **current != desired;
+                if changed {
+                    *current = std::sync::Arc::new(desired);
+                }
+                changed
+            });
+        }
+    }
+
+    /// Records the loader's verdicts and stores them before any request reports them.
+    async fn take_verdicts(&mut self) -> Result<(), PollError> {
+        let Some(loader) = &mut self.loader else { return Ok(()) };
+        let mut verdicts: Vec<Verdict> = Vec::new();
+        while let Ok(batch) = loader.verdicts.try_recv() {
+            verdicts.extend(batch);
+        }
+        let mut changed = false;
+        for v in verdicts {
+            let current =
+                self.state.configs().get(&v.path).map(|c| (c.version, c.apply_state, c.apply_error.clone()));
+            // A verdict on a version no longer held is stale: drop it.
+            if let Some((version, state, error)) = current
+                && version == v.version
+                && (state, error.as_str()) != (v.state, v.error.as_str())
+            {
+                info!(path = %v.path, version, state = ?v.state, error = %v.error, "loader verdict");
+                self.state.set_apply_state(&v.path, v.state, v.error);
+                changed = true;
+            }
+        }
+        if changed {
+            let state = self.state.clone();
+            self.commit(&state).await?;
+        }
+        Ok(())
     }
 
     /// One request/verify/commit/notify round.
     async fn poll_once(&mut self) -> Result<(), PollError> {
+        self.take_verdicts().await?;
         let request = build_request(&self.identity, &self.state, self.last_update_error.as_deref());
         let response = self.fetcher.get_configs(request).await?;
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
@@ -164,12 +243,16 @@ impl Poller {
             Applied::Changed { state, changed_products } => (state, changed_products),
         };
         self.commit(&state).await?;
+        if state.targets_version() != self.state.targets_version() {
+            self.metrics.targets_verified();
+        }
         info!(
             root_version = state.root_version(), targets_version = state.targets_version(),
             configs = state.configs().len(), products = ?changed, "remote-config update verified and stored"
         );
         self.state = state;
         self.listeners.notify(&mut self.state, &changed);
+        self.publish_desired();
         Ok(())
     }
 
@@ -270,8 +353,12 @@ impl Poller {
     }
 
     fn write_status(&mut self) {
-        let products: Vec<String> = self.listeners.products().cloned().collect();
+        let mut products: Vec<String> = self.listeners.products().cloned().collect();
+        if self.loader.is_some() {
+            products.extend(trust::products::ALL.map(String::from));
+        }
         self.status.observe(&self.state, &products);
+        self.metrics.apply_states(&self.state, &products);
         if let Err(e) = self.status.write(self.store.dir()) {
             warn!(error = %e, "cannot write status.json");
         }

@@ -6,7 +6,7 @@ use shared_proto::remoteconfig::v1::{
     Client, ClientGetConfigsRequest, ClientState, ConfigState, TargetFileHash, TargetFileMeta,
 };
 
-use crate::tuf::{ConfigEntry, TrustedState};
+use trust::{ConfigEntry, TrustedState};
 
 /// Who is asking: fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::tuf::{Applied, ApplyState, ExpiryCheck, Update, apply_update};
+    use trust::{Applied, ApplyState, ExpiryCheck, Update, apply_update};
 
     const PATH: &str = "2/LOADER_CONFIG/cfg1/config.json";
 
@@ -82,12 +82,12 @@ mod tests {
     }
 
     fn state_with_config() -> TrustedState {
-        let repo = crate::test_repo::Repo::new();
+        let repo = trust::test_repo::Repo::new();
         let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
         let custom = json!({"opaque_backend_state": "opaque-xyz"});
-        let files = [crate::test_repo::File { path: PATH, raw: b"{\"a\":1}", v: Some(4) }];
-        let t = crate::test_repo::sign(
-            &crate::test_repo::targets(3, crate::test_repo::expires_in_days(1), &files, Some(custom)),
+        let files = [trust::test_repo::File { path: PATH, raw: b"{\"a\":1}", v: Some(4) }];
+        let t = trust::test_repo::sign(
+            &trust::test_repo::targets(3, trust::test_repo::expires_in_days(1), &files, Some(custom)),
             &[&repo.targets_key],
         );
         let update = Update {
@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn fresh_client_reports_the_pinned_root_and_nothing_else() {
-        let repo = crate::test_repo::Repo::new();
+        let repo = trust::test_repo::Repo::new();
         let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
         let req = build_request(&identity(), &pinned, None);
         let client = req.client.unwrap();

@@ -36,6 +36,11 @@ impl Schedule {
         }
     }
 
+    /// The backoff level (0: no backoff), for the metrics.
+    pub fn backoff_level(&self) -> u32 {
+        self.backoff.level()
+    }
+
     pub fn ever_succeeded(&self) -> bool {
         self.ever_succeeded
     }

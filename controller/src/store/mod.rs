@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use atomic::{overwrite_in_place, replace_file, write_atomic};
 use lock::StoreLock;
 
-use crate::tuf::{TrustedState, VerifyError};
+use trust::{TrustedState, VerifyError};
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "state.lock";

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::CorruptState;
-use crate::tuf::{Applied, ApplyState, ExpiryCheck, TrustedState, Update, apply_update};
+use trust::{Applied, ApplyState, ExpiryCheck, TrustedState, Update, apply_update};
 
 const FORMAT: u32 = 1;
 
@@ -34,16 +34,6 @@ struct PersistedConfig {
     content: String,
     apply_state: ApplyState,
     apply_error: String,
-}
-
-/// Just enough of a root to read its version.
-#[derive(Deserialize)]
-struct RootVersion {
-    signed: VersionField,
-}
-#[derive(Deserialize)]
-struct VersionField {
-    version: u64,
 }
 
 pub(super) fn encode(state: &TrustedState) -> Result<Vec<u8>, serde_json::Error> {
@@ -81,10 +71,7 @@ pub(super) fn decode(bytes: &[u8], pinned: &TrustedState) -> Result<TrustedState
     // Roots at or below the pinned version were superseded by the operator's pin.
     let roots: Vec<&[u8]> = roots
         .iter()
-        .filter(|raw| {
-            serde_json::from_slice::<RootVersion>(raw)
-                .map_or(true, |r| r.signed.version > pinned.root_version())
-        })
+        .filter(|raw| trust::root_version(raw).is_none_or(|v| v > pinned.root_version()))
         .map(Vec::as_slice)
         .collect();
     let targets = p.targets.as_ref().map(unhex).transpose()?.unwrap_or_default();

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
-use crate::tuf::{Applied, ApplyState, ExpiryCheck, Update, apply_update};
+use trust::{Applied, ApplyState, ExpiryCheck, Update, apply_update};
 
 const PATH: &str = "2/LOADER_CONFIG/cfg1/config.json";
 
-fn verified(repo: &crate::test_repo::Repo, version: u64, content: &[u8]) -> TrustedState {
+fn verified(repo: &trust::test_repo::Repo, version: u64, content: &[u8]) -> TrustedState {
     let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
-    let t = repo.targets(version, &[crate::test_repo::File { path: PATH, raw: content, v: Some(version) }]);
+    let t = repo.targets(version, &[trust::test_repo::File { path: PATH, raw: content, v: Some(version) }]);
     let update = Update {
         roots: vec![],
         targets: &t,
@@ -31,7 +31,7 @@ fn store(dir: &Path) -> Store {
 #[test]
 fn committed_state_reloads_and_reverifies() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = crate::test_repo::Repo::new();
+    let repo = trust::test_repo::Repo::new();
     let mut state = verified(&repo, 3, b"{\"x\":1}");
     state.set_apply_state(PATH, ApplyState::Acknowledged, String::new());
     store(dir.path()).write(&Store::encode(&state).unwrap()).unwrap();
@@ -47,7 +47,7 @@ fn committed_state_reloads_and_reverifies() {
 #[test]
 fn no_state_file_starts_from_the_pinned_root() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = crate::test_repo::Repo::new();
+    let repo = trust::test_repo::Repo::new();
     let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
     let loaded = store(dir.path()).load(&pinned).unwrap();
     assert_eq!((loaded.state.root_version(), loaded.state.targets_version()), (1, 0));
@@ -56,7 +56,7 @@ fn no_state_file_starts_from_the_pinned_root() {
 #[test]
 fn garbage_is_quarantined_never_used() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = crate::test_repo::Repo::new();
+    let repo = trust::test_repo::Repo::new();
     std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
     let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
     let loaded = store(dir.path()).load(&pinned).unwrap();
@@ -70,7 +70,7 @@ fn garbage_is_quarantined_never_used() {
 #[test]
 fn tampered_config_bytes_fail_reverification() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = crate::test_repo::Repo::new();
+    let repo = trust::test_repo::Repo::new();
     let state = verified(&repo, 2, b"{\"x\":1}");
     let encoded = String::from_utf8(Store::encode(&state).unwrap()).unwrap();
     let tampered = encoded.replace(&hex::encode(b"{\"x\":1}"), &hex::encode(b"{\"x\":2}"));
@@ -85,7 +85,7 @@ fn tampered_config_bytes_fail_reverification() {
 #[test]
 fn state_from_another_repository_is_quarantined() {
     let dir = tempfile::tempdir().unwrap();
-    let (ours, theirs) = (crate::test_repo::Repo::new(), crate::test_repo::Repo::new());
+    let (ours, theirs) = (trust::test_repo::Repo::new(), trust::test_repo::Repo::new());
     let foreign = verified(&theirs, 5, b"{}");
     store(dir.path()).write(&Store::encode(&foreign).unwrap()).unwrap();
     let pinned = TrustedState::from_pinned_root(&ours.root_v1).unwrap();
@@ -116,7 +116,7 @@ fn temporary_files_of_interrupted_commits_are_removed_at_load() {
     for leftover in [".state.json.tmp-4242", ".status.json.tmp-17", ".client_id.tmp-9"] {
         std::fs::write(dir.path().join(leftover), vec![0u8; 4096]).unwrap();
     }
-    let repo = crate::test_repo::Repo::new();
+    let repo = trust::test_repo::Repo::new();
     let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
     store(dir.path()).load(&pinned).unwrap();
     let left: Vec<String> = std::fs::read_dir(dir.path())
@@ -129,12 +129,12 @@ fn temporary_files_of_interrupted_commits_are_removed_at_load() {
 #[test]
 fn a_state_with_configs_removed_by_hand_is_quarantined_and_refetched() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = crate::test_repo::Repo::new();
+    let repo = trust::test_repo::Repo::new();
     let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
     let other = "2/LOADER_CONFIG/cfg2/config.json";
     let files = [
-        crate::test_repo::File { path: PATH, raw: b"{\"a\":1}", v: Some(4) },
-        crate::test_repo::File { path: other, raw: b"{\"b\":2}", v: Some(4) },
+        trust::test_repo::File { path: PATH, raw: b"{\"a\":1}", v: Some(4) },
+        trust::test_repo::File { path: other, raw: b"{\"b\":2}", v: Some(4) },
     ];
     let targets = repo.targets(4, &files);
     let update = Update {
@@ -163,7 +163,7 @@ fn a_state_with_configs_removed_by_hand_is_quarantined_and_refetched() {
 fn a_state_file_that_is_a_directory_is_set_aside_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
-    let repo = crate::test_repo::Repo::new();
+    let repo = trust::test_repo::Repo::new();
     let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
     let loaded = store(dir.path()).load(&pinned).unwrap();
     let (aside, reason) = loaded.quarantined.expect("set aside");

@@ -3,5 +3,5 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod process;
-pub mod repo;
+pub use trust::test_repo as repo;
 pub mod service;

@@ -3,6 +3,7 @@
 //! It talks gRPC over the loader's unix socket and links no eBPF code: a caller needs only
 //! to be on the loader's allow-list, never any capability.
 mod client;
+mod config_view;
 mod render;
 
 use std::net::SocketAddr;
@@ -35,6 +36,9 @@ enum Command {
     Conntrack(ConntrackCommand),
     /// Lock contention inside BPF maps, most total wait first (like `perf lock contention`).
     Lockstats,
+    /// The effective configuration, where each value came from (file, or remote path and
+    /// version), and every remote config with its version, state and time applied.
+    Config,
     /// Exit 0 when the loader's API is serving (the gRPC health check; cheap enough for a
     /// readiness probe, unlike `status`, which counts every conntrack entry).
     Health,
@@ -85,6 +89,11 @@ async fn run(cli: Cli) -> Result<()> {
             let status =
                 client.get_status(pb::GetStatusRequest {}).await.map_err(client::explain)?.into_inner();
             print(cli.json, render::status_json(&status), || render::status_text(&status))
+        }
+        Command::Config => {
+            let config =
+                client.get_config(pb::GetConfigRequest {}).await.map_err(client::explain)?.into_inner();
+            print(cli.json, config_view::json(&config), || config_view::text(&config))
         }
         Command::Lockstats => {
             let stats = client

@@ -78,6 +78,7 @@ fn module_state(s: i32) -> &'static str {
         Ok(pb::ModuleState::Running) => "running",
         Ok(pb::ModuleState::Failed) => "failed",
         Ok(pb::ModuleState::Disabled) => "disabled",
+        Ok(pb::ModuleState::Stopped) => "stopped",
         _ => "unknown",
     }
 }
@@ -112,6 +113,9 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
                 "attempts": m.attempts.iter().map(|a| json!({"strategy": a.strategy, "ok": a.ok, "reason": a.reason})).collect::<Vec<_>>(),
                 "last_error": m.last_error, "load_time_us": m.load_time_us, "notes": m.notes,
                 "maps": m.maps.iter().map(|f| json!({"name": f.name, "entries": f.entries, "max_entries": f.max_entries})).collect::<Vec<_>>(),
+                "generation": m.generation, "loaded_at_unix_ms": m.loaded_at_unix_ms,
+                "last_reload": m.last_reload.as_ref().map_or(Value::Null, |r| json!({"at_unix_ms": r.at_unix_ms, "changed": r.changed, "how": r.how})),
+                "failed_reloads": m.failed_reloads.iter().map(|f| json!({"at_unix_ms": f.at_unix_ms, "changed": f.changed, "reason": f.reason})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -123,10 +127,14 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
                    "detail": a.detail, "load_time_us": a.load_time_us, "count": a.count})
         })
         .collect();
+    let access = s.access.as_ref().map_or(Value::Null, |a| {
+        json!({"apply_uids": a.apply_uids, "apply_gids": a.apply_gids,
+               "read_only_uids": a.read_only_uids, "read_only_gids": a.read_only_gids})
+    });
     json!({
         "loader_version": s.loader_version, "started_at_unix_ms": s.started_at_unix_ms,
         "startup_us": s.startup_us, "capabilities": s.capabilities,
-        "kernel": kernel, "modules": modules, "assets": assets,
+        "kernel": kernel, "modules": modules, "assets": assets, "access": access,
     })
 }
 
@@ -137,6 +145,12 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
         s.startup_us as f64 / 1000.0,
         if s.capabilities.is_empty() { "none".to_string() } else { s.capabilities.join(",") }
     );
+    if let Some(a) = &s.access {
+        out.push_str(&format!(
+            "access: apply uids {:?} gids {:?}; read-only uids {:?} gids {:?}\n",
+            a.apply_uids, a.apply_gids, a.read_only_uids, a.read_only_gids
+        ));
+    }
     if let Some(k) = &s.kernel {
         out.push_str(&format!("\nkernel {} ({})\n", k.release, k.arch));
         if let Some(b) = &k.btf {
@@ -184,6 +198,7 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
         for note in &m.notes {
             out.push_str(&format!("  {} note: {note}\n", m.name));
         }
+        out.push_str(&lifecycle_text(m));
     }
     out.push('\n');
     let rows: Vec<Vec<String>> = s
@@ -322,6 +337,28 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = line(headers.to_vec());
     for row in rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// A module's generation, its last reload and the reloads that failed, one line each.
+fn lifecycle_text(m: &pb::ModuleStatus) -> String {
+    if m.generation == 0 && m.failed_reloads.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        format!("  {} generation {} loaded at {} ms (unix)\n", m.name, m.generation, m.loaded_at_unix_ms);
+    if let Some(r) = &m.last_reload {
+        out.push_str(&format!("  {} last reload ({}): changed {}\n", m.name, r.how, r.changed.join(", ")));
+    }
+    for f in &m.failed_reloads {
+        out.push_str(&format!(
+            "  {} reload failed at {} ms (changing {}): {}\n",
+            m.name,
+            f.at_unix_ms,
+            f.changed.join(", "),
+            f.reason
+        ));
     }
     out
 }

@@ -50,6 +50,22 @@ pub fn module(m: &ModuleRecord, tables: &[TableFill]) -> pb::ModuleStatus {
         maps,
         load_time_us: m.load_time.as_micros() as u64,
         notes: m.notes.clone(),
+        generation: m.generation,
+        loaded_at_unix_ms: m.loaded_at_unix_ms,
+        last_reload: m.last_reload.as_ref().map(|r| pb::ReloadRecord {
+            at_unix_ms: r.at_unix_ms,
+            changed: r.changed.clone(),
+            how: r.how.clone(),
+        }),
+        failed_reloads: m
+            .failed_reloads
+            .iter()
+            .map(|f| pb::FailedReload {
+                at_unix_ms: f.at_unix_ms,
+                changed: f.changed.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -59,6 +75,7 @@ fn module_state(s: ModuleState) -> pb::ModuleState {
         ModuleState::Running => pb::ModuleState::Running,
         ModuleState::Failed => pb::ModuleState::Failed,
         ModuleState::Disabled => pb::ModuleState::Disabled,
+        ModuleState::Stopped => pb::ModuleState::Stopped,
     }
 }
 

@@ -17,10 +17,13 @@ use crate::conntrack::{Conntracker, TableFill};
 /// for decisions that need the count of this very second.
 const FILL_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// The last fill level counted, and when.
+type SharedFill = Arc<Mutex<Option<(Instant, Vec<TableFill>)>>>;
+
 #[derive(Clone)]
 pub struct MapWalks {
     turns: Arc<Semaphore>,
-    fill: Arc<Mutex<Option<(Instant, Vec<TableFill>)>>>,
+    fill: SharedFill,
 }
 
 impl MapWalks {

@@ -9,6 +9,7 @@ mod limits;
 mod map_walks;
 mod peer;
 mod quiet_log;
+mod remote;
 mod service;
 mod socket;
 
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use shared_proto::loader::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::AllowList;
+pub use auth::{AllowList, Role};
 pub use authority::{AuthorityRewriter, RewriteError};
 pub use connection::ConnectionStats;
 pub use convert::kernel as kernel_report;
@@ -43,6 +44,10 @@ pub struct ApiConfig {
     pub allowed_gids: Vec<u32>,
     /// `[api.limits]`: connections, idle timeout, streams, message size, shutdown grace.
     pub limits: Limits,
+    /// Peer uids allowed to read only (status, config, conntrack, lock stats; never ApplyConfig).
+    pub read_only_uids: Vec<u32>,
+    /// Peer gids allowed to read only (e.g. a `loaderctl` users' group).
+    pub read_only_gids: Vec<u32>,
 }
 
 impl Default for ApiConfig {
@@ -54,13 +59,30 @@ impl Default for ApiConfig {
             allowed_uids: allow.uids,
             allowed_gids: allow.gids,
             limits: Limits::default(),
+            read_only_uids: allow.read_only_uids,
+            read_only_gids: allow.read_only_gids,
         }
     }
 }
 
 impl ApiConfig {
+    /// The roles, as `GetStatus` shows them.
+    pub fn access(&self) -> pb::ApiAccess {
+        pb::ApiAccess {
+            apply_uids: self.allowed_uids.clone(),
+            apply_gids: self.allowed_gids.clone(),
+            read_only_uids: self.read_only_uids.clone(),
+            read_only_gids: self.read_only_gids.clone(),
+        }
+    }
+
     pub fn allow_list(&self) -> AllowList {
-        AllowList { uids: self.allowed_uids.clone(), gids: self.allowed_gids.clone() }
+        AllowList {
+            uids: self.allowed_uids.clone(),
+            gids: self.allowed_gids.clone(),
+            read_only_uids: self.read_only_uids.clone(),
+            read_only_gids: self.read_only_gids.clone(),
+        }
     }
 }
 

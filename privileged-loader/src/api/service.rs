@@ -1,4 +1,4 @@
-//! The `loader.v1.Loader` service: status, conntrack listing and lookups.
+//! The `loader.v1.Loader` service: status, conntrack listing and lookups, remote config.
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -7,28 +7,37 @@ use shared_proto::loader::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::auth::Role;
 use super::map_walks::MapWalks;
+use super::{convert, remote};
 use crate::conntrack::{Conntracker, Tuple};
-use crate::lockstats::LockStatsCollector;
+use crate::modules::Modules;
+use crate::remote_config::RemoteConfigs;
 use crate::status::Registry;
 
 /// What the service reads; built once at start-up, shared by every call.
 pub struct LoaderApi {
     pub registry: Registry,
     pub kernel: pb::KernelReport,
-    pub conntrack: Option<Arc<dyn Conntracker>>,
-    pub lockstats: Option<Arc<LockStatsCollector>>,
+    /// The running modules; each call reads the instance current at that moment, so a
+    /// reload swaps what the next call sees.
+    pub modules: Modules,
     pub started_at_unix_ms: i64,
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
     /// Turns for calls that walk a whole map (`api.limits.max_concurrent_map_walks`).
     pub walks: MapWalks,
+    /// Remote configuration (ApplyConfig, GetConfig).
+    pub remote: Arc<RemoteConfigs>,
+    /// Who may call what, shown in the status.
+    pub access: pb::ApiAccess,
+    /// Identifies this process to the controller (a new one is an empty loader).
+    pub instance: String,
 }
 
 impl LoaderApi {
-    fn conntracker(&self) -> Result<&Arc<dyn Conntracker>, Status> {
-        self.conntrack.as_ref().ok_or_else(|| {
+    fn conntracker(&self) -> Result<Arc<dyn Conntracker>, Status> {
+        self.modules.conntracker().ok_or_else(|| {
             Status::unavailable("no conntracker is running: see GetStatus (module \"conntrack\") for why")
         })
     }
@@ -43,7 +52,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let tables = self.walks.fill_levels(self.conntrack.clone()).await?;
+        let tables = self.walks.fill_levels(self.modules.conntracker()).await?;
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),
@@ -53,11 +62,27 @@ impl pb::loader_server::Loader for LoaderApi {
             started_at_unix_ms: self.started_at_unix_ms,
             startup_us: self.startup.get().map_or(0, |d| d.as_micros() as u64),
             capabilities: crate::privileges::effective(),
+            access: Some(self.access.clone()),
         }))
     }
 
-    /// Placeholder until the daemon wires the lock-statistics collector in (lead's
-    /// integration of the `lockstats` branch replaces it).
+    #[tracing::instrument(skip_all, name = "ApplyConfig")]
+    async fn apply_config(
+        &self,
+        request: Request<pb::ApplyConfigRequest>,
+    ) -> Result<Response<pb::ApplyConfigResponse>, Status> {
+        Role::require_apply(&request, "ApplyConfig")?;
+        remote::apply(&self.remote, request.into_inner()).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, name = "GetConfig")]
+    async fn get_config(
+        &self,
+        _: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
+        Ok(Response::new(remote::config(&self.remote.snapshot().await, &self.instance)))
+    }
+
     type ListConntrackStream = EntryStream;
 
     #[tracing::instrument(skip_all, name = "ListConntrack")]
@@ -66,7 +91,7 @@ impl pb::loader_server::Loader for LoaderApi {
         request: Request<pb::ListConntrackRequest>,
     ) -> Result<Response<Self::ListConntrackStream>, Status> {
         let netns = request.into_inner().netns;
-        let tracker = self.conntracker()?.clone();
+        let tracker = self.conntracker()?;
         let entries =
             self.walks.run(move || tracker.entries()).await?.map_err(|e| Status::internal(e.to_string()))?;
         let items = entries
@@ -81,7 +106,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetLockStatsRequest>,
     ) -> Result<Response<pb::GetLockStatsResponse>, Status> {
-        let collector = self.lockstats.as_ref().ok_or_else(|| {
+        let collector = self.modules.lockstats().ok_or_else(|| {
             Status::unavailable(
                 "the lock statistics collector was not started: see GetStatus (module \"lockstats\")",
             )

@@ -153,9 +153,12 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ChainError> {
     let mut reasons = Vec::new();
-    registry.update_module(MODULE, |m| *m = ModuleRecord::new(MODULE));
+    registry.update_module(MODULE, ModuleRecord::begin_attempt);
     for strategy in cfg.strategies.iter() {
         let started = std::time::Instant::now();
+        // An earlier strategy's error is its attempt's reason; a warning the chosen one
+        // records while starting (a degraded mode) must survive, so clear before, not after.
+        registry.update_module(MODULE, |m| m.last_error = None);
         let result = match strategy {
             Strategy::Core => {
                 // The CO-RE start resets the module record: keep what the chain recorded.
@@ -183,7 +186,6 @@ pub async fn start(
                     m.attempts.push(StrategyAttempt::ok(strategy.name()));
                     m.state = ModuleState::Running;
                     m.strategy = detail;
-                    m.last_error = None;
                     m.load_time = started.elapsed();
                 });
                 return Ok(running);

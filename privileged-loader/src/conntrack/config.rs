@@ -63,7 +63,7 @@ impl Default for ConntrackConfig {
 
 /// A configuration value that cannot work, named by its key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
+pub enum ConntrackConfigError {
     #[error("conntrack.max_entries = {0}: must be at least 2 (one slot per direction)")]
     MaxEntries(u32),
     #[error("conntrack.attach_strategies is empty: allow at least one attach strategy")]
@@ -72,12 +72,12 @@ pub enum ConfigError {
 
 impl ConntrackConfig {
     /// Checks the values a typo could make unusable.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConntrackConfigError> {
         if self.max_entries < 2 {
-            return Err(ConfigError::MaxEntries(self.max_entries));
+            return Err(ConntrackConfigError::MaxEntries(self.max_entries));
         }
         if self.attach_strategies.is_empty() {
-            return Err(ConfigError::NoStrategy);
+            return Err(ConntrackConfigError::NoStrategy);
         }
         Ok(())
     }
@@ -160,12 +160,12 @@ mod tests {
             .collect();
         assert_eq!(names, ["fentry", "kprobe", "kprobe_confirm", "tp_btf"]);
         let cfg = ConntrackConfig { attach_strategies: Vec::new(), ..Default::default() };
-        assert_eq!(cfg.validate(), Err(ConfigError::NoStrategy));
+        assert_eq!(cfg.validate(), Err(ConntrackConfigError::NoStrategy));
     }
 
     #[test]
     fn a_map_too_small_for_one_connection_is_refused() {
         let cfg = ConntrackConfig { max_entries: 1, ..Default::default() };
-        assert_eq!(cfg.validate(), Err(ConfigError::MaxEntries(1)));
+        assert_eq!(cfg.validate(), Err(ConntrackConfigError::MaxEntries(1)));
     }
 }

@@ -111,6 +111,9 @@ pub struct RunningConntracker {
     /// The destroy-event listener and the sweep; they end when `shutdown` is cancelled.
     pub tasks: JoinSet<()>,
     pub stats: Arc<ConntrackStats>,
+    /// The eBPF map behind `tracker` (CO-RE and prebuilt), for handing its translations
+    /// to a successor at a reload; `None` for a userspace table.
+    pub map: Option<Arc<CoreConntracker>>,
 }
 
 /// The loaded object and its map.
@@ -139,7 +142,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ConntrackError> {
     let started = Instant::now();
-    registry.update_module(MODULE, |m| *m = ModuleRecord::new(MODULE));
+    registry.update_module(MODULE, ModuleRecord::begin_attempt);
     if !cfg.enabled {
         registry.update_module(MODULE, |m| m.state = ModuleState::Disabled);
         return Err(ConntrackError::Disabled);
@@ -188,7 +191,9 @@ pub async fn serve_loaded(
     Ok(serve(tracker, cfg, registry, shutdown).await)
 }
 
-async fn serve(
+/// Starts the map runtime (seeding, destroy listener, sweep) for a loaded object. A
+/// reload that changes only runtime settings calls it again on the same object.
+pub(crate) async fn serve(
     tracker: Arc<CoreConntracker>,
     cfg: &ConntrackConfig,
     registry: &Registry,
@@ -247,8 +252,9 @@ async fn serve(
             registry.update_module(MODULE, |m| m.last_error = Some(message));
         }
     }
+    let map = Some(tracker.clone());
     let tracker: Arc<dyn Conntracker> = tracker;
-    RunningConntracker { tracker, tasks, stats }
+    RunningConntracker { tracker, tasks, stats, map }
 }
 
 /// The DESTROY event socket first, then the query and dump sockets: an entry destroyed
@@ -333,6 +339,15 @@ impl CoreConntracker {
             tracing::warn!(module = MODULE, ?entry, error = %e, "cannot insert conntrack entry");
         }
         result.is_ok()
+    }
+
+    /// Writes `key → value` unless the map already holds `key` (`BPF_NOEXIST`): a
+    /// successor's own, newer record of a slot wins over the one handed to it. Returns
+    /// whether it was written.
+    pub fn insert_absent(&self, key: &CtKey, value: &CtValue) -> bool {
+        const BPF_NOEXIST: u64 = 1;
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, value, BPF_NOEXIST).is_ok()
     }
 
     /// The slots of `entry` that still describe it (their value names `entry`'s other

@@ -1,6 +1,7 @@
 //! The layout of the `conntrack` BPF map and the pure conversions to and from [`Tuple`].
 //!
-//! Mirrors `struct ct_tuple` / `struct ct_value` of `bpf/conntrack.bpf.c` byte for byte
+//! Mirrors `struct ct_tuple` / `struct ct_value` of `bpf/include/conntrack_record.h` (shared
+//! by the CO-RE and prebuilt objects) byte for byte
 //! (the size assertions below fail the build if either side drifts). Every connection has
 //! two keys: its original tuple (value: the reply tuple) and its reply tuple (value: the
 //! original tuple), so a lookup from either end of a connection is one map read.

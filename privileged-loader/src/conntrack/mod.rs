@@ -6,6 +6,7 @@ pub mod chain;
 pub mod config;
 pub mod core;
 pub mod ctnetlink;
+pub mod handover;
 pub mod map;
 pub mod nat_table;
 pub mod netlink_tracker;
@@ -32,7 +33,7 @@ pub enum ConntrackError {
     #[error("the conntracker is disabled by configuration (conntrack.enabled = false)")]
     Disabled,
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Config(#[from] config::ConntrackConfigError),
     #[error("loading the conntrack eBPF asset: {0}")]
     Load(#[from] crate::asset::AssetError),
 }

@@ -37,7 +37,7 @@ pub enum NetlinkTrackerError {
     )]
     DumpTimeout(Duration),
     #[error("netlink conntracker: {0}")]
-    Config(#[from] super::config::ConfigError),
+    Config(#[from] super::config::ConntrackConfigError),
 }
 
 /// Counters a user (and the benchmark) can read: events applied, times the kernel dropped
@@ -125,7 +125,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, NetlinkTrackerError> {
     let (tracker, tasks) = start_tracker(cfg, registry, shutdown).await?;
-    Ok(RunningConntracker { tracker, tasks, stats: Arc::new(ConntrackStats::default()) })
+    Ok(RunningConntracker { tracker, tasks, stats: Arc::new(ConntrackStats::default()), map: None })
 }
 
 /// [`start`], returning the concrete tracker (for its [`NetlinkStats`]).

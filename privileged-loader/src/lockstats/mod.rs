@@ -294,6 +294,15 @@ impl LockStatsCollector {
         tracing::info!(reason, "lock contention collector disabled: programs detached");
     }
 
+    /// Detaches the programs and releases the watched maps, recording nothing: the
+    /// lifecycle (`crate::modules`) that replaced or stopped it writes the module's status.
+    pub fn detach(&self) {
+        let mut inner = self.lock();
+        let mut status = LockStatsStatus::new(CollectorState::Disabled, inner.status.max_ranges);
+        status.reasons.push("stopped".into());
+        *inner = Inner::empty(status);
+    }
+
     pub fn state(&self) -> CollectorState {
         self.lock().status.state
     }

@@ -124,13 +124,22 @@ impl Repo {
 
     /// Publishes `content` as `2/LOADER_CONFIG/<config_id>/config.json`.
     pub fn publish(&self, config_id: &str, content: &str) {
-        let file = self.dir.join(format!("input-{config_id}.json"));
+        self.publish_product(PRODUCT, config_id, content);
+    }
+
+    /// Publishes `content` as `2/<product>/<config_id>/config.json`.
+    pub fn publish_product(&self, product: &str, config_id: &str, content: &str) {
+        let file = self.dir.join(format!("input-{product}-{config_id}.json"));
         fs::write(&file, content).expect("write config input");
-        config_service_ok(&["publish", "--repo", path_str(&self.dir), PRODUCT, config_id, path_str(&file)]);
+        config_service_ok(&["publish", "--repo", path_str(&self.dir), product, config_id, path_str(&file)]);
     }
 
     pub fn remove(&self, config_id: &str) {
-        config_service_ok(&["remove", "--repo", path_str(&self.dir), PRODUCT, config_id]);
+        self.remove_product(PRODUCT, config_id);
+    }
+
+    pub fn remove_product(&self, product: &str, config_id: &str) {
+        config_service_ok(&["remove", "--repo", path_str(&self.dir), product, config_id]);
     }
 
     pub fn rotate_root(&self) {
@@ -403,6 +412,11 @@ impl Controller {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The state a request reported for `config_id`, if any.
+pub fn reported_state<'r>(request: &'r Value, config_id: &str) -> Option<&'r Value> {
+    request["config_states"].as_array()?.iter().find(|c| c["id"] == config_id)
 }
 
 /// The config entry for `config_id` in a status, if the listeners hold it.

@@ -1,6 +1,6 @@
 //! The trusted remote-config state: the newest verified root, the verified targets and the
 //! config files they sign. Values of this type only ever come out of verification
-//! ([`TrustedState::from_pinned_root`], [`super::apply_update`]), so holding one means
+//! ([`TrustedState::from_pinned_root`], [`crate::apply_update`]), so holding one means
 //! every byte in it was checked.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tough::schema::{Root, Signed, Targets};
 
-use super::{ConfigPath, VerifyError};
+use crate::{ConfigPath, VerifyError};
 
 /// How far a product listener got with a config. Reported back to the service per config
 /// on the next request; the numbers are the wire values.

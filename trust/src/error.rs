@@ -54,3 +54,39 @@ pub enum VerifyError {
     #[error("config {path}: the signed targets lack an integer custom.v (the config version)")]
     MissingVersion { path: String },
 }
+
+impl VerifyError {
+    /// Every value [`Self::reason`] returns.
+    pub const REASONS: [&'static str; 12] = [
+        "root_parse",
+        "root_version_gap",
+        "root_signature",
+        "root_expired",
+        "targets_parse",
+        "targets_signature",
+        "targets_expired",
+        "targets_rollback",
+        "missing_target",
+        "bad_config_path",
+        "config_hash",
+        "missing_version",
+    ];
+
+    /// A short, stable name of the failure (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::PinnedRootParse { .. } | Self::RootParse { .. } => "root_parse",
+            Self::RootVersionGap { .. } => "root_version_gap",
+            Self::RootNotSignedByPrevious { .. } | Self::RootNotSelfSigned { .. } => "root_signature",
+            Self::RootExpired { .. } => "root_expired",
+            Self::TargetsParse { .. } => "targets_parse",
+            Self::TargetsSignature { .. } | Self::TargetsNotResigned { .. } => "targets_signature",
+            Self::TargetsExpired { .. } => "targets_expired",
+            Self::TargetsRollback { .. } | Self::TargetsVersionReused { .. } => "targets_rollback",
+            Self::NoTargets | Self::UnknownTarget { .. } | Self::MissingFile { .. } => "missing_target",
+            Self::BadConfigPath { .. } => "bad_config_path",
+            Self::WrongLength { .. } | Self::WrongHash { .. } | Self::UnsupportedHash { .. } => "config_hash",
+            Self::MissingVersion { .. } => "missing_version",
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The shape of a remote-config path: `<org_id>/<product>/<config_id>/<name>`.
 
-use super::VerifyError;
+use crate::VerifyError;
 
 /// A parsed config path. Parsing refuses anything that could escape a directory or be
 /// ambiguous, so the product and config id can be used as keys without further checks.

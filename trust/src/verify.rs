@@ -17,8 +17,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
 use tough::schema::{Root, Signed, Target, Targets};
 
-use super::state::{ApplyState, ConfigEntry, TargetsMeta, TrustedState};
-use super::{ConfigPath, VerifyError};
+use crate::state::{ApplyState, ConfigEntry, TargetsMeta, TrustedState};
+use crate::{ConfigPath, VerifyError};
 
 /// One response, as borrowed views of its fields.
 #[derive(Debug, Default)]
@@ -82,6 +82,20 @@ pub fn apply_update(
     }
     let changed_products = changed_products(&current.configs, &state.configs);
     Ok(Applied::Changed { state, changed_products })
+}
+
+/// The `signed.version` of a raw root document, read without verifying it: only to skip
+/// roots at or below a pinned version (which the pin supersedes) before walking a chain.
+pub fn root_version(raw: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        signed: Version,
+    }
+    #[derive(serde::Deserialize)]
+    struct Version {
+        version: u64,
+    }
+    serde_json::from_slice::<Doc>(raw).ok().map(|d| d.signed.version)
 }
 
 /// A verified root and the bytes it arrived as.

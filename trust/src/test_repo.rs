@@ -1,7 +1,7 @@
 //! Test-only TUF repository: ed25519 keys (ring), roots and targets built from `tough`'s
-//! schema types, signed over `tough`'s canonical form. Shared by the unit tests (via
-//! `#[path]`), the integration tests and the benchmark so every test signs the same way.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! schema types, signed over `tough`'s canonical form. Shared (feature `test-repo`) by the
+//! unit, integration and end-to-end tests and the benchmarks so every test signs the same way.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::new_without_default)]
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
