@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{StoreError, replace_file};
+use crate::store::{StoreError, overwrite_in_place, replace_file};
 use trust::{ConfigEntry, TrustedState};
 
 pub const STATUS_FILE: &str = "status.json";
@@ -31,6 +31,11 @@ pub struct Status {
     pub next_poll_delay_ms: u64,
     pub recent_retry_delays_ms: VecDeque<u64>,
     pub configs: Vec<ConfigStatus>,
+    /// The last failure writing to the state directory (a full disk, a read-only mount),
+    /// until a poll succeeds again; set too when this document itself could not be
+    /// replaced and was overwritten in place instead.
+    #[serde(default)]
+    pub state_dir_error: Option<String>,
 }
 
 /// One config a product listener holds.
@@ -93,9 +98,26 @@ impl Status {
         self.recent_retry_delays_ms.push_back(ms);
     }
 
+    /// Replaces `status.json`; when that fails (no room for a new file), overwrites it in
+    /// place with `state_dir_error` saying why, so a full disk shows in the status instead
+    /// of the last healthy one. Returns the replacement's error either way.
     pub fn write(&self, state_dir: &Path) -> Result<(), StatusError> {
+        let path = state_dir.join(STATUS_FILE);
         let bytes = serde_json::to_vec_pretty(self).map_err(StoreError::from)?;
-        Ok(replace_file(&state_dir.join(STATUS_FILE), &bytes)?)
+        let Err(failed) = replace_file(&path, &bytes) else { return Ok(()) };
+        let mut report = self.clone();
+        report.state_dir_error = Some(failed.to_string());
+        let mut bytes = serde_json::to_vec(&report).map_err(StoreError::from)?;
+        if bytes.len() as u64 > allocated_bytes(&path) {
+            // Only the blocks the file already has are sure to be writable: the short form.
+            report.configs.clear();
+            report.recent_retry_delays_ms.clear();
+            bytes = serde_json::to_vec(&report).map_err(StoreError::from)?;
+        }
+        if let Err(e) = overwrite_in_place(&path, &bytes) {
+            tracing::debug!(error = %e, "status.json could not be overwritten in place either");
+        }
+        Err(failed.into())
     }
 
     pub fn read(state_dir: &Path) -> Result<Self, StatusError> {
@@ -106,8 +128,14 @@ impl Status {
     }
 
     /// The human-readable form printed by `controller status`.
+    ///
+    /// (`state_dir_error`, when set, is the first line: nothing else is true for long.)
     pub fn render(&self) -> String {
-        let mut out = format!("client id:        {}\n", self.client_id);
+        let mut out = String::new();
+        if let Some(e) = &self.state_dir_error {
+            out += &format!("STATE DIR:        cannot write: {e}\n");
+        }
+        out += &format!("client id:        {}\n", self.client_id);
         if self.disabled {
             out += &format!("remote config:    DISABLED ({})\n", self.disabled_reason);
         }
@@ -131,6 +159,12 @@ impl Status {
         }
         out
     }
+}
+
+/// Bytes of disk the file holds (its blocks, not its length).
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
 #[cfg(test)]
@@ -164,5 +198,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Status::read(dir.path()).unwrap_err();
         assert!(err.to_string().contains("status.json"));
+    }
+
+    /// A real full filesystem (a 64 KiB tmpfs; the tests run as root): the status says so
+    /// while it is full, and is replaced normally once there is room again.
+    #[test]
+    fn a_full_state_dir_shows_in_the_status_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs (needs root)");
+        let unmount = Unmount(dir.path().to_owned());
+        let mut status = Status { client_id: "c1".into(), polls_ok: 1, ..Default::default() };
+        status.write(dir.path()).unwrap();
+        let filler = dir.path().join("filler");
+        let _ = std::fs::write(&filler, vec![1u8; 128 * 1024]);
+        status.polls_failed = 1;
+        status.last_error = Some("poll failed".into());
+        assert!(status.write(dir.path()).is_err(), "the disk is full");
+        let seen = Status::read(dir.path()).unwrap();
+        assert_eq!(seen.polls_failed, 1, "the failure is visible");
+        assert!(seen.state_dir_error.as_deref().unwrap_or("").contains("No space left"), "{seen:?}");
+        assert!(seen.render().starts_with("STATE DIR:"), "{}", seen.render());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "no temporary file left behind: {left:?}");
+        std::fs::remove_file(&filler).unwrap();
+        status.write(dir.path()).unwrap();
+        assert_eq!(Status::read(dir.path()).unwrap().state_dir_error, None);
+        drop(unmount);
+    }
+
+    struct Unmount(std::path::PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
     }
 }

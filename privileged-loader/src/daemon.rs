@@ -135,6 +135,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         modules: modules.clone(),
         started_at_unix_ms,
         startup: startup.clone(),
+        walks: Default::default(),
         remote: Arc::new(remote),
         access: config.api.access(),
         instance: format!("{}-{started_at_unix_ms}", std::process::id()),
@@ -144,7 +145,14 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     let elapsed = exec.elapsed();
     let _ = startup.set(elapsed);
     info!(socket = %config.api.socket.display(), startup_ms = elapsed.as_secs_f64() * 1000.0, "serving the loader API");
-    let served = api::serve(loader_api, listener, config.api.allow_list(), shutdown.clone()).await;
+    let served = api::serve(
+        loader_api,
+        listener,
+        config.api.allow_list(),
+        config.api.limits.clone(),
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     modules.stop_all().await;
     while tasks.join_next().await.is_some() {}

@@ -125,6 +125,8 @@ pub struct ModuleRecord {
     pub attempts: Vec<ImplementationAttempt>,
     pub last_error: Option<String>,
     pub load_time: Duration,
+    /// Things an operator should know about a running module (a fallback it took).
+    pub notes: Vec<String>,
     /// The running instance: 1 for the first start, +1 for every start or reload that
     /// replaced or changed it; 0 before any start.
     pub generation: u64,
@@ -145,6 +147,7 @@ impl ModuleRecord {
             attempts: Vec::new(),
             last_error: None,
             load_time: Duration::ZERO,
+            notes: Vec::new(),
             generation: 0,
             loaded_at_unix_ms: 0,
             last_reload: None,
@@ -152,7 +155,7 @@ impl ModuleRecord {
         }
     }
 
-    /// Clears what one start attempt records (state, implementation, attempts, error,
+    /// Clears what one start attempt records (state, implementation, attempts, error, notes,
     /// load time) and keeps the lifecycle history (generation, reloads).
     pub fn begin_attempt(&mut self) {
         let fresh = ModuleRecord::new(self.name.clone());
@@ -161,6 +164,7 @@ impl ModuleRecord {
         self.attempts = fresh.attempts;
         self.last_error = fresh.last_error;
         self.load_time = fresh.load_time;
+        self.notes = fresh.notes;
     }
 
     /// Records `hook` under the attempt of `implementation` in progress (opened if none).

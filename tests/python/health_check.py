@@ -9,11 +9,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 def main() -> int:
     socket_path, service = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
-    # grpcio sends the socket path as :authority over unix sockets, which the loader's
-    # HTTP/2 stack (hyperium/h2) rejects as not RFC 7540 conformant; clients of unix-socket
-    # gRPC servers use "localhost" by convention (grpc-go, kubelet): so do we.
-    options = [("grpc.default_authority", "localhost")]
-    with grpc.insecure_channel(f"unix://{socket_path}", options=options) as channel:
+    # A stock channel, no options: grpcio sends the socket's path as :authority, and the
+    # loader must accept it (an operator's first script looks like this).
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)

@@ -11,6 +11,8 @@ pub enum HarnessError {
     Enter { netns: String, reason: String },
     #[error("{what} in network namespace {netns}: {source}")]
     Io { what: String, netns: String, source: io::Error },
+    #[error("{what}: {source}")]
+    Bpf { what: String, source: io::Error },
     #[error("cannot parse `conntrack -L` line {line:?}: {reason}")]
     Oracle { line: String, reason: String },
 }

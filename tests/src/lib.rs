@@ -16,9 +16,11 @@
 //!
 //! The tests of this crate (`tests/*.rs`) run the real binaries ([`loader`], [`process`]); the loader's own kernel
 //! tests (`privileged-loader/tests/conntrack_core.rs`) use the same harness.
+pub mod api_load;
 pub mod compare;
 mod error;
 pub mod loader;
+pub mod map_fill;
 pub mod nat;
 pub mod netns;
 pub mod oracle;

@@ -6,12 +6,15 @@ use std::time::{Duration, Instant};
 
 /// Path of one of the workspace's binaries (`cargo build --bins` must have run: the
 /// test command does it). Honours CARGO_TARGET_DIR; tests run from the debug profile,
-/// benchmarks built with `--release` from the release one.
+/// benchmarks built with `--release` from the release one; `E2E_PROFILE` (e.g. `release`)
+/// names another.
 pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join(if cfg!(debug_assertions) { "debug" } else { "release" }).join(name);
+    let built = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = std::env::var("E2E_PROFILE").unwrap_or_else(|_| built.into());
+    let path = target.join(profile).join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace --bins` before the tests",

@@ -258,6 +258,23 @@ fn lockstats_attributes_the_conntrack_map_to_its_module_and_can_be_turned_off() 
     assert_eq!(off.module("lockstats")["state"], "disabled");
 }
 
+/// Reading PID 1's namespace link needs every capability PID 1 has (or CAP_SYS_PTRACE);
+/// without it the loader uses its own namespace as the root one, and says so in status.
+#[test]
+fn status_says_when_the_root_network_namespace_could_not_be_read() {
+    let readable = std::fs::read_link("/proc/1/ns/net").is_ok();
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    let module = loader.module("conntrack");
+    let notes: Vec<&str> =
+        module["notes"].as_array().expect("notes").iter().filter_map(|n| n.as_str()).collect();
+    let noted = notes.iter().any(|n| n.contains("/proc/1/ns/net"));
+    assert_eq!(noted, !readable, "root namespace readable here: {readable}; module: {module:#}");
+    if noted {
+        let text = String::from_utf8_lossy(&loader.ctl(&["status"]).stdout).into_owned();
+        assert!(text.contains("conntrack note: cannot read /proc/1/ns/net"), "{text}");
+    }
+}
+
 /// Without CAP_NET_ADMIN the conntracker still loads but cannot open its ctnetlink
 /// sockets: it runs without seeding and destroy events, and says so. That warning is
 /// written while the chain starts the conntracker, and must survive the chain's own

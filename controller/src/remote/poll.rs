@@ -289,6 +289,7 @@ impl Poller {
         self.status.polls_ok += 1;
         self.status.consecutive_errors = 0;
         self.status.last_error = None;
+        self.status.state_dir_error = None;
         self.status.last_success_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis);
         let suggested = self.suggested_interval();
         self.schedule.after_success(suggested, rand::random::<f64>())
@@ -300,6 +301,9 @@ impl Poller {
         self.status.last_error = Some(e.to_string());
         if e.is_update_error() {
             self.last_update_error = Some(e.to_string());
+        }
+        if matches!(e, PollError::Store(_) | PollError::StoreTask(_)) {
+            self.status.state_dir_error = Some(e.to_string());
         }
         let suggested = self.suggested_interval();
         let delay = self.schedule.after_failure(e.kind(), suggested, rand::random::<f64>());

@@ -4,8 +4,9 @@
 //! `state.json` and fsyncs the directory, all under an exclusive `flock` on `state.lock`
 //! taken with a timeout, so a crash leaves either the old or the new state, never a mix.
 //! At start the file is re-verified from the pinned root exactly like a response; a file
-//! that fails (unreadable, tampered, truncated) is renamed aside with a timestamp and the
-//! controller starts from the pinned root: it is never used.
+//! that fails (unreadable, not a file, tampered, truncated, configs missing) is renamed
+//! aside with a timestamp and the controller starts from the pinned root: it is never
+//! used. Temporary files of commits a crash interrupted are removed at load.
 
 mod atomic;
 mod lock;
@@ -14,7 +15,7 @@ mod persisted;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use atomic::{replace_file, write_atomic};
+pub use atomic::{overwrite_in_place, replace_file, write_atomic};
 use lock::StoreLock;
 
 use trust::{TrustedState, VerifyError};
@@ -46,6 +47,8 @@ impl StoreError {
 /// Why a state file on disk was refused at load.
 #[derive(Debug, thiserror::Error)]
 pub enum CorruptState {
+    #[error("it cannot be read: {0}")]
+    Unreadable(String),
     #[error("it is not a state file this controller wrote: {0}")]
     Format(String),
     #[error("it does not verify from the pinned root: {0}")]
@@ -87,12 +90,19 @@ impl Store {
     pub fn load(&self, pinned: &TrustedState) -> Result<Loaded, StoreError> {
         let path = self.dir.join(STATE_FILE);
         let _lock = StoreLock::acquire(&self.dir.join(LOCK_FILE), self.lock_timeout)?;
+        atomic::remove_leftover_temps(&self.dir);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Loaded { state: pinned.clone(), quarantined: None });
             }
-            Err(e) => return Err(StoreError::io("read", &path)(e)),
+            // A directory, a file the controller may not read, a bad disk block: not a
+            // state this controller can use, and no reason to stop polling for a new one.
+            Err(e) => {
+                let aside = self.quarantine(&path)?;
+                let reason = CorruptState::Unreadable(e.to_string());
+                return Ok(Loaded { state: pinned.clone(), quarantined: Some((aside, reason)) });
+            }
         };
         match persisted::decode(&bytes, pinned) {
             Ok(state) => Ok(Loaded { state, quarantined: None }),

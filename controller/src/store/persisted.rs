@@ -21,6 +21,11 @@ struct PersistedState {
     /// Hex of the raw signed targets.
     targets: Option<String>,
     configs: Vec<PersistedConfig>,
+    /// The paths of `configs`, listed apart: a config removed from `configs` by hand is
+    /// then seen as missing (the file is refused and the state fetched again) instead of
+    /// silently loading without it. Absent in files written before it existed.
+    #[serde(default)]
+    config_paths: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,6 +51,7 @@ pub(super) fn encode(state: &TrustedState) -> Result<Vec<u8>, serde_json::Error>
                 apply_error: c.apply_error.clone(),
             })
             .collect(),
+        config_paths: Some(state.configs().values().map(|c| c.path.clone()).collect()),
     };
     serde_json::to_vec(&persisted)
 }
@@ -54,6 +60,11 @@ pub(super) fn decode(bytes: &[u8], pinned: &TrustedState) -> Result<TrustedState
     let p: PersistedState = serde_json::from_slice(bytes).map_err(|e| CorruptState::Format(e.to_string()))?;
     if p.format != FORMAT {
         return Err(CorruptState::Format(format!("format {} (expected {FORMAT})", p.format)));
+    }
+    if let Some(paths) = &p.config_paths
+        && let Some(missing) = paths.iter().find(|path| !p.configs.iter().any(|c| &c.path == *path))
+    {
+        return Err(CorruptState::Format(format!("config {missing} is listed but its content is missing")));
     }
     let unhex = |s: &String| hex::decode(s).map_err(|e| CorruptState::Format(e.to_string()));
     let roots = p.roots.iter().map(unhex).collect::<Result<Vec<_>, _>>()?;

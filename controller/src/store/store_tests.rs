@@ -109,3 +109,66 @@ fn client_id_is_created_once_and_kept() {
     assert_eq!(first.len(), 32);
     assert_eq!(store(dir.path()).client_id().unwrap(), first);
 }
+
+#[test]
+fn temporary_files_of_interrupted_commits_are_removed_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for leftover in [".state.json.tmp-4242", ".status.json.tmp-17", ".client_id.tmp-9"] {
+        std::fs::write(dir.path().join(leftover), vec![0u8; 4096]).unwrap();
+    }
+    let repo = trust::test_repo::Repo::new();
+    let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
+    store(dir.path()).load(&pinned).unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert!(left.iter().all(|n| !n.contains(".tmp-")), "left behind: {left:?}");
+}
+
+#[test]
+fn a_state_with_configs_removed_by_hand_is_quarantined_and_refetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = trust::test_repo::Repo::new();
+    let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
+    let other = "2/LOADER_CONFIG/cfg2/config.json";
+    let files = [
+        trust::test_repo::File { path: PATH, raw: b"{\"a\":1}", v: Some(4) },
+        trust::test_repo::File { path: other, raw: b"{\"b\":2}", v: Some(4) },
+    ];
+    let targets = repo.targets(4, &files);
+    let update = Update {
+        roots: vec![],
+        targets: &targets,
+        target_files: files.iter().map(|f| (f.path, f.raw)).collect(),
+        client_configs: vec![PATH, other],
+    };
+    let Applied::Changed { state, .. } = apply_update(&pinned, &update, ExpiryCheck::Skip).unwrap() else {
+        panic!("expected a change")
+    };
+    let mut doc: serde_json::Value = serde_json::from_slice(&Store::encode(&state).unwrap()).unwrap();
+    doc["configs"].as_array_mut().unwrap().retain(|c| c["path"] != other);
+    std::fs::write(dir.path().join(STATE_FILE), serde_json::to_vec(&doc).unwrap()).unwrap();
+    let loaded = store(dir.path()).load(&pinned).unwrap();
+    let (_, reason) = loaded.quarantined.expect("a partial state must be refused");
+    assert!(reason.to_string().contains(other), "{reason}");
+    assert_eq!(
+        loaded.state.targets_version(),
+        0,
+        "starts again from the pinned root, so it is fetched whole"
+    );
+}
+
+#[test]
+fn a_state_file_that_is_a_directory_is_set_aside_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
+    let repo = trust::test_repo::Repo::new();
+    let pinned = TrustedState::from_pinned_root(&repo.root_v1).unwrap();
+    let loaded = store(dir.path()).load(&pinned).unwrap();
+    let (aside, reason) = loaded.quarantined.expect("set aside");
+    assert!(matches!(reason, CorruptState::Unreadable(_)), "{reason}");
+    assert!(aside.is_dir() && !dir.path().join(STATE_FILE).exists());
+    // And the next commit works.
+    store(dir.path()).write(&Store::encode(&pinned).unwrap()).unwrap();
+}

@@ -114,7 +114,7 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
                     "implementation": a.implementation, "ok": a.ok, "reason": a.reason,
                     "hooks": a.hooks.iter().map(|h| json!({"hook": h.hook, "ok": h.ok, "reason": h.reason})).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
-                "last_error": m.last_error, "load_time_us": m.load_time_us,
+                "last_error": m.last_error, "load_time_us": m.load_time_us, "notes": m.notes,
                 "maps": m.maps.iter().map(|f| json!({"name": f.name, "entries": f.entries, "max_entries": f.max_entries})).collect::<Vec<_>>(),
                 "generation": m.generation, "loaded_at_unix_ms": m.loaded_at_unix_ms,
                 "last_reload": m.last_reload.as_ref().map_or(Value::Null, |r| json!({"at_unix_ms": r.at_unix_ms, "changed": r.changed, "how": r.how})),
@@ -205,6 +205,9 @@ pub fn status_text(s: &pb::GetStatusResponse) -> String {
             for h in &a.hooks {
                 out.push_str(&format!("    hook {}: {}\n", h.hook, verdict(h.ok, &h.reason)));
             }
+        }
+        for note in &m.notes {
+            out.push_str(&format!("  {} note: {note}\n", m.name));
         }
         out.push_str(&lifecycle_text(m));
     }

@@ -1,10 +1,12 @@
-//! Caller checks: every RPC's peer credentials (SO_PEERCRED, captured by tonic when the
-//! connection is accepted) are matched against the configured allow-list, which gives the
+//! Caller checks: every RPC's peer (SO_PEERCRED and SO_PEERGROUPS, captured when the
+//! connection is accepted) is matched against the configured allow-list, which gives the
 //! caller a [`Role`]: `Apply` (the controller: may apply configs and read), `Read`
 //! (`loaderctl` users: may only read), or none (refused). Changing RPCs check the role.
 use serde::{Deserialize, Serialize};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
+
+use super::peer::Peer;
+use super::quiet_log::QuietLog;
 
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +29,9 @@ impl Role {
     }
 }
 
-/// Who may call the API. A caller is allowed when its uid is listed or its gid is listed:
-/// in `uids`/`gids` with the apply role, in `read_only_*` with the read role.
+/// Who may call the API. A caller is allowed when its uid is listed, or its primary gid or
+/// one of its supplementary groups is listed: in `uids`/`gids` with the apply role, in
+/// `read_only_*` with the read role.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AllowList {
@@ -44,34 +47,51 @@ impl Default for AllowList {
     }
 }
 
+/// Refused calls are logged at most once a second: a denied peer looping on the socket
+/// must not fill the disk with the loader's log.
+static REFUSED: QuietLog = QuietLog::new();
+
 impl AllowList {
-    pub fn permits(&self, uid: u32, gid: u32) -> bool {
-        self.role(uid, gid).is_some()
+    pub fn permits(&self, peer: &Peer) -> bool {
+        self.role(peer).is_some()
     }
 
-    /// The strongest role the credentials have.
-    pub fn role(&self, uid: u32, gid: u32) -> Option<Role> {
-        if self.uids.contains(&uid) || self.gids.contains(&gid) {
+    /// The strongest role the peer has.
+    pub fn role(&self, peer: &Peer) -> Option<Role> {
+        let listed = |uids: &[u32], gids: &[u32]| {
+            uids.contains(&peer.uid)
+                || gids.contains(&peer.gid)
+                || peer.groups.iter().any(|g| gids.contains(g))
+        };
+        if listed(&self.uids, &self.gids) {
             return Some(Role::Apply);
         }
-        (self.read_only_uids.contains(&uid) || self.read_only_gids.contains(&gid)).then_some(Role::Read)
+        listed(&self.read_only_uids, &self.read_only_gids).then_some(Role::Read)
     }
 
     /// The interceptor applied to every service on the socket (loader, health, reflection).
     pub fn check<T>(&self, mut request: Request<T>) -> Result<Request<T>, Status> {
-        let cred = request.extensions().get::<UdsConnectInfo>().and_then(|info| info.peer_cred);
-        let Some(cred) = cred else {
+        let Some(peer) = request.extensions().get::<Peer>() else {
             tracing::warn!("refused a call without peer credentials (not a unix socket peer)");
             return Err(Status::permission_denied("peer credentials unavailable"));
         };
-        let (uid, gid) = (cred.uid(), cred.gid());
-        if let Some(role) = self.role(uid, gid) {
+        if let Some(role) = self.role(peer) {
             request.extensions_mut().insert(role);
             return Ok(request);
         }
-        tracing::warn!(uid, gid, pid = ?cred.pid(), "refused a call from a peer not in api.allowed_uids/allowed_gids");
+        let (uid, gid) = (peer.uid, peer.gid);
+        if let Some(suppressed) = REFUSED.admit() {
+            tracing::warn!(
+                uid,
+                gid,
+                pid = ?peer.pid,
+                groups = ?peer.groups,
+                suppressed,
+                "refused a call from a peer not in api.allowed_uids/allowed_gids (at most one such line a second; `suppressed` counts the ones not logged)"
+            );
+        }
         Err(Status::permission_denied(format!(
-            "uid {uid} (gid {gid}) is not allowed: add it to api.allowed_uids/allowed_gids (apply) or api.read_only_uids/read_only_gids (read)"
+            "uid {uid} (gid {gid}) is not allowed: add it (or one of its groups) to api.allowed_uids/allowed_gids (apply) or api.read_only_uids/read_only_gids (read)"
         )))
     }
 }
@@ -79,6 +99,10 @@ impl AllowList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer { uid, gid, pid: None, groups: groups.to_vec() }
+    }
 
     #[test]
     fn uid_or_gid_match_allows() {
@@ -88,10 +112,19 @@ mod tests {
             read_only_gids: vec![3000],
             ..Default::default()
         };
-        assert_eq!(list.role(1000, 5), Some(Role::Apply));
-        assert_eq!(list.role(7, 2000), Some(Role::Apply));
-        assert_eq!(list.role(7, 3000), Some(Role::Read));
-        assert!(!list.permits(7, 5));
+        assert_eq!(list.role(&peer(1000, 5, &[])), Some(Role::Apply));
+        assert_eq!(list.role(&peer(7, 2000, &[])), Some(Role::Apply));
+        assert_eq!(list.role(&peer(7, 3000, &[])), Some(Role::Read));
+        assert!(!list.permits(&peer(7, 5, &[])));
+    }
+
+    #[test]
+    fn a_supplementary_group_on_the_list_allows() {
+        let list =
+            AllowList { uids: vec![0], gids: vec![2000], read_only_gids: vec![3000], ..Default::default() };
+        assert_eq!(list.role(&peer(7, 5, &[100, 2000])), Some(Role::Apply));
+        assert_eq!(list.role(&peer(7, 5, &[3000])), Some(Role::Read));
+        assert!(!list.permits(&peer(7, 5, &[100, 2001])));
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub fn module(m: &ModuleRecord, tables: &[TableFill]) -> pb::ModuleStatus {
         last_error: m.last_error.clone().unwrap_or_default(),
         maps,
         load_time_us: m.load_time.as_micros() as u64,
+        notes: m.notes.clone(),
         generation: m.generation,
         loaded_at_unix_ms: m.loaded_at_unix_ms,
         last_reload: m.last_reload.as_ref().map(|r| pb::ReloadRecord {

@@ -2,21 +2,33 @@
 //! server reflection, every call checked against the peer-credential allow-list.
 mod audit;
 mod auth;
+mod authority;
+mod connection;
 mod convert;
+mod grpc_status;
+mod limits;
+mod map_walks;
+mod peer;
+mod quiet_log;
 mod remote;
 mod service;
 mod socket;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shared_proto::loader::v1 as pb;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use audit::AuditContext;
 pub use auth::{AllowList, Role};
+pub use authority::{AuthorityRewriter, RewriteError};
+pub use connection::ConnectionStats;
 pub use convert::kernel as kernel_report;
+pub use limits::Limits;
+pub use map_walks::MapWalks;
+pub use peer::Peer;
 pub use service::LoaderApi;
 pub use socket::{SocketError, bind};
 
@@ -30,8 +42,10 @@ pub struct ApiConfig {
     pub socket_group: Option<u32>,
     /// Peer uids allowed to call (SO_PEERCRED).
     pub allowed_uids: Vec<u32>,
-    /// Peer gids allowed to call.
+    /// Peer gids allowed to call: the peer's primary gid or any of its supplementary groups.
     pub allowed_gids: Vec<u32>,
+    /// `[api.limits]`: connections, idle timeout, streams, message size, shutdown grace.
+    pub limits: Limits,
     /// Peer uids allowed to read only (status, config, conntrack, lock stats; never ApplyConfig).
     pub read_only_uids: Vec<u32>,
     /// Peer gids allowed to read only (e.g. a `loaderctl` users' group).
@@ -46,6 +60,7 @@ impl Default for ApiConfig {
             socket_group: None,
             allowed_uids: allow.uids,
             allowed_gids: allow.gids,
+            limits: Limits::default(),
             read_only_uids: allow.read_only_uids,
             read_only_gids: allow.read_only_gids,
         }
@@ -81,11 +96,13 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Serves the API on `listener` until `shutdown` is cancelled; connections still open
+/// `limits.shutdown_grace_secs` later are closed.
 pub async fn serve(
-    api: LoaderApi,
+    mut api: LoaderApi,
     listener: tokio::net::UnixListener,
     allow: AllowList,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -94,12 +111,42 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    api.walks = MapWalks::new(limits.max_concurrent_map_walks);
+    let loader =
+        pb::loader_server::LoaderServer::new(api).max_decoding_message_size(limits.max_message_bytes);
+    let force_close = CancellationToken::new();
+    let incoming = connection::Incoming::new(
+        listener,
+        limits.clone(),
+        allow.clone(),
+        force_close.clone(),
+        Arc::new(ConnectionStats::default()),
+    );
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .layer(tower::util::MapResponseLayer::new(
+            grpc_status::fix_status::<tonic::service::interceptor::ResponseBody<tonic::body::Body>>,
+        ))
         .layer(tonic::service::InterceptorLayer::new(move |request| allow.check(request)))
-        .add_service(pb::loader_server::LoaderServer::new(api))
+        .add_service(loader)
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let grace = limits.shutdown_grace();
+    let close_after_grace = async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "closing the connections still open after the shutdown grace period"
+        );
+        force_close.cancel();
+        // Closed connections end their tasks at once; give them a moment, no more.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = close_after_grace => {}
+    }
     Ok(())
 }

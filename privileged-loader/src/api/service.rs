@@ -8,6 +8,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::Role;
+use super::map_walks::MapWalks;
 use super::{AuditContext, convert, remote};
 use crate::conntrack::{Conntracker, Tuple};
 use crate::modules::Modules;
@@ -25,6 +26,8 @@ pub struct LoaderApi {
     /// Exec → serving, set once the socket serves.
     pub startup: Arc<OnceLock<Duration>>,
     pub audit: AuditContext,
+    /// Turns for calls that walk a whole map (`api.limits.max_concurrent_map_walks`).
+    pub walks: MapWalks,
     /// Remote configuration (ApplyConfig, GetConfig).
     pub remote: Arc<RemoteConfigs>,
     /// Who may call what, shown in the status.
@@ -50,7 +53,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let tables = self.modules.conntracker().map(|c| c.tables()).unwrap_or_default();
+        let tables = self.walks.fill_levels(self.modules.conntracker()).await?;
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),
@@ -90,7 +93,9 @@ impl pb::loader_server::Loader for LoaderApi {
         request: Request<pb::ListConntrackRequest>,
     ) -> Result<Response<Self::ListConntrackStream>, Status> {
         let netns = request.into_inner().netns;
-        let entries = self.conntracker()?.entries().map_err(|e| Status::internal(e.to_string()))?;
+        let tracker = self.conntracker()?;
+        let entries =
+            self.walks.run(move || tracker.entries()).await?.map_err(|e| Status::internal(e.to_string()))?;
         let items = entries
             .into_iter()
             .filter(move |e| netns == 0 || e.netns == netns)

@@ -125,6 +125,8 @@ pub struct CoreConntracker {
     _ebpf: Mutex<Ebpf>,
     strategy: Strategy,
     root_netns: u32,
+    /// Why the root namespace could not be read, shown in the module's status.
+    root_netns_note: Option<String>,
     max_entries: u32,
 }
 
@@ -199,6 +201,9 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) -> RunningConntracker {
     let strategy = tracker.strategy;
+    if let Some(note) = &tracker.root_netns_note {
+        registry.update_module(MODULE, |m| m.notes.push(note.clone()));
+    }
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
     match open_netlink(cfg.destroy_events) {
@@ -315,11 +320,13 @@ impl CoreConntracker {
             || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
         let map = ebpf.take_map(map::MAP_NAME).ok_or_else(missing)?;
         let map = HashMap::try_from(map).map_err(|e| map_error(&e))?;
+        let (root_netns, root_netns_note) = root_netns();
         Ok(Self {
             map: RwLock::new(map),
             _ebpf: Mutex::new(ebpf),
             strategy,
-            root_netns: root_netns(),
+            root_netns,
+            root_netns_note,
             max_entries,
         })
     }
@@ -560,19 +567,24 @@ fn flag(on: bool) -> &'static u8 {
 }
 
 /// Inode of the root network namespace (that of pid 1), where the original system looks
-/// first; falls back to the calling thread's namespace when /proc/1 is not visible.
-fn root_netns() -> u32 {
+/// first; when /proc/1 is not readable, the calling thread's namespace, and a note saying
+/// so (lookups of the real root namespace's entries then miss).
+fn root_netns() -> (u32, Option<String>) {
     // readlink, not stat: stat of another process's namespace file needs ptrace access,
-    // which sandboxes deny even to root; the link text `net:[<inode>]` does not.
+    // which sandboxes deny even to root; the link text `net:[<inode>]` does not — unless
+    // the loader lacks one of PID 1's capabilities, which a root shell in a container may.
     let link = std::fs::read_link("/proc/1/ns/net").map(|l| l.to_string_lossy().into_owned());
-    match link.as_deref().map(parse_ns_link) {
-        Ok(Some(inode)) => inode,
-        other => {
-            let e = format!("{other:?}");
-            tracing::warn!(module = MODULE, error = %e, "cannot read /proc/1/ns/net; using the own namespace as root");
-            super::ctnetlink::current_netns().unwrap_or(0)
-        }
-    }
+    let why = match link.as_deref().map(parse_ns_link) {
+        Ok(Some(inode)) => return (inode, None),
+        Ok(None) => format!("unexpected link text {link:?}"),
+        Err(e) => e.to_string(),
+    };
+    let own = super::ctnetlink::current_netns().unwrap_or(0);
+    let note = format!(
+        "cannot read /proc/1/ns/net ({why}): the loader's own network namespace ({own}) stands in for the root one; give the loader CAP_SYS_PTRACE or every capability PID 1 has to fix it"
+    );
+    tracing::warn!(module = MODULE, %note, "root network namespace unknown");
+    (own, Some(note))
 }
 
 /// The inode in a namespace link's text, `net:[4026531840]`.

@@ -1,0 +1,236 @@
+//! The loader's socket under hostile and careless peers: held and idle connections, too
+//! many connections, SIGTERM with clients attached, refused peers that keep calling, bad
+//! bytes from a stock grpcio client, callers allowed by a supplementary group. Real binary,
+//! real unix socket, real peers (raw sockets, python's grpcio, loaderctl as other uids).
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e_tests::loader::{LoaderOptions, LoaderProcess, loaderctl};
+use serde_json::Value;
+
+const NOBODY: (u32, u32) = (65534, 65534);
+const PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// An HTTP/2 client that says hello and then nothing.
+fn silent_client(socket: &Path) -> UnixStream {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream.write_all(PREFACE_AND_SETTINGS).expect("preface");
+    stream
+}
+
+/// How long until the loader closes `stream` (reading and discarding what it sends), or
+/// `None` if it is still open after `limit`.
+fn closed_within(stream: &mut UnixStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        stream
+            .set_read_timeout(Some(limit.saturating_sub(start.elapsed()).max(Duration::from_millis(1))))
+            .ok()?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// Runs `tests/python/hostile_calls.py` (a stock grpcio channel) and parses its JSON line.
+fn hostile_calls(socket: &Path, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/hostile_calls.py");
+    let mut command = Command::new("python3");
+    command.arg(script).arg(socket).args(args);
+    let out = command.output().expect("python3");
+    assert!(out.status.success(), "hostile_calls.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+/// CPU time (user + system, in clock ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn open_socket_to_all(loader: &LoaderProcess) {
+    let dir = loader.socket.parent().expect("socket dir");
+    for (path, mode) in [(loader.dir.path(), 0o755), (dir, 0o755), (loader.socket.as_path(), 0o666)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+}
+
+#[test]
+fn sigterm_with_clients_attached_exits_within_the_grace_period() {
+    let mut loader = LoaderProcess::start(LoaderOptions {
+        extra_toml: "[api.limits]\nshutdown_grace_secs = 1\n",
+        ..Default::default()
+    });
+    // A bare connect that never speaks, and two silent HTTP/2 clients.
+    let _bare = UnixStream::connect(&loader.socket).expect("connect");
+    let _held = [silent_client(&loader.socket), silent_client(&loader.socket)];
+    let start = Instant::now();
+    assert!(
+        loader.process.terminate(Duration::from_secs(10)),
+        "the loader outlived its clients' patience:\n{}",
+        loader.log_text()
+    );
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "exit took {took:?} with a 1 s grace period");
+    assert!(!loader.socket.exists(), "the socket is removed on the way out");
+    assert!(loader.log_text().contains("shutdown grace period"), "{}", loader.log_text());
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_at_once_and_the_loader_stays_idle_and_serving() {
+    let loader = LoaderProcess::start(LoaderOptions {
+        extra_toml: "[api.limits]\nmax_connections = 8\n",
+        ..Default::default()
+    });
+    let mut held: Vec<UnixStream> = (0..8).map(|_| silent_client(&loader.socket)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = loader.process.pid();
+    let before = cpu_ticks(pid);
+    for _ in 0..50 {
+        // The loader may close it before a byte is written: connect only.
+        let mut extra = UnixStream::connect(&loader.socket).expect("connect");
+        let closed = closed_within(&mut extra, Duration::from_secs(2));
+        assert!(closed.is_some(), "a connection past the limit must be closed at once");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 50, "refusing 50 connections took {used} ticks of CPU: a busy loop?");
+    assert!(loader.log_text().contains("max_connections"), "refusals are logged:\n{}", loader.log_text());
+    // A slot freed is a slot served.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let out = loader.ctl(&["health"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let loader = LoaderProcess::start(LoaderOptions {
+        extra_toml: "[api.limits]\nidle_timeout_secs = 2\n",
+        ..Default::default()
+    });
+    let mut bare = UnixStream::connect(&loader.socket).expect("connect");
+    let closed = closed_within(&mut bare, Duration::from_secs(8)).expect("closed by the idle timeout");
+    assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}, before the timeout");
+    // A client that keeps calling is not idle: loaderctl is served throughout.
+    assert!(loader.ctl(&["status"]).status.success());
+}
+
+/// Connects to `socket` as `uid`/`gid`: the credentials are changed on a thread of its
+/// own with the raw syscalls (per thread on Linux, unlike libc's process-wide wrappers),
+/// so SO_PEERCRED names that uid and the test process keeps root.
+fn connect_as(socket: &Path, (uid, gid): (u32, u32)) -> UnixStream {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: setresgid/setresuid on the calling thread only; no memory is involved.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_setresgid, gid, gid, gid)
+                | libc::syscall(libc::SYS_setresuid, uid, uid, uid)
+        };
+        assert_eq!(rc, 0, "dropping the thread's credentials");
+        UnixStream::connect(&socket).expect("connect as another uid")
+    })
+    .join()
+    .expect("connecting thread")
+}
+
+#[test]
+fn a_refused_peer_is_disconnected_and_its_calls_are_logged_quietly() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    open_socket_to_all(&loader);
+    let mut held = connect_as(&loader.socket, NOBODY);
+    held.write_all(PREFACE_AND_SETTINGS).expect("preface");
+    let closed = closed_within(&mut held, Duration::from_secs(10));
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_secs(5)),
+        "a refused peer kept its connection: {closed:?}"
+    );
+    let refusals = || loader.log_text().lines().filter(|l| l.contains("refused a call")).count();
+    let before = refusals();
+    let calls = 300;
+    for _ in 0..calls {
+        assert!(!loaderctl(&loader.socket, &["health"], Some(NOBODY)).status.success());
+    }
+    let lines = refusals() - before;
+    assert!(lines <= 15, "{calls} refused calls wrote {lines} log lines");
+    assert!(loader.log_text().contains("suppressed"), "the held-back lines are counted");
+}
+
+#[test]
+fn bad_requests_from_a_stock_grpcio_client_get_standard_codes_and_short_messages() {
+    let loader = LoaderProcess::start(LoaderOptions::default());
+    let garbage = hostile_calls(&loader.socket, &["garbage"]);
+    assert_eq!(garbage["code"], "INVALID_ARGUMENT", "{garbage}");
+    let oversized = hostile_calls(&loader.socket, &["oversized"]);
+    assert_eq!(oversized["code"], "RESOURCE_EXHAUSTED", "{oversized}");
+    let long = hostile_calls(&loader.socket, &["long-address"]);
+    assert_eq!(long["code"], "INVALID_ARGUMENT", "{long}");
+    let len = long["message_len"].as_u64().expect("length");
+    assert!(len < 400, "the error echoed {len} characters of the request");
+    // Still serving.
+    assert!(loader.ctl(&["health"]).status.success());
+}
+
+#[test]
+fn a_caller_allowed_by_a_supplementary_group_is_served() {
+    let loader =
+        LoaderProcess::start(LoaderOptions { api_toml: "allowed_gids = [4242]", ..Default::default() });
+    open_socket_to_all(&loader);
+    let run_as = |groups: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--groups", groups, "--"])
+            .arg(e2e_tests::process::binary("loaderctl"))
+            .arg("--socket")
+            .arg(&loader.socket)
+            .arg("health")
+            .output()
+            .expect("setpriv")
+    };
+    let allowed = run_as("100,4242");
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    let refused = run_as("100");
+    assert!(!refused.status.success(), "without group 4242 the caller is refused");
+}
+
+/// At the file-descriptor limit accept() fails with EMFILE while connections wait in the
+/// backlog: the loader pauses instead of retrying in a loop, says so, and serves again
+/// once descriptors are free.
+#[test]
+fn at_the_file_descriptor_limit_the_loader_pauses_instead_of_spinning() {
+    let loader = LoaderProcess::start(LoaderOptions {
+        extra_toml: "[api.limits]\nmax_connections = 10000\n",
+        ..Default::default()
+    });
+    let pid = loader.process.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
+    let limit = (open_fds + 20).to_string();
+    let set = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status();
+    assert!(set.expect("prlimit").success());
+    let held: Vec<UnixStream> =
+        (0..60).map(|_| UnixStream::connect(&loader.socket).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 40, "{used} ticks of CPU in 2 s at the descriptor limit: a busy loop");
+    assert!(loader.log_text().contains("accepting a connection failed"), "{}", loader.log_text());
+    drop(held);
+    let served =
+        e2e_tests::process::wait_until(Duration::from_secs(10), || loader.ctl(&["health"]).status.success());
+    assert!(served, "the loader must serve again once descriptors are free:\n{}", loader.log_text());
+}
