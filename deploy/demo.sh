@@ -71,6 +71,7 @@ sock=$work/run/loader.sock
 cat > "$work/loader.toml" <<TOML
 [api]
 socket = "$sock"
+socket_group = 65534
 allowed_uids = [0, 65534]
 
 [remote_config]
@@ -84,7 +85,7 @@ ip netns exec "$ns" "$bin/privileged-loader" run --config "$work/loader.toml" 2>
 pids+=($!)
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { echo "the loader did not start:"; cat "$work/loader.log"; exit 1; }
-chmod 0755 "$work" "$work/run"; chmod 0666 "$sock"  # demo only: let uid 65534 reach the socket
+chmod 0755 "$work" "$work/run"  # demo only: let uid 65534 reach the socket (0660, group 65534)
 
 echo "== making connections through the DNAT rule"
 for _ in 1 2 3; do ip netns exec "$ns" curl -s -o /dev/null http://10.99.0.1/ || true; done
@@ -102,6 +103,8 @@ echo; echo "== loaderctl conntrack list --json | jq length"
 ctl conntrack list --json | jq length
 echo; echo "== loaderctl lockstats"
 ctl lockstats
+echo; echo "== loaderctl audit (the loader's privileges, checked against docs/privilege-audit.md)"
+ctl audit
 
 # An IPv6 UDP echo service behind the DNAT rule, so that each exchange is a full flow.
 ip netns exec "$ns" python3 -c '
@@ -145,7 +148,8 @@ CONTROLLER_LOADER__SOCKET="$sock" CONTROLLER_METRICS__LISTEN="127.0.0.1:$metrics
   --state-dir "$work/controller/state" --endpoint "http://127.0.0.1:$port" \
   --token-file "$work/controller/token" --root-file "$work/controller/root.json" \
   --poll-interval-secs 1 2> "$work/controller.log" &
-pids+=($!)
+controller_pid=$!
+pids+=("$controller_pid")
 
 echo '{"udpv6_enabled": false, "max_entries": 32768}' > "$work/conntrack.json"
 echo "publishing CONNTRACK demo v1: $(cat "$work/conntrack.json")"
@@ -177,6 +181,8 @@ tail -n 1 "$work/requests.jsonl" | jq -c '.config_states[] | select(.id == "demo
 echo "the loader keeps the previous config:"
 ctl config --json | jq -c '{max_entries: .values["conntrack.max_entries"], udpv6_enabled: .values["conntrack.udpv6_enabled"]}'
 
+echo; echo "== controller audit (uid, capabilities, no_new_privs, seccomp and sockets of the running controller)"
+"$bin/controller" audit --pid "$controller_pid"
 echo; echo "== controller status"
 "$bin/controller" status --state-dir "$work/controller/state"
 echo; echo "== a few lines of the controller's /metrics (http://127.0.0.1:$metrics_port/metrics)"

@@ -5,7 +5,7 @@
 //! any number of callers cost one walk per period (≤ 1 % of a core for a full map), and
 //! `GetStatus` itself reads a stored number. (An exact O(1) count needs the kernel's
 //! per-map element counter, read by an eBPF iterator: not done yet.)
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, Semaphore};
@@ -17,8 +17,17 @@ use crate::conntrack::{Conntracker, TableFill};
 /// for decisions that need the count of this very second.
 const FILL_MAX_AGE: Duration = Duration::from_secs(10);
 
-/// The last fill level counted, and when.
-type SharedFill = Arc<Mutex<Option<(Instant, Vec<TableFill>)>>>;
+/// The last fill level counted: of which conntracker instance, and when.
+type SharedFill = Arc<Mutex<Option<Counted>>>;
+
+struct Counted {
+    /// The instance counted: a reload that replaced the conntracker has a new map, with
+    /// another size, and its count is never served from the old one's. (A weak reference
+    /// keeps the old allocation's address from being reused by a later instance.)
+    instance: Weak<dyn Conntracker>,
+    at: Instant,
+    tables: Vec<TableFill>,
+}
 
 #[derive(Clone)]
 pub struct MapWalks {
@@ -43,18 +52,21 @@ impl MapWalks {
             .map_err(|e| Status::internal(format!("a map walk failed: {e}")))
     }
 
-    /// The conntracker's fill levels, counted by one caller and shared for `FILL_MAX_AGE`.
+    /// The conntracker's fill levels, counted by one caller and shared for `FILL_MAX_AGE`
+    /// (while the same instance runs).
     pub async fn fill_levels(&self, tracker: Option<Arc<dyn Conntracker>>) -> Result<Vec<TableFill>, Status> {
         let Some(tracker) = tracker else { return Ok(Vec::new()) };
         // Callers arriving during a count wait for it and take its result.
         let mut fill = self.fill.lock().await;
-        if let Some((at, tables)) = fill.as_ref()
-            && at.elapsed() < FILL_MAX_AGE
+        if let Some(counted) = fill.as_ref()
+            && std::ptr::addr_eq(counted.instance.as_ptr(), Arc::as_ptr(&tracker))
+            && counted.at.elapsed() < FILL_MAX_AGE
         {
-            return Ok(tables.clone());
+            return Ok(counted.tables.clone());
         }
+        let instance = Arc::downgrade(&tracker);
         let tables = self.run(move || tracker.tables()).await?;
-        *fill = Some((Instant::now(), tables.clone()));
+        *fill = Some(Counted { instance, at: Instant::now(), tables: tables.clone() });
         Ok(tables)
     }
 }
