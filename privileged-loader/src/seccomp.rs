@@ -34,6 +34,8 @@ pub const POLICY: Policy = Policy {
     socket_families: &[libc::AF_UNIX, libc::AF_NETLINK],
     startup_only: syscalls![
         SYS_mkdir, SYS_chmod, SYS_fchmodat, SYS_chown, SYS_fchownat, SYS_listen, SYS_socketpair, SYS_seccomp,
+        // the API socket is bound under umask 0177, so it is never open to others
+        SYS_umask,
         // loaderctl, run in the container by the probes and `loaderctl audit`
         SYS_connect,
     ],
