@@ -17,7 +17,7 @@ use super::map;
 use super::map_tracker::CoreConntracker;
 use super::serve::{RunningConntracker, serve};
 use super::{ConntrackError, MODULE};
-use crate::asset::{AssetError, AssetLoader, error_chain};
+use crate::asset::{self, AssetError, AssetLoader};
 use crate::status::{HookAttempt, ModuleState, Registry};
 
 /// Name of the asset (`bpf/conntrack.bpf.c`).
@@ -153,7 +153,7 @@ fn likely_cause(raw: &str) -> Option<&'static str> {
 fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetError> {
     match strategy {
         Strategy::FEntry => {
-            let prog: &mut FEntry = program(ebpf, "ct_fentry_hash_insert")?;
+            let prog: &mut FEntry = asset::program_mut(ebpf, ASSET, "ct_fentry_hash_insert")?;
             prog.load("__nf_conntrack_hash_insert", btf)
                 .map_err(|e| load_error("ct_fentry_hash_insert", e))?;
             prog.attach().map(drop).map_err(|e| attach_error("ct_fentry_hash_insert", e))
@@ -164,14 +164,14 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetErr
             let ret = kprobe(ebpf, "ct_kretprobe_confirm", "__nf_conntrack_confirm");
             if ret.is_err() {
                 // Without the return probe the entry probe only fills confirm_args.
-                if let Ok(prog) = program::<KProbe>(ebpf, "ct_kprobe_confirm") {
+                if let Ok(prog) = asset::program_mut::<KProbe>(ebpf, ASSET, "ct_kprobe_confirm") {
                     let _ = prog.unload();
                 }
             }
             ret
         }
         Strategy::TpBtf => {
-            let prog: &mut BtfTracePoint = program(ebpf, "ct_net_dev_queue")?;
+            let prog: &mut BtfTracePoint = asset::program_mut(ebpf, ASSET, "ct_net_dev_queue")?;
             prog.load("net_dev_queue", btf).map_err(|e| load_error("ct_net_dev_queue", e))?;
             prog.attach().map(drop).map_err(|e| attach_error("ct_net_dev_queue", e))
         }
@@ -184,26 +184,13 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetErr
 }
 
 fn kprobe(ebpf: &mut Ebpf, name: &str, symbol: &str) -> Result<(), AssetError> {
-    let prog: &mut KProbe = program(ebpf, name)?;
+    let prog: &mut KProbe = asset::program_mut(ebpf, ASSET, name)?;
     prog.load().map_err(|e| load_error(name, e))?;
     if let Err(e) = prog.attach(symbol, 0) {
         let _ = prog.unload();
         return Err(attach_error(name, e));
     }
     Ok(())
-}
-
-fn program<'e, P>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut P, AssetError>
-where
-    &'e mut P: TryFrom<&'e mut aya::programs::Program, Error = ProgramError>,
-{
-    let missing = |reason: String| AssetError::Read {
-        asset: ASSET.into(),
-        path: String::new(),
-        reason: format!("program {name}: {reason}"),
-    };
-    let prog = ebpf.program_mut(name).ok_or_else(|| missing("not in the object".into()))?;
-    prog.try_into().map_err(|e: ProgramError| missing(error_chain(&e)))
 }
 
 fn load_error(program: &str, err: ProgramError) -> AssetError {
