@@ -3,22 +3,19 @@
 //!
 //! It fills the same `conntrack` map, with the same layout, as the CO-RE conntracker, so
 //! what reads that map (the entries/lookup answers, the initial dump, destroy events, the
-//! sweep) is the CO-RE conntracker's code, not a copy. Only loading differs: no BTF at
-//! all, guessed offsets as load-time constants, and two hooks that need no BTF, tried in
-//! order — kprobe on `__nf_conntrack_hash_insert`, else `raw_tracepoint/net_dev_queue`.
+//! sweep) is the same code (`serve.rs`, `map_tracker.rs`), not a copy. Only loading
+//! differs: no BTF at all, guessed offsets as load-time constants, and two hooks that need
+//! no BTF, tried in order — kprobe on `__nf_conntrack_hash_insert`, else
+//! `raw_tracepoint/net_dev_queue`. This file loads and attaches only; the chain records.
 use aya::programs::{KProbe, RawTracePoint};
 
-use tokio_util::sync::CancellationToken;
-
+use super::ConntrackConfig;
 use super::hook::Strategy;
-use super::{ConntrackConfig, ConntrackError, RunningConntracker};
 use crate::asset::{self, AssetError, AssetLoader};
 use crate::offsetguess::{self, GuessError, GuessReport, OffsetGuessConfig};
-use crate::status::{HookAttempt, Registry};
+use crate::status::HookAttempt;
 
 pub const ASSET: &str = "conntrack_prebuilt";
-/// The implementation name its hook attempts are recorded under (`conntrack::chain`).
-const IMPLEMENTATION: &str = "prebuilt";
 const KPROBE: &str = "prebuilt_kprobe_hash_insert";
 const KPROBE_TARGET: &str = "__nf_conntrack_hash_insert";
 const RAW_TP: &str = "prebuilt_net_dev_queue";
@@ -50,26 +47,22 @@ pub struct LoadedPrebuilt {
 }
 
 /// Guesses the offsets (cached per process), loads the object with them (without BTF:
-/// it has no CO-RE relocation), attaches the first hook that works. Records the asset
-/// outcome and every hook attempt in `registry` (module `module`).
+/// it has no CO-RE relocation), attaches the first hook that works. The guess and every
+/// hook tried are appended to `hooks`; the asset loader records the load's outcome.
 pub fn load(
     settings: &PrebuiltSettings,
     assets: &AssetLoader,
-    registry: &Registry,
-    module: &str,
+    hooks: &mut Vec<HookAttempt>,
 ) -> Result<LoadedPrebuilt, PrebuiltError> {
+    // Blocks for the guessing run (about 0.1 s here, bounded by offsetguess.timeout_ms),
+    // once per process: later calls use the cached offsets.
     let guess = offsetguess::guess_cached(&settings.offsetguess, assets)?;
-    registry.update_module(module, |m| {
-        m.record_hook(
-            IMPLEMENTATION,
-            HookAttempt { hook: "offsetguess".into(), ok: true, reason: guess.to_string() },
-        )
-    });
+    hooks.push(HookAttempt { hook: "offsetguess".into(), ok: true, reason: guess.to_string() });
     let globals = Globals::new(settings, &guess);
     let (ebpf, hook) = assets.load_btf_free_asset(ASSET, |object, loader| {
         globals.set(loader, settings.max_entries);
         let mut ebpf = loader.load(object).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
-        let hook = attach(&mut ebpf, registry, module)?;
+        let hook = attach(&mut ebpf, hooks)?;
         Ok((ebpf, hook))
     })?;
     Ok(LoadedPrebuilt { ebpf, hook, guess })
@@ -106,14 +99,13 @@ impl Globals {
     }
 }
 
-/// Tries the kprobe, then the raw tracepoint; records each attempt.
-fn attach(ebpf: &mut aya::Ebpf, registry: &Registry, module: &str) -> Result<Strategy, AssetError> {
-    let record = |hook: Strategy, result: &Result<(), AssetError>| {
-        let attempt = match result {
+/// Tries the kprobe, then the raw tracepoint; appends each attempt to `hooks`.
+fn attach(ebpf: &mut aya::Ebpf, hooks: &mut Vec<HookAttempt>) -> Result<Strategy, AssetError> {
+    let mut record = |hook: Strategy, result: &Result<(), AssetError>| {
+        hooks.push(match result {
             Ok(()) => HookAttempt::ok(hook.hook()),
             Err(e) => HookAttempt::failed(hook.hook(), e.to_string()),
-        };
-        registry.update_module(module, |m| m.record_hook(IMPLEMENTATION, attempt));
+        });
     };
     let kprobe = attach_kprobe(ebpf);
     record(Strategy::PrebuiltKprobe, &kprobe);
@@ -149,26 +141,4 @@ impl From<&ConntrackConfig> for PrebuiltSettings {
             offsetguess: cfg.offsetguess.clone(),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Load(#[from] PrebuiltError),
-    #[error(transparent)]
-    Serve(#[from] ConntrackError),
-}
-
-/// Loads the prebuilt conntracker and hands its map to the same machinery that serves
-/// the CO-RE conntracker's map (initial dump, destroy events, sweep, answers).
-pub async fn start(
-    cfg: &ConntrackConfig,
-    assets: &AssetLoader,
-    registry: &Registry,
-    shutdown: CancellationToken,
-) -> Result<RunningConntracker, StartError> {
-    // Blocks for the guessing run (about 0.1 s here, bounded by offsetguess.timeout_ms),
-    // once, at start, before the API serves: not worth a blocking-pool hop.
-    let loaded = load(&PrebuiltSettings::from(cfg), assets, registry, super::MODULE)?;
-    Ok(super::serve::serve_loaded(loaded.ebpf, loaded.hook, cfg, registry, shutdown).await?)
 }
