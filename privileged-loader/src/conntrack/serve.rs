@@ -18,7 +18,6 @@ use super::map_tracker::{CoreConntracker, monotonic_ns};
 use super::sweep::SweepPolicy;
 use super::sweeper::Sweeper;
 use super::{ConntrackError, ConntrackStats, Conntracker, MODULE};
-use crate::status::Registry;
 
 /// A started conntracker: its read side and the tasks keeping it up to date.
 pub struct RunningConntracker {
@@ -29,21 +28,27 @@ pub struct RunningConntracker {
     /// The eBPF map behind `tracker` (CO-RE and prebuilt), for handing its translations
     /// to a successor at a reload; `None` for a userspace table.
     pub map: Option<Arc<CoreConntracker>>,
+    /// What an operator should know about this instance (a stand-in it had to take); the
+    /// chain writes them to the module's notes.
+    pub notes: Vec<String>,
+    /// Why it runs degraded (no seeding, no cleanup but LRU eviction); the chain writes it
+    /// to the module's last error.
+    pub degraded: Option<String>,
 }
 
-/// Serves the map of an object loaded and attached elsewhere (the prebuilt conntracker,
-/// whose map has this same layout): the same seeding, destroy events and sweep as
-/// [`start`]. Records nothing in the module's attempts; the caller does.
+/// Serves the map of a loaded and attached object, CO-RE or prebuilt (both maps have the
+/// same layout): seeding, destroy events and sweep. Records nothing; the chain does.
+///
+/// The netlink sockets belong to the network namespace of the *calling thread*: that is
+/// the namespace whose existing entries are loaded and whose destroy events are seen.
 pub async fn serve_loaded(
     ebpf: Ebpf,
     strategy: Strategy,
     cfg: &ConntrackConfig,
-    registry: &Registry,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ConntrackError> {
-    cfg.validate()?;
     let tracker = Arc::new(CoreConntracker::from_loaded(ebpf, strategy, cfg.max_entries)?);
-    Ok(serve(tracker, cfg, registry, shutdown).await)
+    Ok(serve(tracker, cfg, shutdown).await)
 }
 
 /// Starts the map runtime (seeding, destroy listener, sweep) for a loaded object. A
@@ -51,13 +56,11 @@ pub async fn serve_loaded(
 pub(crate) async fn serve(
     tracker: Arc<CoreConntracker>,
     cfg: &ConntrackConfig,
-    registry: &Registry,
     shutdown: CancellationToken,
 ) -> RunningConntracker {
     let strategy = tracker.strategy;
-    if let Some(note) = &tracker.root_netns_note {
-        registry.update_module(MODULE, |m| m.notes.push(note.clone()));
-    }
+    let notes: Vec<String> = tracker.root_netns_note.iter().cloned().collect();
+    let mut degraded = None;
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
     match open_netlink(cfg.destroy_events) {
@@ -104,12 +107,12 @@ pub(crate) async fn serve(
                  leave only by LRU eviction"
             );
             tracing::warn!(module = MODULE, "{message}");
-            registry.update_module(MODULE, |m| m.last_error = Some(message));
+            degraded = Some(message);
         }
     }
     let map = Some(tracker.clone());
     let tracker: Arc<dyn Conntracker> = tracker;
-    RunningConntracker { tracker, tasks, stats, map }
+    RunningConntracker { tracker, tasks, stats, map, notes, degraded }
 }
 
 /// The DESTROY event socket first, then the query and dump sockets: an entry destroyed
