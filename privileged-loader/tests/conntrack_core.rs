@@ -22,6 +22,10 @@ use privileged_loader::conntrack::{
 use privileged_loader::status::{AssetOutcome, BtfSource, ModuleState, Registry};
 use tokio_util::sync::CancellationToken;
 
+#[path = "conntrack_support/mod.rs"]
+mod conntrack_support;
+use conntrack_support::{eventually, expected, tuple};
+
 /// A conntracker started on a thread inside a namespace; stopped and joined on drop.
 struct NsConntracker {
     tracker: Arc<dyn Conntracker>,
@@ -108,38 +112,6 @@ fn test_config() -> ConntrackConfig {
     // namespace) cannot make the LRU evict this test's entries; not the default, so the
     // configured size is checked.
     ConntrackConfig { max_entries: 65_536, ..ConntrackConfig::default() }
-}
-
-fn tuple(t: &oracle::Tuple) -> Tuple {
-    let protocol = match t.protocol {
-        L4::Tcp => Protocol::Tcp,
-        L4::Udp => Protocol::Udp,
-    };
-    Tuple { src: t.src, src_port: t.sport, dst: t.dst, dst_port: t.dport, protocol }
-}
-
-/// The oracle's NAT'd entries, in the loader's representation.
-fn expected(lab: &NatLab) -> BTreeSet<Entry> {
-    let netns = lab.netns.inode().unwrap();
-    oracle::nat_entries(&lab.netns)
-        .unwrap()
-        .iter()
-        .map(|e| Entry { original: tuple(&e.original), reply: tuple(&e.reply), netns })
-        .collect()
-}
-
-/// Polls `check` until it holds or `within` passes; returns whether it held.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn kinds(entries: &BTreeSet<Entry>) -> BTreeSet<(Protocol, bool)> {

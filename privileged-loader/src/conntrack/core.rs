@@ -219,6 +219,8 @@ pub(crate) async fn serve(
                     .map(|d| d.as_nanos() as u64),
             };
             if let Some(events) = events {
+                let coverage = events.coverage().describe();
+                registry.update_module(MODULE, |m| m.notes.push(coverage));
                 let listener = DestroyListener {
                     tracker: tracker.clone(),
                     stats: stats.clone(),
@@ -605,7 +607,8 @@ pub fn monotonic_ns() -> u64 {
 /// arrive in this time even in the benchmark's connection storm.
 const EVENT_COALESCE: Duration = Duration::from_millis(10);
 
-/// Drops the map slots of destroyed entries of the own namespace.
+/// Drops the map slots of destroyed entries of the own namespace and of every namespace
+/// with an id in it.
 struct DestroyListener {
     tracker: Arc<CoreConntracker>,
     stats: Arc<ConntrackStats>,
@@ -677,6 +680,14 @@ impl DestroyListener {
     async fn forget(&mut self, entry: &Entry) {
         let stale = self.tracker.slots_describing(entry);
         if stale.is_empty() {
+            return;
+        }
+        if entry.netns != self.query.netns() {
+            // Another namespace's entry (`NETLINK_LISTEN_ALL_NSID`): the query socket
+            // would answer about its own namespace's table, not that one. Removed at once;
+            // a reused tuple there is recorded again by its next packet (tp_btf, raw
+            // tracepoint), or lost until reconnect with the once-per-entry hooks.
+            self.tracker.remove_keys(&stale);
             return;
         }
         match self.query.get(&entry.original).await {

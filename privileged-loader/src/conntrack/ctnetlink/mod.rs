@@ -9,10 +9,11 @@
 //! No crate is used for the wire format: the subset needed (one request, the tuple
 //! attributes) is small and tested here against bytes captured from the kernel
 //! (`fixtures/capture.py`).
+pub mod nsid;
 mod socket;
 pub mod wire;
 
-pub use socket::{CtNetlink, Event, Groups, NetlinkError, current_netns};
+pub use socket::{Coverage, CtNetlink, Event, Groups, NetlinkError, current_netns};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a panic is the failure report

@@ -9,16 +9,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::conntrack::{Entry, Protocol, Tuple};
 
-const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
 /// Attribute type bits; the top two are NLA_F_NESTED and NLA_F_NET_BYTEORDER.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLA_F_NESTED: u16 = 0x8000;
 
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -151,7 +151,7 @@ pub fn get_request(seq: u32, original: &Tuple) -> Vec<u8> {
 }
 
 /// Appends one attribute, padded to 4 bytes.
-fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+pub(super) fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let len = (NLA_HDRLEN + value.len()) as u16;
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
@@ -279,7 +279,7 @@ fn parse_tuple(nested: &[u8]) -> Result<Option<Tuple>, WireError> {
 }
 
 /// Iterates over `(type, value)` of the attributes in `buf`.
-fn attributes(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), WireError>> {
+pub(super) fn attributes(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), WireError>> {
     let mut rest = buf;
     std::iter::from_fn(move || {
         if rest.len() < NLA_HDRLEN {
@@ -298,7 +298,7 @@ fn attributes(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), WireError
     })
 }
 
-fn fixed<const N: usize>(value: &[u8], what: &'static str) -> Result<[u8; N], WireError> {
+pub(super) fn fixed<const N: usize>(value: &[u8], what: &'static str) -> Result<[u8; N], WireError> {
     value.try_into().map_err(|_| WireError::ValueLength { what, len: value.len(), expected: N })
 }
 
@@ -315,6 +315,6 @@ fn port(value: &[u8], what: &'static str) -> Result<u16, WireError> {
     Ok(u16::from_be_bytes(fixed::<2>(value, what)?))
 }
 
-fn align4(len: usize) -> usize {
+pub(super) fn align4(len: usize) -> usize {
     (len + 3) & !3
 }
