@@ -13,7 +13,7 @@ pub mod nsid;
 mod socket;
 pub mod wire;
 
-pub use socket::{Coverage, CtNetlink, Event, Groups, NetlinkError, current_netns};
+pub use socket::{Coverage, CtNetlink, Event, Groups, NetlinkError, ask_stats, current_netns};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a panic is the failure report

@@ -356,6 +356,40 @@ fn nsid_of(msg: &nix::sys::socket::RecvMsg<'_, '_, NetlinkAddr>) -> Option<i32> 
     })
 }
 
+/// Asks ctnetlink for its global statistics over a blocking socket, waiting at most
+/// `timeout`: `Ok` when it answers (the conntracker's dump and events will work), the
+/// kernel's refusal or the socket error otherwise. For the start-up probe, which runs
+/// outside any async runtime.
+pub fn ask_stats(timeout: std::time::Duration) -> Result<(), NetlinkError> {
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )
+    .map_err(|errno| NetlinkError::Open { step: "socket", errno })?;
+    let wait = nix::sys::time::TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &wait)
+        .map_err(|errno| NetlinkError::Open { step: "timeout", errno })?;
+    const SEQ: u32 = 1;
+    send(fd.as_raw_fd(), &wire::stats_request(SEQ), MsgFlags::empty())
+        .map_err(|errno| NetlinkError::Io { op: "send stats request", errno })?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let datagram = receive(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?
+            .ok_or(NetlinkError::Io { op: "recv stats reply", errno: Errno::ETIMEDOUT })?;
+        for (seq, message) in datagram.messages {
+            match message {
+                Message::Error { errno } if seq == SEQ && errno != 0 => {
+                    return Err(NetlinkError::Kernel { errno: Errno::from_raw(errno) });
+                }
+                _ if seq == SEQ => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// The inode of the calling *thread's* network namespace (`/proc/self` would name the
 /// main thread's, which differs when a thread entered another namespace with setns).
 pub fn current_netns() -> Result<u32, NetlinkError> {
@@ -375,6 +409,11 @@ mod tests {
     //! Needs root: runs against the kernel in a throwaway namespace.
     use super::*;
     use e2e_tests::{L4, NatLab};
+
+    #[test]
+    fn the_kernel_answers_the_stats_probe() {
+        ask_stats(std::time::Duration::from_millis(500)).unwrap();
+    }
 
     #[test]
     fn leftovers_of_an_abandoned_dump_are_skipped() {

@@ -25,6 +25,7 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NFNETLINK_V0: u8 = 0;
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
@@ -101,11 +102,22 @@ pub enum WireError {
 
 /// A request to dump the whole conntrack table of the socket's namespace, every family.
 pub fn dump_request(seq: u32) -> Vec<u8> {
+    bare_request(seq, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP)
+}
+
+/// A request for the global conntrack statistics (`IPCTNL_MSG_CT_GET_STATS`): the cheapest
+/// question ctnetlink answers, which is how the probe asks whether it is there.
+pub fn stats_request(seq: u32) -> Vec<u8> {
+    bare_request(seq, IPCTNL_MSG_CT_GET_STATS, NLM_F_REQUEST)
+}
+
+/// A ctnetlink request without attributes, for every family.
+fn bare_request(seq: u32, message: u16, flags: u16) -> Vec<u8> {
     let len = (NLMSG_HDRLEN + NFGENMSG_LEN) as u32;
     let mut msg = Vec::with_capacity(len as usize);
     msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | message).to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     msg.extend_from_slice(&[AF_UNSPEC, NFNETLINK_V0, 0, 0]);
