@@ -11,6 +11,7 @@ pub mod map;
 pub mod nat_table;
 pub mod netlink_tracker;
 pub mod prebuilt;
+pub mod storm;
 pub mod sweep;
 mod tuple;
 
