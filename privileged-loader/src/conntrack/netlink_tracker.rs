@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::core::ConntrackStats;
+use super::ConntrackStats;
 use super::ctnetlink::{CtNetlink, Event, Groups, NetlinkError};
 use super::nat_table::NatTable;
 use super::{ConntrackConfig, ConntrackError, Conntracker, Entry, RunningConntracker, TableFill, Tuple};
@@ -139,7 +139,7 @@ pub async fn start_tracker(
     cfg.validate()?;
     let events = CtNetlink::event_socket(Groups::NewAndDestroy)?;
     let coverage = events.coverage().describe();
-    registry.update_module(super::chain::MODULE, |m| m.notes.push(format!("netlink: {coverage}")));
+    registry.update_module(super::MODULE, |m| m.notes.push(format!("netlink: {coverage}")));
     let mut dump = CtNetlink::dump_socket()?;
     let timeout = cfg.initial_dump_timeout();
     let tracker = Arc::new(NetlinkConntracker {
@@ -195,7 +195,7 @@ impl Follower {
         let message = format!(
             "netlink: events lost {lost} time(s) (ENOBUFS); table resynced from a dump {resyncs} time(s)"
         );
-        self.registry.update_module(super::chain::MODULE, |m| m.last_error = Some(message));
+        self.registry.update_module(super::MODULE, |m| m.last_error = Some(message));
     }
 
     async fn resync(&mut self, why: &str) {
@@ -206,7 +206,7 @@ impl Follower {
             Err(e) => {
                 tracing::warn!(error = %e, why, "netlink conntracker resync failed; keeping the current table");
                 let message = format!("netlink: resync after {why} failed: {e}");
-                self.registry.update_module(super::chain::MODULE, |m| m.last_error = Some(message));
+                self.registry.update_module(super::MODULE, |m| m.last_error = Some(message));
             }
         }
     }
