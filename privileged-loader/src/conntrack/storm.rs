@@ -70,6 +70,12 @@ impl StormGuard {
         self.shed
     }
 
+    /// Undoes the last shed or restore: the subscription could not be changed, so the
+    /// next samples decide again from the state it is really in.
+    pub fn revert(&mut self) {
+        self.shed = !self.shed;
+    }
+
     /// Takes one sample (new connections per second) and says whether to change state.
     pub fn observe(&mut self, per_sec: u64) -> Verdict {
         let crossing = if self.shed {

@@ -32,6 +32,8 @@ use super::wire::{self, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDRLEN, WireError};
 /// `SOL_NETLINK` and `NETLINK_LISTEN_ALL_NSID` (uapi netlink.h).
 pub(super) const SOL_NETLINK: libc::c_int = 270;
 pub(super) const NETLINK_LISTEN_ALL_NSID: libc::c_int = 8;
+pub(super) const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+pub(super) const NETLINK_DROP_MEMBERSHIP: libc::c_int = 2;
 /// rtnetlink namespace-id messages and attributes (uapi rtnetlink.h, net_namespace.h).
 const RTM_NEWNSID: u16 = 88;
 const RTM_DELNSID: u16 = 89;
@@ -53,14 +55,22 @@ const QUERY_TIMEOUT: TimeVal = TimeVal::new(0, 200_000);
 /// Subscribes `fd` (a netlink socket) to the events of every namespace with an id.
 /// Needs CAP_NET_BROADCAST (checked here, and against the socket's opener per event).
 pub(super) fn listen_all_namespaces(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    let on: libc::c_int = 1;
+    netlink_option(fd, NETLINK_LISTEN_ALL_NSID, 1)
+}
+
+/// Sets a `SOL_NETLINK` option with an int value (nix has no typed option for these).
+pub(super) fn netlink_option(
+    fd: BorrowedFd<'_>,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> Result<(), Errno> {
     // SAFETY: a valid fd, and a pointer to a c_int with its exact length.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             SOL_NETLINK,
-            NETLINK_LISTEN_ALL_NSID,
-            (&on as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

@@ -175,6 +175,19 @@ impl CtNetlink {
         self.netns
     }
 
+    /// Joins (`true`) or leaves the DESTROY event group on this socket, keeping the socket
+    /// (and its `NETLINK_LISTEN_ALL_NSID`, granted when it was opened). Leaving removes the
+    /// kernel's per-connection price of a listener when no other one exists; joining
+    /// again needs CAP_NET_ADMIN, which the loader keeps.
+    pub fn set_destroy_subscription(&self, on: bool) -> Result<(), NetlinkError> {
+        let option = if on { nsid::NETLINK_ADD_MEMBERSHIP } else { nsid::NETLINK_DROP_MEMBERSHIP };
+        nsid::netlink_option(self.fd.get_ref().as_fd(), option, NFNLGRP_CONNTRACK_DESTROY as libc::c_int)
+            .map_err(|errno| NetlinkError::Io {
+                op: if on { "join DESTROY group" } else { "leave DESTROY group" },
+                errno,
+            })
+    }
+
     /// Which namespaces' events this socket hears.
     pub fn coverage(&self) -> Coverage {
         match &self.nsids {
