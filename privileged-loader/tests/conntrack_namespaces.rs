@@ -6,98 +6,13 @@
 //! oracle is `conntrack -L`/`-D` run *in the second namespace*. Needs root.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use e2e_tests::{NatLab, Netns, oracle};
-use privileged_loader::asset::AssetLoader;
-use privileged_loader::btf::{self, BtfConfig};
-use privileged_loader::conntrack::chain::{self, Strategies};
-use privileged_loader::conntrack::{ConntrackConfig, Conntracker, Entry, RunningConntracker};
-use privileged_loader::status::Registry;
-use tokio_util::sync::CancellationToken;
 
 #[path = "conntrack_support/mod.rs"]
 mod conntrack_support;
-use conntrack_support::{eventually, expected, tuple};
-
-/// A conntracker with one pinned strategy, started on a thread inside `host`.
-struct Pinned {
-    tracker: Arc<dyn Conntracker>,
-    registry: Registry,
-    shutdown: CancellationToken,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Pinned {
-    fn start(host: &Netns, strategy: &str) -> Self {
-        let cfg = ConntrackConfig {
-            strategies: strategy.parse::<Strategies>().unwrap(),
-            // Other tests' NAT traffic (the eBPF map sees every namespace) must not
-            // make the LRU evict this test's entries.
-            max_entries: 65_536,
-            ..ConntrackConfig::default()
-        };
-        let registry = Registry::default();
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (reg, stop) = (registry.clone(), shutdown.clone());
-        let thread = host
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(async move {
-                    let assets = AssetLoader::new(btf::discover(&BtfConfig::default()), None, reg.clone());
-                    match chain::start(&cfg, &assets, &reg, stop.clone()).await {
-                        Ok(RunningConntracker { tracker, mut tasks, .. }) => {
-                            tx.send(Ok(tracker)).unwrap();
-                            stop.cancelled().await;
-                            while tasks.join_next().await.is_some() {}
-                        }
-                        Err(e) => tx.send(Err(e.to_string())).unwrap(),
-                    }
-                });
-            })
-            .unwrap();
-        let tracker = rx.recv().unwrap().unwrap_or_else(|e| panic!("{strategy} did not start: {e}"));
-        Pinned { tracker, registry, shutdown, thread: Some(thread) }
-    }
-
-    fn entries_in(&self, netns: u32) -> BTreeSet<Entry> {
-        self.tracker.entries().unwrap().into_iter().filter(|e| e.netns == netns).collect()
-    }
-
-    fn notes(&self) -> Vec<String> {
-        self.registry.module(chain::MODULE).map(|m| m.notes).unwrap_or_default()
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Joins `lab`'s namespace to `host` with a veth pair: the kernel gives it an id in `host`.
-fn join_by_veth(host: &Netns, lab: &NatLab) {
-    host.ip(&[
-        "link",
-        "add",
-        "veth-host",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-pod",
-        "netns",
-        lab.netns.name(),
-    ])
-    .unwrap();
-}
+use conntrack_support::{Pinned, eventually, expected, join_by_veth, tuple};
 
 /// Traffic in the second namespace is listed with its inode, exactly as `conntrack -L`
 /// there shows it; `conntrack -D` there removes an entry within 2 s.
