@@ -19,6 +19,7 @@ use super::storm::StormGuard;
 use super::sweep::SweepPolicy;
 use super::sweeper::Sweeper;
 use super::{ConntrackError, ConntrackStats, Conntracker, MODULE};
+use crate::status::Registry;
 
 /// A started conntracker: its read side and the tasks keeping it up to date.
 pub struct RunningConntracker {
@@ -46,21 +47,27 @@ pub async fn serve_loaded(
     ebpf: Ebpf,
     strategy: Strategy,
     cfg: &ConntrackConfig,
+    registry: &Registry,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ConntrackError> {
     let tracker = Arc::new(CoreConntracker::from_loaded(ebpf, strategy, cfg.max_entries)?);
-    Ok(serve(tracker, cfg, shutdown).await)
+    Ok(serve(tracker, cfg, registry, shutdown).await)
 }
 
 /// Starts the map runtime (seeding, destroy listener, sweep) for a loaded object. A
 /// reload that changes only runtime settings calls it again on the same object.
+///
+/// `registry` goes only to the DESTROY listener, for the one note that changes while the
+/// instance runs (the subscription shed in a storm, and gone when restored); everything
+/// known at start is returned in [`RunningConntracker`] for the chain to record.
 pub(crate) async fn serve(
     tracker: Arc<CoreConntracker>,
     cfg: &ConntrackConfig,
+    registry: &Registry,
     shutdown: CancellationToken,
 ) -> RunningConntracker {
     let strategy = tracker.strategy;
-    let notes: Vec<String> = tracker.root_netns_note.iter().cloned().collect();
+    let mut notes: Vec<String> = tracker.root_netns_note.iter().cloned().collect();
     let mut degraded = None;
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
@@ -78,7 +85,7 @@ pub(crate) async fn serve(
             };
             if let Some(events) = events {
                 let coverage = events.coverage().describe();
-                registry.update_module(MODULE, |m| m.notes.push(coverage));
+                notes.push(coverage);
                 let listener = DestroyListener {
                     tracker: tracker.clone(),
                     stats: stats.clone(),
