@@ -1,5 +1,6 @@
 //! Benchmarks of the loader (issue: the loader spine). Run as root:
 //!   cargo build --release --bins && cargo run --release -p e2e-tests --example bench_loader
+//! (`BENCH_LOADER_BIN=<path>` benchmarks another loader binary instead.)
 //! Prints, for docs/benchmarks.md:
 //! - exec → the first answered gRPC health check (every module loaded; median of 10 starts)
 //! - loader RSS after start
@@ -27,7 +28,10 @@ const BACKEND_PORT: u16 = 8080;
 
 fn main() -> anyhow::Result<()> {
     let release = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
-    let loader_bin = release.join("privileged-loader");
+    // BENCH_LOADER_BIN names another loader binary (a copy of an earlier build, to
+    // compare start-up before and after a change in one sitting).
+    let loader_bin =
+        std::env::var_os("BENCH_LOADER_BIN").map_or_else(|| release.join("privileged-loader"), PathBuf::from);
     anyhow::ensure!(
         loader_bin.exists(),
         "{} missing: cargo build --release --bins first",

@@ -23,8 +23,8 @@ mod tuple;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
+pub use self::chain::start_core as start;
 pub use self::config::ConntrackConfig;
-pub use self::core::start;
 pub use self::serve::RunningConntracker;
 pub use tuple::{Entry, Protocol, Tuple, TupleError};
 
@@ -68,8 +68,6 @@ pub struct TableFill {
 pub enum ConntrackError {
     #[error("reading conntrack map {map}: {reason}")]
     MapRead { map: String, reason: String },
-    #[error("the conntracker is disabled by configuration (conntrack.enabled = false)")]
-    Disabled,
     #[error(transparent)]
     Config(#[from] config::ConntrackConfigError),
     #[error("loading the conntrack eBPF asset: {0}")]

@@ -127,7 +127,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, NetlinkTrackerError> {
     let (tracker, tasks) = start_tracker(cfg, registry, shutdown).await?;
-    Ok(RunningConntracker { tracker, tasks, stats: Arc::new(ConntrackStats::default()), map: None })
+    let stats = Arc::new(ConntrackStats::default());
+    Ok(RunningConntracker { tracker, tasks, stats, map: None, notes: Vec::new(), degraded: None })
 }
 
 /// [`start`], returning the concrete tracker (for its [`NetlinkStats`]).
