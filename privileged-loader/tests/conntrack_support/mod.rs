@@ -114,19 +114,12 @@ impl Drop for Pinned {
 /// Joins `lab`'s namespace to `host` with a veth pair: the kernel gives it an id in `host`.
 #[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 pub fn join_by_veth(host: &Netns, lab: &NatLab) {
-    host.ip(&[
-        "link",
-        "add",
-        "veth-host",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-pod",
-        "netns",
-        lab.netns.name(),
-    ])
-    .unwrap();
+    // Unique names: a deleted namespace's veth end can linger in `host` for a moment.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (here, there) = (format!("vhost{n}"), format!("vpod{n}"));
+    host.ip(&["link", "add", &here, "type", "veth", "peer", "name", &there, "netns", lab.netns.name()])
+        .unwrap();
 }
 
 /// New UDP flows to `to` (one datagram from a fresh socket, so a new source port, each)
