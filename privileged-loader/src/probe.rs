@@ -20,8 +20,6 @@ use serde::Serialize;
 use crate::asset::{AssetError, AssetLoader, error_chain};
 use crate::status::BtfSource;
 
-mod ctnetlink;
-
 /// The probe's asset name (`bpf/probe.bpf.c`).
 pub const PROBE_ASSET: &str = "probe";
 /// Function the fentry and kprobe probes hook: present in every kernel, BTF and kallsyms.
@@ -314,7 +312,8 @@ fn probe_conntrack() -> Feature {
             );
         }
     };
-    match ctnetlink::ask_stats() {
+    // A kernel that never answers must not stall the probe.
+    match crate::conntrack::ctnetlink::ask_stats(std::time::Duration::from_millis(200)) {
         Ok(()) => Feature::yes(
             "conntrack",
             format!("nf_conntrack loaded ({entries} entries here), ctnetlink answers"),

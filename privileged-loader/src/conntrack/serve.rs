@@ -15,6 +15,7 @@ use super::ctnetlink::{CtNetlink, Groups, NetlinkError};
 use super::destroy_listener::DestroyListener;
 use super::hook::Strategy;
 use super::map_tracker::{CoreConntracker, monotonic_ns};
+use super::storm::StormGuard;
 use super::sweep::SweepPolicy;
 use super::sweeper::Sweeper;
 use super::{ConntrackError, ConntrackStats, Conntracker, MODULE};
@@ -76,12 +77,16 @@ pub(crate) async fn serve(
                     .map(|d| d.as_nanos() as u64),
             };
             if let Some(events) = events {
+                let coverage = events.coverage().describe();
+                registry.update_module(MODULE, |m| m.notes.push(coverage));
                 let listener = DestroyListener {
                     tracker: tracker.clone(),
                     stats: stats.clone(),
                     resync: resync.clone(),
                     query,
                     cfg: cfg.clone(),
+                    storm: cfg.storm_policy().map(StormGuard::new),
+                    registry: registry.clone(),
                 };
                 tasks.spawn(listener.run(events, shutdown.clone()));
             } else {

@@ -14,8 +14,14 @@ use crate::status::{ModuleState, ReloadRecord, now_unix_ms};
 
 /// Keys applied to a running eBPF conntracker without a new object: they tune the
 /// userspace tasks (seeding, destroy listener, sweep), not the program or its map.
-const IN_PLACE: &[&str] =
-    &["sweep_interval_secs", "destroy_events", "stale_after_secs", "initial_dump_timeout_secs"];
+const IN_PLACE: &[&str] = &[
+    "sweep_interval_secs",
+    "destroy_events",
+    "stale_after_secs",
+    "initial_dump_timeout_secs",
+    "storm_shed_above_per_sec",
+    "storm_sustain_secs",
+];
 
 /// A running conntracker and the token that stops its tasks.
 pub(super) struct Instance {
