@@ -119,11 +119,11 @@ async fn start_one(
     match strategy {
         Strategy::Core => {
             let (ebpf, hook) = core::load(cfg, assets, hooks)?;
-            Ok(serve_loaded(ebpf, hook, cfg, shutdown).await?)
+            Ok(serve_loaded(ebpf, hook, cfg, registry, shutdown).await?)
         }
         Strategy::Prebuilt => {
             let loaded = prebuilt::load(&PrebuiltSettings::from(cfg), assets, hooks)?;
-            Ok(serve_loaded(loaded.ebpf, loaded.hook, cfg, shutdown).await?)
+            Ok(serve_loaded(loaded.ebpf, loaded.hook, cfg, registry, shutdown).await?)
         }
         Strategy::Netlink => Ok(netlink_tracker::start(cfg, registry, shutdown).await?),
     }

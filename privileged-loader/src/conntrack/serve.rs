@@ -19,6 +19,7 @@ use super::storm::StormGuard;
 use super::sweep::SweepPolicy;
 use super::sweeper::Sweeper;
 use super::{ConntrackError, ConntrackStats, Conntracker, MODULE};
+use crate::status::Registry;
 
 /// A started conntracker: its read side and the tasks keeping it up to date.
 pub struct RunningConntracker {
@@ -38,7 +39,9 @@ pub struct RunningConntracker {
 }
 
 /// Serves the map of a loaded and attached object, CO-RE or prebuilt (both maps have the
-/// same layout): seeding, destroy events and sweep. Records nothing; the chain does.
+/// same layout): seeding, destroy events and sweep. What it learns while starting goes
+/// into the returned instance's `notes`/`degraded`, which the chain records; `registry`
+/// is only for the running DESTROY listener's own notes (connection-storm shedding).
 ///
 /// The netlink sockets belong to the network namespace of the *calling thread*: that is
 /// the namespace whose existing entries are loaded and whose destroy events are seen.
@@ -46,10 +49,11 @@ pub async fn serve_loaded(
     ebpf: Ebpf,
     strategy: Strategy,
     cfg: &ConntrackConfig,
+    registry: &Registry,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ConntrackError> {
     let tracker = Arc::new(CoreConntracker::from_loaded(ebpf, strategy, cfg.max_entries)?);
-    Ok(serve(tracker, cfg, shutdown).await)
+    Ok(serve(tracker, cfg, registry, shutdown).await)
 }
 
 /// Starts the map runtime (seeding, destroy listener, sweep) for a loaded object. A
@@ -57,10 +61,11 @@ pub async fn serve_loaded(
 pub(crate) async fn serve(
     tracker: Arc<CoreConntracker>,
     cfg: &ConntrackConfig,
+    registry: &Registry,
     shutdown: CancellationToken,
 ) -> RunningConntracker {
     let strategy = tracker.strategy;
-    let notes: Vec<String> = tracker.root_netns_note.iter().cloned().collect();
+    let mut notes: Vec<String> = tracker.root_netns_note.iter().cloned().collect();
     let mut degraded = None;
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
@@ -77,8 +82,7 @@ pub(crate) async fn serve(
                     .map(|d| d.as_nanos() as u64),
             };
             if let Some(events) = events {
-                let coverage = events.coverage().describe();
-                registry.update_module(MODULE, |m| m.notes.push(coverage));
+                notes.push(events.coverage().describe());
                 let listener = DestroyListener {
                     tracker: tracker.clone(),
                     stats: stats.clone(),

@@ -103,7 +103,7 @@ async fn change_in_place(modules: &Modules, slot: &mut Option<Instance>, cfg: &C
     };
     let token = modules.inner.shutdown.child_token();
     // The same object serves the API before and after: only its tasks change.
-    let running = serve::serve(map, cfg, token.clone()).await;
+    let running = serve::serve(map, cfg, modules.registry(), token.clone()).await;
     chain::record_serving(modules.registry(), &running);
     old.stop().await;
     *slot = Some(Instance { running, token });
