@@ -6,6 +6,7 @@
 //!  cargo run --release -p controller --example rss_idle`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use e2e_tests::procfs;
 use trust::test_repo as repo;
 #[path = "../tests/support/service.rs"]
 mod service;
@@ -21,12 +22,6 @@ const IDLE: Duration = Duration::from_secs(20);
 fn controller_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(|examples| examples.parent()).unwrap().join("controller")
-}
-
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -72,7 +67,7 @@ async fn main() {
         .expect("build the controller binary first (see the header)");
     let pid = child.id();
     tokio::time::sleep(IDLE).await;
-    let (rss, hwm) = (proc_status_kb(pid, "VmRSS:"), proc_status_kb(pid, "VmHWM:"));
+    let (rss, hwm) = (procfs::status_kb(pid, "VmRSS").unwrap(), procfs::status_kb(pid, "VmHWM").unwrap());
     child.kill().ok();
     child.wait().ok();
     let polls = service.seen().len();

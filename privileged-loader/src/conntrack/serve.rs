@@ -39,7 +39,9 @@ pub struct RunningConntracker {
 }
 
 /// Serves the map of a loaded and attached object, CO-RE or prebuilt (both maps have the
-/// same layout): seeding, destroy events and sweep. Records nothing; the chain does.
+/// same layout): seeding, destroy events and sweep. What it learns while starting goes
+/// into the returned instance's `notes`/`degraded`, which the chain records; `registry`
+/// is only for the running DESTROY listener's own notes (connection-storm shedding).
 ///
 /// The netlink sockets belong to the network namespace of the *calling thread*: that is
 /// the namespace whose existing entries are loaded and whose destroy events are seen.
@@ -84,8 +86,7 @@ pub(crate) async fn serve(
                     .map(|d| d.as_nanos() as u64),
             };
             if let Some(events) = events {
-                let coverage = events.coverage().describe();
-                notes.push(coverage);
+                notes.push(events.coverage().describe());
                 let listener = DestroyListener {
                     tracker: tracker.clone(),
                     stats: stats.clone(),
