@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData, MapError};
-use aya::programs::{BtfTracePoint, FEntry, KProbe, ProgramError};
+use aya::programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -50,6 +50,11 @@ pub enum Strategy {
     /// `tp_btf/net_dev_queue`: every transmitted packet's `skb->_nfct`.
     #[serde(rename = "tp_btf")]
     TpBtf,
+    /// `raw_tracepoint/net_dev_queue` with CO-RE reads: the per-packet hook for BTF the
+    /// kernel does not publish itself (remote config, `btf.file`, BTFHub), where `tp_btf`
+    /// cannot resolve its target.
+    #[serde(rename = "raw_tracepoint")]
+    RawTracepoint,
     /// The prebuilt object's kprobe (attached by `prebuilt.rs`, never in [`Self::ORDER`]).
     #[serde(skip)]
     PrebuiltKprobe,
@@ -59,8 +64,13 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ORDER: [Strategy; 4] =
-        [Strategy::FEntry, Strategy::KProbeHashInsert, Strategy::KProbeConfirm, Strategy::TpBtf];
+    pub const ORDER: [Strategy; 5] = [
+        Strategy::FEntry,
+        Strategy::KProbeHashInsert,
+        Strategy::KProbeConfirm,
+        Strategy::TpBtf,
+        Strategy::RawTracepoint,
+    ];
 
     /// The hook, as recorded in the status attempts.
     pub fn hook(self) -> &'static str {
@@ -69,6 +79,7 @@ impl Strategy {
             Strategy::KProbeHashInsert => "kprobe/__nf_conntrack_hash_insert",
             Strategy::KProbeConfirm => "kprobe+kretprobe/__nf_conntrack_confirm",
             Strategy::TpBtf => "tp_btf/net_dev_queue",
+            Strategy::RawTracepoint => "raw_tracepoint/net_dev_queue (CO-RE)",
             Strategy::PrebuiltKprobe => "kprobe/__nf_conntrack_hash_insert",
             Strategy::PrebuiltRawTracepoint => "raw_tracepoint/net_dev_queue",
         }
@@ -80,6 +91,7 @@ impl Strategy {
             Strategy::FEntry => "core/fentry",
             Strategy::KProbeHashInsert | Strategy::KProbeConfirm => "core/kprobe",
             Strategy::TpBtf => "core/tp_btf",
+            Strategy::RawTracepoint => "core/raw_tracepoint",
             Strategy::PrebuiltKprobe => "prebuilt/kprobe",
             Strategy::PrebuiltRawTracepoint => "prebuilt/raw_tracepoint",
         }
@@ -88,7 +100,7 @@ impl Strategy {
     /// Whether the program refreshes `last_seen_ns` while a connection is active (only
     /// the per-packet hook does); the sweep's age rule is meaningless otherwise.
     pub fn refreshes_last_seen(self) -> bool {
-        matches!(self, Strategy::TpBtf | Strategy::PrebuiltRawTracepoint)
+        matches!(self, Strategy::TpBtf | Strategy::RawTracepoint | Strategy::PrebuiltRawTracepoint)
     }
 }
 
@@ -518,6 +530,11 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetErr
             prog.load("net_dev_queue", btf).map_err(|e| load_error("ct_net_dev_queue", e))?;
             prog.attach().map(drop).map_err(|e| attach_error("ct_net_dev_queue", e))
         }
+        Strategy::RawTracepoint => {
+            let prog: &mut RawTracePoint = program(ebpf, "ct_raw_net_dev_queue")?;
+            prog.load().map_err(|e| load_error("ct_raw_net_dev_queue", e))?;
+            prog.attach("net_dev_queue").map(drop).map_err(|e| attach_error("ct_raw_net_dev_queue", e))
+        }
         Strategy::PrebuiltKprobe | Strategy::PrebuiltRawTracepoint => Err(AssetError::Attach {
             asset: ASSET.into(),
             program: strategy.hook().into(),
@@ -829,7 +846,7 @@ mod tests {
     #[test]
     fn only_the_per_packet_hook_refreshes_last_seen() {
         let refreshing: Vec<_> = Strategy::ORDER.into_iter().filter(|s| s.refreshes_last_seen()).collect();
-        assert_eq!(refreshing, vec![Strategy::TpBtf]);
+        assert_eq!(refreshing, vec![Strategy::TpBtf, Strategy::RawTracepoint]);
         assert_eq!(Strategy::TpBtf.name(), "core/tp_btf");
     }
 }
