@@ -151,17 +151,22 @@ fn kinds(entries: &BTreeSet<Entry>) -> BTreeSet<(Protocol, bool)> {
     entries.iter().map(|e| (e.original.protocol, matches!(e.original.src, IpAddr::V6(_)))).collect()
 }
 
+/// After `lab.connect_all()`: the map lists, within 2 s, exactly the lab's NAT entries of
+/// `conntrack -L` (TCP/UDP x IPv4/IPv6).
+fn assert_lists_all_four_kinds(ct: &NsConntracker, lab: &NatLab) {
+    let netns = lab.netns.inode().unwrap();
+    let want = expected(lab);
+    assert_eq!(want.len(), 4, "oracle should show TCP/UDP x IPv4/IPv6: {want:#?}");
+    let listed = eventually(Duration::from_secs(2), || ct.entries_in(netns) == want);
+    assert!(listed, "map {:#?}\n!= conntrack -L {want:#?}", ct.entries_in(netns));
+}
+
 #[test]
 fn every_nat_entry_of_conntrack_l_is_listed_with_its_reply_and_nothing_else() {
     let lab = NatLab::new("ct-all").unwrap();
     let ct = NsConntracker::start(&lab.netns, test_config());
     let _conns = lab.connect_all().unwrap();
-    let netns = lab.netns.inode().unwrap();
-
-    let want = expected(&lab);
-    assert_eq!(want.len(), 4, "oracle should show TCP/UDP x IPv4/IPv6: {want:#?}");
-    let listed = eventually(Duration::from_secs(2), || ct.entries_in(netns) == want);
-    assert!(listed, "map {:#?}\n!= conntrack -L {want:#?}", ct.entries_in(netns));
+    assert_lists_all_four_kinds(&ct, &lab);
 
     let fill = ct.tracker.tables();
     assert_eq!(fill[0].max_entries, 65_536);
@@ -338,11 +343,7 @@ fn with_external_minimized_btf_the_raw_tracepoint_hook_records_every_nat_entry()
     assert!(hooks.contains(&("tp_btf/net_dev_queue", false)), "tp_btf cannot use external BTF: {hooks:?}");
 
     let _conns = lab.connect_all().unwrap();
-    let netns = lab.netns.inode().unwrap();
-    let want = expected(&lab);
-    assert_eq!(want.len(), 4, "oracle should show TCP/UDP x IPv4/IPv6: {want:#?}");
-    let listed = eventually(Duration::from_secs(2), || ct.entries_in(netns) == want);
-    assert!(listed, "map {:#?}\n!= conntrack -L {want:#?}", ct.entries_in(netns));
+    assert_lists_all_four_kinds(&ct, &lab);
     let asset = ct.registry.assets().into_iter().find(|a| a.asset == "conntrack").unwrap();
     assert_eq!(asset.outcome, AssetOutcome::Loaded { btf_source: Some(BtfSource::UserFile) });
 }
