@@ -158,6 +158,12 @@ impl AssetLoader {
         Self { btf, bpf_dir, registry }
     }
 
+    /// The same loader, with `btf` in place of what discovery found: a remote BTF
+    /// adopted while the loader runs.
+    pub fn with_btf(&self, btf: FoundBtf) -> Self {
+        Self { btf: Ok(btf), bpf_dir: self.bpf_dir.clone(), registry: self.registry.clone() }
+    }
+
     pub fn btf(&self) -> Result<&FoundBtf, &BtfError> {
         self.btf.as_ref()
     }
@@ -211,10 +217,7 @@ impl AssetLoader {
         let result = self.run_core_load(name, f).map_err(|e| self.with_origin(name, e));
         let elapsed = started.elapsed();
         let (outcome, detail) = match (&result, &self.btf) {
-            (Ok(_), Ok(found)) => (
-                AssetOutcome::Loaded { btf_source: Some(found.source) },
-                format!("BTF from {} ({})", found.source.as_str(), found.path.display()),
-            ),
+            (Ok(_), Ok(found)) => (AssetOutcome::Loaded { btf_source: Some(found.source) }, found.describe()),
             // Unreachable today (no BTF fails before `f` runs), kept total on purpose.
             (Ok(_), Err(_)) => (AssetOutcome::Loaded { btf_source: None }, String::new()),
             (Err(e), _) => (e.outcome(), e.detail()),
