@@ -333,7 +333,8 @@ fn with_external_minimized_btf_the_raw_tracepoint_hook_records_every_nat_entry()
     // BTF the kernel does not publish itself: tp_btf cannot resolve its target in it, so
     // the CO-RE object attaches by raw tracepoint, with offsets still from CO-RE.
     let dir = tempfile::tempdir().unwrap();
-    let btf = BtfConfig { file: Some(minimized_conntrack_btf(dir.path())), no_sysfs: true, hub_dir: None };
+    let btf =
+        BtfConfig { file: Some(minimized_conntrack_btf(dir.path())), no_sysfs: true, ..BtfConfig::default() };
     let lab = NatLab::new("ct-rawtp").unwrap();
     let ct = NsConntracker::start_with_btf(&lab.netns, test_config(), btf);
     assert_eq!(ct.tracker.strategy(), "core/raw_tracepoint");
