@@ -80,7 +80,7 @@ impl Default for Config {
                 ca_file: PathBuf::new(),
                 root_file: PathBuf::new(),
                 client_id: String::new(),
-                products: ["LOADER_CONFIG", "CONNTRACK", "LOCK_STATS", "LOADER_LOG"]
+                products: ["LOADER_CONFIG", "CONNTRACK", "LOCK_STATS", "LOADER_LOG", "BTF"]
                     .map(String::from)
                     .to_vec(),
                 poll_interval_secs: 5,
