@@ -145,7 +145,7 @@ pids+=($!)
 sleep 0.5
 CONTROLLER_LOADER__SOCKET="$sock" CONTROLLER_METRICS__LISTEN="127.0.0.1:$metrics_port" \
   setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$bin/controller" run \
-  --state-dir "$work/controller/state" --endpoint "http://127.0.0.1:$port" \
+  --state-dir "$work/controller/state" --endpoint "http://127.0.0.1:$port" --plaintext-for-development \
   --token-file "$work/controller/token" --root-file "$work/controller/root.json" \
   --poll-interval-secs 1 2> "$work/controller.log" &
 controller_pid=$!

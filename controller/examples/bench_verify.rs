@@ -32,7 +32,7 @@ fn content(i: usize, generation: u64) -> Vec<u8> {
 }
 
 fn paths() -> Vec<String> {
-    (0..CONFIGS).map(|i| format!("2/LOADER_CONFIG/cfg{i}/config.json")).collect()
+    (0..CONFIGS).map(|i| format!("2/CONNTRACK/cfg{i}/config.json")).collect()
 }
 
 fn signed_targets(repo: &repo::Repo, version: u64, contents: &[Vec<u8>], paths: &[String]) -> Vec<u8> {
@@ -153,7 +153,7 @@ fn main() {
         }),
     );
 
-    let identity = ClientIdentity { id: "bench".into(), products: vec!["LOADER_CONFIG".into()] };
+    let identity = ClientIdentity { id: "bench".into(), products: vec!["CONNTRACK".into()] };
     report2(
         "steady state, in process: build request + verify empty",
         measure(RUNS * 10, || {
@@ -189,6 +189,7 @@ fn steady_state_over_grpc(
         std::fs::write(token.path(), "bench-token").unwrap();
         let mut fetcher = Fetcher::new(FetchSettings {
             endpoint: format!("http://{addr}"),
+            plaintext_for_development: true,
             token_file: token.path().to_owned(),
             ca_file: None,
             max_message_bytes: 16 << 20,

@@ -32,7 +32,7 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let repo = repo::Repo::new();
-    let paths: Vec<String> = (0..CONFIGS).map(|i| format!("2/LOADER_CONFIG/cfg{i}/config.json")).collect();
+    let paths: Vec<String> = (0..CONFIGS).map(|i| format!("2/CONNTRACK/cfg{i}/config.json")).collect();
     let contents: Vec<Vec<u8>> = (0..CONFIGS)
         .map(|i| format!("{{\"id\":{i},\"pad\":\"{}\"}}", "x".repeat(150)).into_bytes())
         .collect();
@@ -51,7 +51,14 @@ async fn main() {
     std::fs::write(dir.path().join("root.json"), &repo.root_v1).unwrap();
     std::fs::write(dir.path().join("token"), "rss-token").unwrap();
     let mut child = Command::new(controller_binary())
-        .args(["run", "--poll-interval-secs", "1", "--endpoint", &format!("http://{addr}")])
+        .args([
+            "run",
+            "--poll-interval-secs",
+            "1",
+            "--endpoint",
+            &format!("http://{addr}"),
+            "--plaintext-for-development",
+        ])
         .arg("--root-file")
         .arg(dir.path().join("root.json"))
         .arg("--token-file")
@@ -59,6 +66,7 @@ async fn main() {
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .env("CONTROLLER_ALLOW_ROOT", "true")
+        .env("CONTROLLER_LOADER__SOCKET", "") // verify-only: the controller's own memory
         .stderr(Stdio::null())
         .spawn()
         .expect("build the controller binary first (see the header)");

@@ -51,6 +51,9 @@ impl LoaderLink {
 #[serde(deny_unknown_fields)]
 pub struct RemoteConfig {
     pub endpoint: String,
+    /// Development only: accept a plaintext `http://` endpoint (still only to a loopback
+    /// address). Off by default, so a production config must use `https://`.
+    pub plaintext_for_development: bool,
     pub token_file: PathBuf,
     /// PEM CA bundle for TLS; empty: the system roots.
     pub ca_file: PathBuf,
@@ -75,14 +78,13 @@ impl Default for Config {
             loader: LoaderLink::default(),
             metrics: Default::default(),
             remote_config: RemoteConfig {
-                endpoint: "http://127.0.0.1:7443".into(),
+                endpoint: "https://127.0.0.1:7443".into(),
+                plaintext_for_development: false,
                 token_file: PathBuf::from("/run/secrets/remote-config-token"),
                 ca_file: PathBuf::new(),
                 root_file: PathBuf::new(),
                 client_id: String::new(),
-                products: ["LOADER_CONFIG", "CONNTRACK", "LOCK_STATS", "LOADER_LOG", "BTF"]
-                    .map(String::from)
-                    .to_vec(),
+                products: trust::products::ALL.map(String::from).to_vec(),
                 poll_interval_secs: 5,
                 max_backoff_secs: 90,
                 clock_skew_secs: 60,
@@ -107,6 +109,8 @@ pub struct RemoteOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub plaintext_for_development: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_file: Option<PathBuf>,
@@ -117,6 +121,7 @@ pub struct RemoteOverrides {
 impl RemoteOverrides {
     fn is_empty(&self) -> bool {
         self.endpoint.is_none()
+            && self.plaintext_for_development.is_none()
             && self.token_file.is_none()
             && self.root_file.is_none()
             && self.poll_interval_secs.is_none()
@@ -134,6 +139,10 @@ pub enum ConfigError {
     TooSmall { key: &'static str, min: u64 },
     #[error("remote_config.products must list at least one product")]
     NoProducts,
+    #[error(
+        "remote_config.products: {product:?} is not a product this agent consumes (known: {known}); remove it from the list"
+    )]
+    UnknownProduct { product: String, known: String },
 }
 
 impl Config {
@@ -163,6 +172,12 @@ impl Config {
         }
         if rc.products.is_empty() {
             return Err(ConfigError::NoProducts);
+        }
+        if let Some(product) = rc.products.iter().find(|p| !trust::products::Payload::is_known(p)) {
+            return Err(ConfigError::UnknownProduct {
+                product: product.clone(),
+                known: trust::products::ALL.join(", "),
+            });
         }
         for (key, value, min) in [
             ("poll_interval_secs", rc.poll_interval_secs, 1),
@@ -232,6 +247,26 @@ mod tests {
             assert!(matches!(Config::load(None, &Overrides::default()), Err(ConfigError::NoRootFile)));
             jail.create_file("c.toml", "[remote_config]\nroot_file = \"/r\"\npoll_intervall_secs = 3\n")?;
             assert!(Config::load(Some(Path::new("c.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn products_are_the_loaders_and_an_unknown_one_is_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ok.toml", "[remote_config]\nroot_file = \"/r\"\n")?;
+            let c = Config::load(Some(Path::new("ok.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.remote_config.products, trust::products::ALL.map(String::from).to_vec());
+            jail.create_file(
+                "retired.toml",
+                "[remote_config]\nroot_file = \"/r\"\nproducts = [\"CONNTRACK\", \"LOADER_CONFIG\"]\n",
+            )?;
+            let err = Config::load(Some(Path::new("retired.toml")), &Overrides::default()).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::UnknownProduct { product, .. } if product == "LOADER_CONFIG")
+            );
+            let known = format!("known: {}", trust::products::ALL.join(", "));
+            assert!(err.to_string().contains(&known), "{err}");
             Ok(())
         });
     }

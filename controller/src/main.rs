@@ -61,6 +61,9 @@ struct RunArgs {
     state_dir: Option<PathBuf>,
     #[arg(long)]
     endpoint: Option<String>,
+    /// Development only: allow a plaintext http:// endpoint on loopback.
+    #[arg(long)]
+    plaintext_for_development: bool,
     #[arg(long)]
     token_file: Option<PathBuf>,
     #[arg(long)]
@@ -83,6 +86,7 @@ impl RunArgs {
             state_dir: self.state_dir.clone(),
             remote_config: RemoteOverrides {
                 endpoint: self.endpoint.clone(),
+                plaintext_for_development: self.plaintext_for_development.then_some(true),
                 token_file: self.token_file.clone(),
                 root_file: self.root_file.clone(),
                 poll_interval_secs: self.poll_interval_secs,

@@ -12,7 +12,7 @@ use support::repo::{File, Repo};
 use support::service::{Published, TestService};
 use tonic::Code;
 
-const PATH: &str = "2/LOADER_CONFIG/cfg1/config.json";
+const PATH: &str = "2/CONNTRACK/cfg1/config.json";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn published(repo: &Repo, version: u64, files: &[(&str, &[u8], u64)]) -> Published {
@@ -36,26 +36,32 @@ async fn service_with(published: Published) -> (TestService, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_configs_reach_the_listener_and_verdicts_go_back() {
     let repo = Repo::new();
-    let (service, endpoint) = service_with(published(&repo, 1, &[(PATH, b"{\"a\":1}", 1)])).await;
+    let (service, endpoint) =
+        service_with(published(&repo, 1, &[(PATH, b"{\"max_entries\":4096}", 1)])).await;
     let ws = Workspace::new(&repo.root_v1, "token-a");
     let _controller = Controller::start(&ws, &ws.config(&endpoint, 1));
 
     let status = ws.wait_status(WAIT, |s| s.targets_version == 1).await;
     assert_eq!(status.configs.len(), 1);
-    assert_eq!((status.configs[0].version, status.configs[0].apply_state), (1, 2), "JSON is acknowledged");
+    assert_eq!(
+        (status.configs[0].version, status.configs[0].apply_state),
+        (1, 2),
+        "a CONNTRACK payload that fits the schema is acknowledged"
+    );
     let printed = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
         .args(["status", "--state-dir"])
         .arg(ws.state_dir())
         .output()
         .unwrap();
     let printed = String::from_utf8(printed.stdout).unwrap();
-    assert!(printed.contains(&format!("{PATH} v1 (7 bytes) acknowledged")), "{printed}");
+    assert!(printed.contains(&format!("{PATH} v1 (20 bytes) acknowledged")), "{printed}");
 
-    // Republish: v2 of the config, which is not JSON: the listener rejects it.
+    // Republish: v2 of the config, which is not a CONNTRACK payload: the verify-only
+    // listener (no loader configured) rejects it with the schema's reason.
     service.publish(published(&repo, 2, &[(PATH, b"not json", 2)]));
     let status = ws.wait_status(WAIT, |s| s.targets_version == 2).await;
     assert_eq!((status.configs[0].version, status.configs[0].apply_state), (2, 3));
-    assert!(status.configs[0].apply_error.contains("JSON"));
+    assert!(status.configs[0].apply_error.contains("CONNTRACK payload does not fit its schema"));
 
     // The verdict is reported to the service on a following request.
     let deadline = std::time::Instant::now() + WAIT;
@@ -136,7 +142,8 @@ async fn unimplemented_disables_the_client_and_stops_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_reloads_the_state_and_still_refuses_rollback() {
     let repo = Repo::new();
-    let (service, endpoint) = service_with(published(&repo, 3, &[(PATH, b"{\"v\":3}", 3)])).await;
+    let (service, endpoint) =
+        service_with(published(&repo, 3, &[(PATH, b"{\"sweep_interval_secs\":3}", 3)])).await;
     let ws = Workspace::new(&repo.root_v1, "t");
     let config = ws.config(&endpoint, 1);
     let first = Controller::start(&ws, &config);
@@ -144,7 +151,7 @@ async fn restart_reloads_the_state_and_still_refuses_rollback() {
     first.stop();
 
     // The service now offers an older (validly signed) targets document.
-    service.publish(published(&repo, 2, &[(PATH, b"{\"v\":2}", 2)]));
+    service.publish(published(&repo, 2, &[(PATH, b"{\"sweep_interval_secs\":2}", 2)]));
     let before_restart = service.seen().len();
     std::fs::remove_file(ws.state_dir().join("status.json")).unwrap();
     let _second = Controller::start(&ws, &config);
@@ -215,6 +222,27 @@ fn refuses_plaintext_to_a_non_loopback_endpoint() {
 }
 
 #[test]
+fn refuses_plaintext_to_loopback_without_the_development_switch() {
+    let repo = Repo::new();
+    let ws = Workspace::new(&repo.root_v1, "t");
+    let config = ws.config("http://127.0.0.1:7443", 5);
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let production = toml.replace("plaintext_for_development = true", "plaintext_for_development = false");
+    assert_ne!(toml, production, "the test config sets the switch for http:// endpoints");
+    std::fs::write(&config, production).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("CONTROLLER_ALLOW_ROOT", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plaintext http:// is for development only"), "{stderr}");
+    assert!(stderr.contains("plaintext_for_development = true"), "{stderr}");
+}
+
+#[test]
 fn refuses_to_run_as_root_without_the_override() {
     if !support::process::is_root() {
         return; // the property is about uid 0; CI runs as root
@@ -243,7 +271,7 @@ async fn follows_a_root_rotation_and_keeps_it_across_restarts() {
     // Root v2 replaces the root key; signed by the old and the new key, as rotation requires.
     let new_root_key = TestKey::generate();
     let v2 = root(2, expires_in_days(30), &[&new_root_key], 1, &[&repo.targets_key], 1);
-    let mut next = published(&repo, 2, &[(PATH, b"{\"r\":2}", 2)]);
+    let mut next = published(&repo, 2, &[(PATH, b"{\"sweep_interval_secs\":2}", 2)]);
     next.roots.push(sign(&v2, &[&repo.root_key, &new_root_key]));
     service.publish(next);
     let status = ws.wait_status(WAIT, |s| s.root_version == 2 && s.targets_version == 2).await;

@@ -13,7 +13,7 @@ use trust::test_repo::{File, Repo};
 use trust::{Applied, ExpiryCheck, TrustedState, Update, apply_update};
 
 const WRITER_DIR: &str = "STORE_FAULTS_WRITER_DIR";
-const PATH: &str = "2/LOADER_CONFIG/cfg1/config.json";
+const PATH: &str = "2/CONNTRACK/cfg1/config.json";
 
 /// The states the writer alternates between: versions 2 and 3 of one config (large, so a
 /// commit takes long enough to be killed in the middle).

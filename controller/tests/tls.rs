@@ -89,9 +89,9 @@ async fn https_with_the_configured_ca_and_refusal_of_an_unknown_one() {
     let service = TestService::default();
     service.publish(Published {
         roots: vec![repo.root_v1.clone()],
-        targets: repo.targets(1, &[File { path: "2/LOADER_CONFIG/c/config.json", raw: b"{}", v: Some(1) }]),
+        targets: repo.targets(1, &[File { path: "2/CONNTRACK/c/config.json", raw: b"{}", v: Some(1) }]),
         targets_version: 1,
-        files: vec![("2/LOADER_CONFIG/c/config.json".into(), b"{}".to_vec())],
+        files: vec![("2/CONNTRACK/c/config.json".into(), b"{}".to_vec())],
     });
     let addr = service
         .clone()

@@ -16,7 +16,7 @@ fn metadata_round_trips_with_python_tuf() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new();
     let content = b"{\"from\":\"rust\"}";
-    let ours = repo.targets(1, &[File { path: "2/LOADER_CONFIG/rs1/config.json", raw: content, v: Some(1) }]);
+    let ours = repo.targets(1, &[File { path: "2/CONNTRACK/rs1/config.json", raw: content, v: Some(1) }]);
     std::fs::write(dir.path().join("ours.root.json"), &repo.root_v1).unwrap();
     std::fs::write(dir.path().join("ours.targets.json"), &ours).unwrap();
     std::fs::write(dir.path().join("ours.file"), content).unwrap();
@@ -32,7 +32,7 @@ fn metadata_round_trips_with_python_tuf() {
 
     let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
     let (root, targets, config) = (read("py.root.json"), read("py.targets.json"), read("py.config.json"));
-    let path = "2/LOADER_CONFIG/py1/config.json";
+    let path = "2/CONNTRACK/py1/config.json";
     let pinned = TrustedState::from_pinned_root(&root).unwrap();
     let update = Update {
         roots: vec![],

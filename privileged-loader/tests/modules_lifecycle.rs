@@ -26,7 +26,7 @@ use e2e_tests::{Dnat, L4, Netns, oracle, workload};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::btf::{self, BtfConfig};
 use privileged_loader::conntrack::chain::{Strategies, Strategy};
-use privileged_loader::conntrack::core::Strategy as Hook;
+use privileged_loader::conntrack::hook::Strategy as Hook;
 use privileged_loader::conntrack::{ConntrackConfig, Protocol, Tuple};
 use privileged_loader::lockstats::{CollectorState, LockStatsConfig};
 use privileged_loader::modules::{Modules, ReloadAction, ReloadError, ReloadReport};

@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 from protowire import field, number  # noqa: E402
 CTNETLINK = HERE.parent.parent / "privileged-loader/src/conntrack/ctnetlink/fixtures"
-CONFIG_PATH = "2/LOADER_CONFIG/cfg1/config.json"
+CONFIG_PATH = "2/CONNTRACK/cfg1/config.json"
 
 
 def seed(target: str, name: str, data: bytes) -> None:

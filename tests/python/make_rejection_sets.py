@@ -31,10 +31,10 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root, Signature, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
-PATH = "2/LOADER_CONFIG/cfg1/config.json"
-GOOD_CONTENT = b'{"source": "python-tuf", "setting": 1}\n'
-NEW_CONTENT = b'{"source": "python-tuf", "setting": 2}\n'
-ROLLBACK_CONTENT = b'{"source": "python-tuf", "setting": 0}\n'
+PATH = "2/CONNTRACK/cfg1/config.json"
+GOOD_CONTENT = b'{"sweep_interval_secs": 31}\n'
+NEW_CONTENT = b'{"sweep_interval_secs": 32}\n'
+ROLLBACK_CONTENT = b'{"sweep_interval_secs": 30}\n'
 
 
 def expiry(days):

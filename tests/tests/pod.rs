@@ -108,7 +108,9 @@ fn play(work: &Path, repo: &Repo, service: &Service) -> PlayedPod {
     let controller_config = doc("ebpf-controller-config")
         .replace(
             "endpoint = \"https://remote-config.example.com:443\"",
-            &format!("endpoint = {:?}", service.endpoint()),
+            // The reference service listens on the node's loopback without TLS here, which
+            // the shipped config refuses: the development switch says so explicitly.
+            &format!("endpoint = {:?}\n    plaintext_for_development = true", service.endpoint()),
         )
         .replace("root_file = ", "poll_interval_secs = 1\n    root_file = ");
     assert!(controller_config.contains(&service.endpoint()), "the shipped endpoint line changed:\n{shipped}");

@@ -75,15 +75,15 @@ fn sha256_of(targets: &Value, config_id: &str) -> String {
 fn service_metadata_verifies_under_python_tuf() {
     let work = scratch_dir();
     let repo = Repo::init(work.path());
-    repo.publish("cfg1", r#"{"a":1}"#);
-    repo.publish("cfg1", r#"{"a":2}"#);
-    repo.publish("cfg2", r#"{"b":1}"#);
+    repo.publish("cfg1", r#"{"max_entries":4096}"#);
+    repo.publish("cfg1", r#"{"max_entries":8192}"#);
+    repo.publish("cfg2", r#"{"sweep_interval_secs":30}"#);
     repo.rotate_root();
     repo.rotate_root();
-    repo.publish("cfg2", r#"{"b":2}"#);
+    repo.publish("cfg2", r#"{"sweep_interval_secs":60}"#);
     repo.remove("cfg1");
     let targets = repo.targets();
-    assert_eq!(targets["targets"]["2/LOADER_CONFIG/cfg2/config.json"]["custom"]["v"], 2);
+    assert_eq!(targets["targets"]["2/CONNTRACK/cfg2/config.json"]["custom"]["v"], 2);
     let out = Command::new("python3")
         .arg(python_script("verify_service_repo.py"))
         .args([path_str(&repo.dir), "3", "6"])
@@ -102,12 +102,12 @@ fn service_metadata_verifies_under_python_tuf() {
 fn service_answers_only_what_the_client_lacks() {
     let work = scratch_dir();
     let repo = Repo::init(work.path());
-    repo.publish("cfg1", r#"{"a":1}"#);
-    repo.publish("cfg2", r#"{"b":1}"#);
+    repo.publish("cfg1", r#"{"max_entries":4096}"#);
+    repo.publish("cfg2", r#"{"sweep_interval_secs":30}"#);
     let service = Service::start(work.path(), &repo, &[]);
     let targets = repo.targets();
     let version = targets["version"].as_u64().unwrap();
-    let (p1, p2) = ("2/LOADER_CONFIG/cfg1/config.json", "2/LOADER_CONFIG/cfg2/config.json");
+    let (p1, p2) = ("2/CONNTRACK/cfg1/config.json", "2/CONNTRACK/cfg2/config.json");
     let (h1, h2) = (sha256_of(&targets, "cfg1"), sha256_of(&targets, "cfg2"));
 
     // A new client: targets, both files, both paths; no roots (it pins root 1).
@@ -128,12 +128,12 @@ fn service_answers_only_what_the_client_lacks() {
     assert_eq!(steady, ClientGetConfigsResponse::default());
 
     // A republish is visible at the next request, and only the changed file is sent.
-    repo.publish("cfg2", r#"{"b":2}"#);
+    repo.publish("cfg2", r#"{"sweep_interval_secs":60}"#);
     let update = call(&service, Some(TOKEN), request(1, version, &[(p1, &h1), (p2, &h2)])).unwrap();
     assert!(!update.targets.is_empty());
     assert_eq!(update.target_files.len(), 1);
     assert_eq!(update.target_files[0].path, p2);
-    assert_eq!(update.target_files[0].raw, br#"{"b":2}"#);
+    assert_eq!(update.target_files[0].raw, br#"{"sweep_interval_secs":60}"#);
 
     // Root rotations: every root newer than the client's, oldest first.
     repo.rotate_root();
@@ -266,7 +266,7 @@ fn wait_request(service: &Service, skip: usize, what: &str, pred: impl Fn(&Value
 fn published_configs_reach_the_controller_and_removal_removes_them() {
     let work = scratch_dir();
     let repo = Repo::init(work.path());
-    repo.publish("cfg1", r#"{"rate": 1}"#);
+    repo.publish("cfg1", r#"{"sweep_interval_secs": 10}"#);
     let service = Service::start(work.path(), &repo, &[]);
     let mut controller = Controller::start(work.path(), &service.endpoint(), &repo.root_file(1));
 
@@ -274,13 +274,13 @@ fn published_configs_reach_the_controller_and_removal_removes_them() {
     assert_eq!(status["root_version"], 1);
     assert_eq!(status["targets_version"], repo.targets()["version"]);
     assert_eq!(config_in(&status, "cfg1").unwrap()["sha256"], sha256_of(&repo.targets(), "cfg1"));
-    assert_eq!(config_in(&status, "cfg1").unwrap()["path"], "2/LOADER_CONFIG/cfg1/config.json");
+    assert_eq!(config_in(&status, "cfg1").unwrap()["path"], "2/CONNTRACK/cfg1/config.json");
     // The acknowledgement travels back to the service on the next request.
     wait_request(&service, 0, "cfg1 v1 reported acknowledged", |r| {
         reported_state(r, "cfg1").is_some_and(|c| c["version"] == 1 && c["apply_state"] == 2)
     });
 
-    repo.publish("cfg1", r#"{"rate": 2}"#);
+    repo.publish("cfg1", r#"{"sweep_interval_secs": 20}"#);
     controller.wait_status(SYNC, "cfg1 v2 acknowledged", |s| holds(s, "cfg1", 2));
 
     // Content the listener cannot parse: held with apply_state error, reported back.
@@ -303,7 +303,7 @@ fn published_configs_reach_the_controller_and_removal_removes_them() {
 fn root_rotation_is_followed() {
     let work = scratch_dir();
     let repo = Repo::init(work.path());
-    repo.publish("cfg1", r#"{"rate": 1}"#);
+    repo.publish("cfg1", r#"{"sweep_interval_secs": 10}"#);
     let service = Service::start(work.path(), &repo, &[]);
     let mut controller = Controller::start(work.path(), &service.endpoint(), &repo.root_file(1));
     controller.wait_status(SYNC, "cfg1 v1", |s| holds(s, "cfg1", 1) && s["root_version"] == 1);
@@ -313,7 +313,7 @@ fn root_rotation_is_followed() {
     // Two rotations at once arrive oldest first and are walked in order.
     repo.rotate_root();
     repo.rotate_root();
-    repo.publish("cfg1", r#"{"rate": 2}"#);
+    repo.publish("cfg1", r#"{"sweep_interval_secs": 20}"#);
     let status = controller
         .wait_status(SYNC, "root v4 and cfg1 v2", |s| s["root_version"] == 4 && holds(s, "cfg1", 2));
     assert_eq!(status["last_error"], Value::Null);
@@ -496,12 +496,12 @@ fn unimplemented_stops_the_controller_polling() {
 fn restart_reloads_state_and_still_rejects_rollback() {
     let work = scratch_dir();
     let repo = Repo::init(work.path());
-    repo.publish("cfg1", r#"{"rate": 1}"#);
+    repo.publish("cfg1", r#"{"sweep_interval_secs": 10}"#);
     // Keep a validly signed older repository to replay later.
     let old = work.path().join("old-repo");
     copy_tree(&repo.dir.join("metadata"), &old.join("metadata"));
     copy_tree(&repo.dir.join("targets"), &old.join("targets"));
-    repo.publish("cfg1", r#"{"rate": 2}"#);
+    repo.publish("cfg1", r#"{"sweep_interval_secs": 20}"#);
     let newest = repo.targets()["version"].as_u64().unwrap();
 
     let service = Service::start(work.path(), &repo, &[]);

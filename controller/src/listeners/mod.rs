@@ -5,11 +5,11 @@
 //! verdict per config through the callback. Verdicts become the apply states the next
 //! request reports to the service.
 
-mod json;
+mod verify_only;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use json::JsonListener;
+pub use verify_only::VerifyOnlyListener;
 
 use trust::{ApplyState, ConfigEntry, TrustedState};
 
@@ -29,11 +29,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// The built-in JSON listener for each product.
-    pub fn json_for(products: &[String]) -> Self {
+    /// The verify-only listener for each product (a controller without a loader).
+    pub fn verify_only_for(products: &[String]) -> Self {
         let mut listeners = Self::default();
         for product in products {
-            listeners.register(product, Box::new(JsonListener::new(product)));
+            listeners.register(product, Box::new(VerifyOnlyListener::new(product)));
         }
         listeners
     }

@@ -6,8 +6,10 @@
 //! an outage. The token never appears in logs or errors: only the file's path does.
 //!
 //! Transport policy: `https://` uses rustls with the configured CA bundle (or the system
-//! roots when none is given); `http://` is accepted only to a loopback address, because
-//! the token would otherwise cross a network in clear.
+//! roots when none is given). Plaintext `http://` is refused unless the configuration
+//! says `plaintext_for_development = true`, and even then only to a loopback address: the
+//! token would otherwise cross a network in clear, and on a `hostNetwork` pod the node's
+//! loopback is shared with every other process of the node.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
     pub endpoint: String,
+    /// Accept `http://` to loopback (development only).
+    pub plaintext_for_development: bool,
     pub token_file: PathBuf,
     /// PEM CA bundle for TLS; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
@@ -39,6 +43,10 @@ pub enum FetchError {
         "remote_config.endpoint {endpoint:?}: plaintext http:// is only allowed to a loopback address (the bearer token would travel in clear); use https://"
     )]
     PlaintextNotLoopback { endpoint: String },
+    #[error(
+        "remote_config.endpoint {endpoint:?}: plaintext http:// is for development only; use https:// (with remote_config.ca_file for a private CA), or set remote_config.plaintext_for_development = true (flag --plaintext-for-development) on a development machine"
+    )]
+    PlaintextNotEnabled { endpoint: String },
     #[error("cannot read the CA bundle remote_config.ca_file {path}: {source}")]
     CaFile { path: PathBuf, source: std::io::Error },
     #[error("cannot set up TLS for {endpoint}: {source}")]
@@ -157,7 +165,7 @@ enum Transport {
 }
 
 /// Applies the transport policy to `endpoint`; pure, so it is unit-tested.
-fn transport_for(endpoint: &str) -> Result<Transport, FetchError> {
+fn transport_for(endpoint: &str, plaintext_for_development: bool) -> Result<Transport, FetchError> {
     let bad =
         |reason: &str| FetchError::BadEndpoint { endpoint: endpoint.to_owned(), reason: reason.to_owned() };
     let uri: Uri =
@@ -165,9 +173,12 @@ fn transport_for(endpoint: &str) -> Result<Transport, FetchError> {
     let host = uri.host().ok_or_else(|| bad("no host"))?;
     match uri.scheme_str() {
         Some("https") => Ok(Transport::Tls { host: host.trim_matches(['[', ']']).to_owned() }),
-        Some("http") if is_loopback(host) => Ok(Transport::Plaintext),
-        Some("http") => Err(FetchError::PlaintextNotLoopback { endpoint: endpoint.to_owned() }),
-        _ => Err(bad("the scheme must be https:// (or http:// to loopback)")),
+        Some("http") if !is_loopback(host) => {
+            Err(FetchError::PlaintextNotLoopback { endpoint: endpoint.to_owned() })
+        }
+        Some("http") if plaintext_for_development => Ok(Transport::Plaintext),
+        Some("http") => Err(FetchError::PlaintextNotEnabled { endpoint: endpoint.to_owned() }),
+        _ => Err(bad("the scheme must be https://")),
     }
 }
 
@@ -185,7 +196,7 @@ fn select_crypto_provider() {
 }
 
 fn endpoint(settings: &FetchSettings) -> Result<Endpoint, FetchError> {
-    let transport = transport_for(&settings.endpoint)?;
+    let transport = transport_for(&settings.endpoint, settings.plaintext_for_development)?;
     let endpoint = Endpoint::from_shared(settings.endpoint.clone())
         .map_err(|e| FetchError::BadEndpoint { endpoint: settings.endpoint.clone(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
@@ -214,27 +225,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plaintext_only_to_loopback() {
+    fn plaintext_only_to_loopback_and_only_when_enabled() {
         for ok in ["http://127.0.0.1:7443", "http://127.9.9.9:1", "http://[::1]:7443", "http://localhost:80"]
         {
-            assert_eq!(transport_for(ok).unwrap(), Transport::Plaintext, "{ok}");
+            assert_eq!(transport_for(ok, true).unwrap(), Transport::Plaintext, "{ok}");
+            let refused = transport_for(ok, false).unwrap_err();
+            assert!(matches!(refused, FetchError::PlaintextNotEnabled { .. }), "{ok}");
+            assert!(refused.to_string().contains("plaintext_for_development = true"), "{refused}");
         }
         for refused in ["http://10.0.0.1:7443", "http://example.com:7443", "http://[2001:db8::1]:1"] {
-            assert!(
-                matches!(transport_for(refused), Err(FetchError::PlaintextNotLoopback { .. })),
-                "{refused}"
-            );
+            for enabled in [true, false] {
+                assert!(
+                    matches!(transport_for(refused, enabled), Err(FetchError::PlaintextNotLoopback { .. })),
+                    "{refused}"
+                );
+            }
         }
     }
 
     #[test]
     fn https_is_tls_with_the_host_as_server_name() {
         assert_eq!(
-            transport_for("https://config.example:443").unwrap(),
+            transport_for("https://config.example:443", false).unwrap(),
             Transport::Tls { host: "config.example".into() }
         );
-        assert!(matches!(transport_for("ftp://x"), Err(FetchError::BadEndpoint { .. })));
-        assert!(matches!(transport_for("not a url"), Err(FetchError::BadEndpoint { .. })));
+        assert!(matches!(transport_for("ftp://x", true), Err(FetchError::BadEndpoint { .. })));
+        assert!(matches!(transport_for("not a url", true), Err(FetchError::BadEndpoint { .. })));
     }
 
     #[test]

@@ -113,17 +113,26 @@ impl Poller {
         };
         let fetcher = Fetcher::new(FetchSettings {
             endpoint: rc.endpoint.clone(),
+            plaintext_for_development: rc.plaintext_for_development,
             token_file: rc.token_file.clone(),
             ca_file: rc.ca_file(),
             max_message_bytes: rc.max_message_bytes,
             request_timeout: Duration::from_secs(30),
         })?;
         let mut state = loaded.state;
-        // The loader's products go to the loader; the others to the JSON listener.
-        let others: Vec<String> =
-            rc.products.iter().filter(|p| !trust::products::Payload::is_known(p)).cloned().collect();
-        let mut listeners = Listeners::json_for(&others);
+        // Every product goes to the loader; without one, configs are verified and
+        // schema-checked only (verify-only mode, said once here).
         let (pusher, loader) = config.loader.socket().map(Pusher::new).unzip();
+        let mut listeners = match loader {
+            Some(_) => Listeners::default(),
+            None => {
+                warn!(
+                    "no loader socket configured ([loader] socket): verify-only mode — configs are verified, \
+                     schema-checked and acknowledged, but applied nowhere"
+                );
+                Listeners::verify_only_for(&rc.products)
+            }
+        };
         let metrics = std::sync::Arc::new(Metrics::default());
         if state.targets().is_some() {
             metrics.targets_verified();

@@ -13,7 +13,7 @@ from pathlib import Path
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root, Targets, TargetFile
 
-PATH = "2/LOADER_CONFIG/py1/config.json"
+PATH = "2/CONNTRACK/py1/config.json"
 
 
 def verify_ours(d: Path) -> None:

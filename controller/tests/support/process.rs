@@ -53,7 +53,11 @@ impl Workspace {
     pub fn config(&self, endpoint: &str, poll_interval_secs: u64) -> PathBuf {
         let toml = format!(
             "state_dir = {state:?}\n[remote_config]\nendpoint = {endpoint:?}\ntoken_file = {token:?}\n\
-             root_file = {root:?}\npoll_interval_secs = {poll_interval_secs}\nmax_backoff_secs = 30\n",
+             root_file = {root:?}\npoll_interval_secs = {poll_interval_secs}\nmax_backoff_secs = 30\n\
+             plaintext_for_development = {plaintext}\n[loader]\nsocket = \"\"\n",
+            // The test services listen on loopback without TLS (tls.rs covers https). No
+            // loader: verify-only mode, whose listener acknowledges schema-valid payloads.
+            plaintext = endpoint.starts_with("http://"),
             state = self.state_dir(),
             token = self.path("token"),
             root = self.path("root.json"),

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::core::Strategy;
+use super::hook::Strategy;
 use super::{Entry, Protocol};
 
 /// Settings of the conntracker. Every key has a default; `docs/conntrack.md` explains the
@@ -38,7 +38,7 @@ pub struct ConntrackConfig {
     pub attach_strategies: Vec<Strategy>,
     /// Conntrackers to try, in order (`conntrack::chain`): `core`, `prebuilt`, `netlink`.
     /// One name pins that conntracker.
-    pub strategies: super::chain::Strategies,
+    pub strategies: super::implementation::Strategies,
     /// `[conntrack.offsetguess]`: bounds of offset guessing for the prebuilt conntracker.
     pub offsetguess: crate::offsetguess::OffsetGuessConfig,
 }

@@ -4,8 +4,8 @@
 //! The successor is already attached when this runs, so every connection made from now
 //! on is recorded by both; what is copied is what only the predecessor knows. A slot the
 //! successor has already recorded is left as it is (`BPF_NOEXIST`): its record is newer.
-use super::core::monotonic_ns;
 use super::map;
+use super::map_tracker::monotonic_ns;
 use super::{ConntrackError, RunningConntracker};
 
 /// What a handover did.

@@ -6,17 +6,44 @@ pub mod chain;
 pub mod config;
 pub mod core;
 pub mod ctnetlink;
+mod destroy_listener;
 pub mod handover;
+pub mod hook;
+pub mod implementation;
 pub mod map;
+pub mod map_tracker;
 pub mod nat_table;
 pub mod netlink_tracker;
 pub mod prebuilt;
+pub mod serve;
 pub mod sweep;
+mod sweeper;
 mod tuple;
 
+use std::sync::atomic::AtomicU64;
+
 pub use self::config::ConntrackConfig;
-pub use self::core::{ConntrackStats, RunningConntracker, start};
+pub use self::core::start;
+pub use self::serve::RunningConntracker;
 pub use tuple::{Entry, Protocol, Tuple, TupleError};
+
+/// Name of the conntracker's module in the status registry, whichever implementation runs.
+pub const MODULE: &str = "conntrack";
+
+/// Counters of the netlink side, for status and tests.
+#[derive(Debug, Default)]
+pub struct ConntrackStats {
+    /// NAT'd entries inserted from the initial dump.
+    pub initial_entries: AtomicU64,
+    /// DESTROY events received.
+    pub destroy_events: AtomicU64,
+    /// Times the kernel dropped events (ENOBUFS) on the event socket.
+    pub enobufs: AtomicU64,
+    /// Sweeps run (periodic and after an overrun).
+    pub sweeps: AtomicU64,
+    /// Map slots the sweeps deleted.
+    pub swept_slots: AtomicU64,
+}
 
 /// Fill level of one map or table a conntracker owns.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

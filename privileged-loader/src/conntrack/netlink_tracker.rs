@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::core::ConntrackStats;
+use super::ConntrackStats;
 use super::ctnetlink::{CtNetlink, Event, Groups, NetlinkError};
 use super::nat_table::NatTable;
 use super::{ConntrackConfig, ConntrackError, Conntracker, Entry, RunningConntracker, TableFill, Tuple};
@@ -191,7 +191,7 @@ impl Follower {
         let message = format!(
             "netlink: events lost {lost} time(s) (ENOBUFS); table resynced from a dump {resyncs} time(s)"
         );
-        self.registry.update_module(super::chain::MODULE, |m| m.last_error = Some(message));
+        self.registry.update_module(super::MODULE, |m| m.last_error = Some(message));
     }
 
     async fn resync(&mut self, why: &str) {
@@ -202,7 +202,7 @@ impl Follower {
             Err(e) => {
                 tracing::warn!(error = %e, why, "netlink conntracker resync failed; keeping the current table");
                 let message = format!("netlink: resync after {why} failed: {e}");
-                self.registry.update_module(super::chain::MODULE, |m| m.last_error = Some(message));
+                self.registry.update_module(super::MODULE, |m| m.last_error = Some(message));
             }
         }
     }

@@ -12,7 +12,7 @@ use aya::programs::{KProbe, RawTracePoint};
 
 use tokio_util::sync::CancellationToken;
 
-use super::core::Strategy;
+use super::hook::Strategy;
 use super::{ConntrackConfig, ConntrackError, RunningConntracker};
 use crate::asset::{AssetError, AssetLoader};
 use crate::offsetguess::{self, GuessError, GuessReport, OffsetGuessConfig};
@@ -194,6 +194,6 @@ pub async fn start(
 ) -> Result<RunningConntracker, StartError> {
     // Blocks for the guessing run (about 0.1 s here, bounded by offsetguess.timeout_ms),
     // once, at start, before the API serves: not worth a blocking-pool hop.
-    let loaded = load(&PrebuiltSettings::from(cfg), assets, registry, super::chain::MODULE)?;
-    Ok(super::core::serve_loaded(loaded.ebpf, loaded.hook, cfg, registry, shutdown).await?)
+    let loaded = load(&PrebuiltSettings::from(cfg), assets, registry, super::MODULE)?;
+    Ok(super::serve::serve_loaded(loaded.ebpf, loaded.hook, cfg, registry, shutdown).await?)
 }

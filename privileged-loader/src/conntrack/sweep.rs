@@ -1,7 +1,7 @@
 //! The stale-entry sweep: which map slots to drop and which entries to (re)insert.
 //!
 //! Pure policy over a snapshot of the map and a fresh conntrack dump of the loader's own
-//! network namespace; `core.rs` does the I/O. The policy (see `docs/conntrack.md`):
+//! network namespace; `sweeper.rs` does the I/O. The policy (see `docs/conntrack.md`):
 //! - never touch a slot written or refreshed after the sweep started (the eBPF program
 //!   may be inserting it right now);
 //! - a connection of the loader's namespace that two consecutive dumps no longer list is

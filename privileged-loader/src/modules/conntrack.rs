@@ -9,9 +9,9 @@ use super::{Modules, ReloadAction, ReloadError, ReloadReport, Saved, require_cap
 use crate::asset::AssetLoader;
 use crate::conntrack::chain::Strategies;
 use crate::conntrack::chain::{self, Strategy};
-use crate::conntrack::core::{self as ct_core, MODULE};
 use crate::conntrack::handover::{HandedOver, hand_over};
 use crate::conntrack::{ConntrackConfig, RunningConntracker};
+use crate::conntrack::{MODULE, serve};
 use crate::status::{ModuleState, ReloadRecord, now_unix_ms};
 
 /// Keys applied to a running eBPF conntracker without a new object: they tune the
@@ -99,7 +99,7 @@ async fn change_in_place(modules: &Modules, slot: &mut Option<Instance>, cfg: &C
     };
     let token = modules.inner.shutdown.child_token();
     // The same object serves the API before and after: only its tasks change.
-    let running = ct_core::serve(map, cfg, modules.registry(), token.clone()).await;
+    let running = serve::serve(map, cfg, modules.registry(), token.clone()).await;
     old.stop().await;
     *slot = Some(Instance { running, token });
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::change::changed_keys;
 use super::{Modules, ReloadAction, ReloadError, ReloadReport, Saved, require_capability};
-use crate::conntrack::core::MODULE as CONNTRACK;
+use crate::conntrack::MODULE as CONNTRACK;
 use crate::lockstats::{self, CollectorState, LockStatsConfig, MODULE, OwnedMap};
 use crate::status::{ModuleRecord, ModuleState, ReloadRecord, now_unix_ms};
 

@@ -26,7 +26,8 @@ use serde_json::Value;
 /// The unprivileged uid/gid the controller runs as (`nobody`).
 pub const NOBODY: u32 = 65534;
 /// The product every test publishes under.
-pub const PRODUCT: &str = "LOADER_CONFIG";
+/// (A controller without a loader schema-checks it: contents must be CONNTRACK payloads.)
+pub const PRODUCT: &str = "CONNTRACK";
 /// The token the controller presents, and its name in the service's tokens file.
 pub const TOKEN: &str = "tok-primary-0123456789";
 pub const TOKEN_NAME: &str = "primary";
@@ -122,7 +123,7 @@ impl Repo {
         Self { dir }
     }
 
-    /// Publishes `content` as `2/LOADER_CONFIG/<config_id>/config.json`.
+    /// Publishes `content` as `2/CONNTRACK/<config_id>/config.json`.
     pub fn publish(&self, config_id: &str, content: &str) {
         self.publish_product(PRODUCT, config_id, content);
     }
@@ -352,7 +353,15 @@ impl Controller {
         let config_file = work.join("controller.toml");
         let config = format!(
             "state_dir = {state:?}\n[remote_config]\nendpoint = {endpoint:?}\ntoken_file = {token:?}\n\
-             root_file = {root:?}\npoll_interval_secs = 1\nmax_backoff_secs = 16\n{extra_remote_config}\n",
+             root_file = {root:?}\npoll_interval_secs = 1\nmax_backoff_secs = 16\n\
+             plaintext_for_development = {plaintext}\n{extra_remote_config}\n{verify_only}",
+            // The reference service runs on loopback without TLS unless a test gives it a
+            // certificate (then the endpoint is https:// and the switch stays off).
+            plaintext = endpoint.starts_with("http://"),
+            // Without a `[loader]` table of the test's own, the controller runs verify-only
+            // (the default socket path belongs to a real installation, not to a test).
+            verify_only =
+                if extra_remote_config.contains("[loader]") { "" } else { "[loader]\nsocket = \"\"\n" },
             state = path_str(&state_dir),
             token = path_str(&token_file),
             root = path_str(&pinned),
@@ -424,7 +433,7 @@ pub fn config_in<'s>(status: &'s Value, config_id: &str) -> Option<&'s Value> {
     status["configs"].as_array()?.iter().find(|c| c["id"] == config_id)
 }
 
-/// The `2/LOADER_CONFIG/<id>/config.json` config held at `version` and acknowledged.
+/// The `2/CONNTRACK/<id>/config.json` config held at `version` and acknowledged.
 pub fn holds(status: &Value, config_id: &str, version: u64) -> bool {
     config_in(status, config_id).is_some_and(|c| c["version"] == version && c["apply_state"] == 2)
 }
