@@ -129,3 +129,43 @@ fn a_node_whose_kernel_has_btf_ignores_the_product_and_says_so() {
     assert!(value.contains("ignored: this node has its own"), "{config:#}");
     assert_eq!(conntrack_strategy(&node), "core/tp_btf", "nothing reloaded");
 }
+
+/// Peak resident memory of process `pid`, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM");
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmHWM in kB") * 1024
+}
+
+#[test]
+fn a_btf_compression_bomb_is_refused_by_the_controller_before_it_unpacks_in_full() {
+    const UNPACKED: u64 = 256 << 20;
+    let node = Node::start_with(None, hidden_btf);
+    let key = kernel_key();
+    let release = key.split_once('-').expect("key").1.to_string();
+    // A BTF header and 256 MiB of zeros, xz'd: a few hundred KiB on the wire.
+    let script = format!(
+        "(printf '\\237\\353\\001\\000\\030\\000\\000\\000'; head -c {UNPACKED} /dev/zero) | xz -1 | base64 -w0"
+    );
+    let out = std::process::Command::new("sh").args(["-c", &script]).output().expect("make the bomb");
+    assert!(out.status.success(), "xz: {}", String::from_utf8_lossy(&out.stderr));
+    let data = String::from_utf8(out.stdout).expect("base64 is text");
+    assert!((data.len() as u64) < UNPACKED / 100, "a real bomb: {} bytes", data.len());
+    let payload = serde_json::json!({
+        "release": release, "arch": std::env::consts::ARCH, "compression": "xz", "data": data
+    });
+    node.repo.publish_product("BTF", &key, &payload.to_string());
+
+    let error = node.wait_reported(&key, 1, 3);
+    let message = error["apply_error"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("refused by the controller") && message.contains("decompressed"),
+        "{error:#}"
+    );
+    let peak = peak_rss(node.controller.process.pid());
+    println!("controller peak RSS after the bomb: {} MiB", peak >> 20);
+    // The limit (16 MiB) plus the process itself; unpacking in full would take 256 MiB.
+    assert!(peak < 96 << 20, "the controller's memory grew to {} MiB", peak >> 20);
+    let config = node.config();
+    assert_eq!(btf_line(&config)["source"], "file", "never pushed to the loader: {config:#}");
+}
