@@ -38,10 +38,8 @@ fn objects(work: &Path) -> PathBuf {
 fn sizes(objects: &Path) {
     let work = scratch_dir();
     let repo = Repo::init(work.path());
-    let all: Vec<String> = std::fs::read_dir(objects)
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
-        .collect();
+    let all: Vec<String> =
+        std::fs::read_dir(objects).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
     let conntrack = objects.join("conntrack.bpf.o").display().to_string();
     for (what, objs) in [("conntracker object", vec![conntrack]), ("every embedded object", all)] {
         let mut args = vec!["publish-btf", "--repo", path_str(&repo.dir)];

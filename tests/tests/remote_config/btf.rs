@@ -90,6 +90,51 @@ fn published_minimized_btf_moves_the_prebuilt_conntracker_onto_core_keeping_ever
     assert_matches_kernel(&node.loader, &lab, |_| true);
     let cache = std::fs::read_dir(node.work.path().join("btf-cache")).expect("cache dir").count();
     assert_eq!(cache, 2, "the cache keeps this kernel's BTF and its origin");
+    let status = node.controller.status().expect("controller status.json");
+    assert!(holds(&status, &key, 1), "{status:#}");
+}
+
+#[test]
+fn a_restarted_loader_starts_on_core_from_the_cached_remote_btf() {
+    let lab = NatLab::new("rc-btf-cache").expect("lab");
+    let mut node = Node::start_with(Some(&lab), hidden_btf);
+    let key = kernel_key();
+    publish_btf(&node, &objects(node.work.path()).join("conntrack.bpf.o"), &[]);
+    node.wait_reported(&key, 1, 2);
+    node.controller.process.kill();
+
+    // No controller now: the new loader process finds the BTF in its cache.
+    node.loader.process.child.kill().expect("SIGKILL the loader");
+    let _ = node.loader.process.child.wait();
+    node.loader = super::start_loader_in(Some(lab.netns.name()), &node.toml, Some(&node.socket), "");
+    assert_eq!(conntrack_strategy(&node), "core/raw_tracepoint");
+    let detail = asset_detail(&node, "conntrack");
+    assert!(detail.contains(&format!("BTF from remote config `2/BTF/{key}/btf.json` v1")), "{detail}");
+    let _conns = lab.connect_all().expect("connections");
+    assert_matches_kernel(&node.loader, &lab, |_| true);
+}
+
+#[test]
+fn another_kernels_btf_is_not_even_sent_to_this_node() {
+    let node = Node::start_with(None, hidden_btf);
+    let key = kernel_key();
+    let object = objects(node.work.path()).join("conntrack.bpf.o");
+    let sysfs = "/sys/kernel/btf/vmlinux";
+    let other = ["--vmlinux", sysfs, "--release", "9.9.9-other", "--arch", std::env::consts::ARCH];
+    publish_btf(&node, &object, &other);
+    publish_btf(&node, &object, &[]);
+    node.wait_reported(&key, 1, 2);
+    let other_key = format!("{}-9.9.9-other", std::env::consts::ARCH);
+    // Both kernels' BTF are in the signed targets; the client is told to hold one config
+    // and sent one file: its own kernel's.
+    let requests = node.service.requests();
+    let newest = node.repo.targets()["version"].clone();
+    let last_sent = requests.iter().rev().find(|r| r["answer"]["targets_version"] == newest);
+    let last_sent = last_sent.expect("the newest targets were sent");
+    assert_eq!(last_sent["answer"]["client_configs"], 1, "{last_sent:#}");
+    assert_eq!(last_sent["answer"]["target_files"], 1, "{last_sent:#}");
+    let status = node.controller.status().expect("controller status.json");
+    assert!(config_in(&status, &other_key).is_none(), "{status:#}");
 }
 
 #[test]
