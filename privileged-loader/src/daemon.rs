@@ -83,7 +83,14 @@ fn remote_btf_setting(cfg: &btf::BtfConfig, found: &Result<btf::FoundBtf, btf::B
         Ok(f) if f.source != BtfSource::RemoteConfig => {
             Some(format!("this node has its own: {}", f.describe()))
         }
-        _ => BtfCache::new(&cfg.cache_dir).prepare().err(),
+        _ => {
+            // Without the directory (a read-only root filesystem) a remote BTF is still
+            // used, only not kept for the next start; each apply says so.
+            if let Err(err) = BtfCache::new(&cfg.cache_dir).prepare() {
+                warn!(%err, "remote BTF will not be cached across restarts");
+            }
+            None
+        }
     };
     BtfSetting { ignored_because, remote: None }
 }

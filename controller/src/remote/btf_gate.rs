@@ -21,8 +21,8 @@ pub struct BtfGate {
 }
 
 impl BtfGate {
-    /// The gate of the running kernel, or `None` (and every BTF config refused, by
-    /// [`Self::check`] never accepting) when the release cannot be read.
+    /// The gate of the running kernel (when its release cannot be read, the key is
+    /// `<arch>-`, which no published BTF has: every BTF config is refused).
     pub fn current(limit: u64) -> Self {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Self::for_kernel(std::env::consts::ARCH, release.trim(), limit)
