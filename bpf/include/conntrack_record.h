@@ -66,6 +66,18 @@ struct {
 	__type(value, struct ct_value);
 } conntrack SEC(".maps");
 
+/*
+ * Connections recorded (new, or a tuple whose translation changed), per CPU: free to
+ * count here, and the loader reads the rate to drop its DESTROY subscription during
+ * connection storms (docs/conntrack.md, "Connection storms").
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} conntrack_new SEC(".maps");
+
 /* Whether an entry of this family and protocol is recorded at all (config constants). */
 static __always_inline int recordable(u16 l3num, u8 proto)
 {
@@ -122,6 +134,11 @@ static __always_inline void store(const struct ct_tuple *orig, const struct ct_t
 	value.other = *orig;
 	value.dir = CT_DIR_REPLY;
 	bpf_map_update_elem(&conntrack, reply, &value, BPF_ANY);
+
+	u32 zero = 0;
+	u64 *recorded = bpf_map_lookup_elem(&conntrack_new, &zero);
+	if (recorded)
+		*recorded += 1;
 }
 
 /*

@@ -15,7 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark program: a panic is its report
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,6 +28,10 @@ use privileged_loader::conntrack::ctnetlink::CtNetlink;
 use privileged_loader::conntrack::{ConntrackConfig, Conntracker, Entry, Protocol, start};
 use privileged_loader::status::Registry;
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/conntrack_support/mod.rs"]
+mod conntrack_support;
+use conntrack_support::udp_flows;
 
 const PHASE: Duration = Duration::from_secs(3);
 const FLOWS_PER_SEC: u32 = 2000;
@@ -78,7 +82,7 @@ fn main() {
 
     let ct = Running::start(&lab.netns);
     let udp_front = lab.front(L4::Udp, false);
-    let made = udp_flows(&lab.netns, udp_front);
+    let made = udp_flows(&lab.netns, udp_front, FLOWS_PER_SEC, FLOW_SECS);
     std::thread::sleep(Duration::from_millis(500));
     let want: std::collections::BTreeSet<(Protocol, u16)> = oracle::nat_entries(&lab.netns)
         .unwrap()
@@ -165,25 +169,6 @@ fn throughput(netns: &Netns, to: SocketAddr) -> f64 {
                 bytes += chunk.len() as u64;
             }
             bytes as f64 / (1024.0 * 1024.0) / t0.elapsed().as_secs_f64()
-        })
-        .unwrap()
-}
-
-/// New UDP flows (one datagram from a fresh socket each) at [`FLOWS_PER_SEC`].
-fn udp_flows(netns: &Netns, to: SocketAddr) -> u32 {
-    netns
-        .run(move || {
-            let t0 = Instant::now();
-            let total = FLOWS_PER_SEC * FLOW_SECS;
-            for i in 0..total {
-                let due = Duration::from_secs_f64(f64::from(i) / f64::from(FLOWS_PER_SEC));
-                if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                s.send_to(b"x", to).unwrap();
-            }
-            total
         })
         .unwrap()
 }

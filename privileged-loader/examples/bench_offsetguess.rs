@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use e2e_tests::workload;
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::btf::BtfError;
-use privileged_loader::conntrack::chain::{Strategies, Strategy};
+use privileged_loader::conntrack::chain::{self, Strategies, Strategy};
 use privileged_loader::conntrack::netlink_tracker::{self, NetlinkConntracker};
 use privileged_loader::conntrack::prebuilt::{self, PrebuiltSettings};
 use privileged_loader::conntrack::{ConntrackConfig, Conntracker};
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
 
     guessing_time(&assets)?;
     workload::start_sink(SocketAddr::from(([127, 0, 0, 1], BACKEND_PORT)))?;
-    data_path(&assets, &registry)?;
+    data_path(&assets)?;
     prebuilt_completeness(&assets, &registry)?;
     core_completeness(&registry)?;
     netlink_events(&registry)?;
@@ -80,7 +80,7 @@ fn settings() -> PrebuiltSettings {
     }
 }
 
-fn data_path(assets: &AssetLoader, registry: &Registry) -> anyhow::Result<()> {
+fn data_path(assets: &AssetLoader) -> anyhow::Result<()> {
     let (mut off, mut on) = ((0.0, 0.0), (0.0, 0.0));
     for _ in 0..3 {
         let sample = |acc: &mut (f64, f64)| -> anyhow::Result<()> {
@@ -90,7 +90,7 @@ fn data_path(assets: &AssetLoader, registry: &Registry) -> anyhow::Result<()> {
             Ok(())
         };
         sample(&mut off)?;
-        let loaded = prebuilt::load(&settings(), assets, registry, "bench")?;
+        let loaded = prebuilt::load(&settings(), assets, &mut Vec::new())?;
         sample(&mut on)?;
         drop(loaded);
     }
@@ -111,7 +111,7 @@ fn prebuilt_completeness(assets: &AssetLoader, registry: &Registry) -> anyhow::R
     let cfg = ConntrackConfig { strategies: Strategies::pinned(Strategy::Prebuilt), ..Default::default() };
     let runtime = runtime()?;
     let shutdown = CancellationToken::new();
-    let running = runtime.block_on(prebuilt::start(&cfg, assets, registry, shutdown.clone()))?;
+    let running = runtime.block_on(chain::start(&cfg, assets, registry, shutdown.clone()))?;
     let (opened, rate) = open_connections(2000.0, Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_millis(500));
     report("prebuilt", opened, rate, &*running.tracker)?;

@@ -11,8 +11,8 @@ use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use aya::EbpfLoader;
-use aya::programs::ProgramError;
+use aya::programs::{Program, ProgramError};
+use aya::{Ebpf, EbpfLoader};
 
 use crate::btf::{BtfError, FoundBtf};
 use crate::status::{AssetOutcome, Registry};
@@ -36,6 +36,9 @@ pub enum AssetError {
     /// The program loaded but could not be attached to its hook.
     #[error("eBPF asset {asset}: attaching program {program} failed: {reason}")]
     Attach { asset: String, program: String, reason: String },
+    /// The object has no program of that name and kind: built for another loader.
+    #[error("eBPF asset {asset}: program {program} {reason}; rebuild the eBPF objects with this loader")]
+    Program { asset: String, program: String, reason: String },
 }
 
 impl AssetError {
@@ -43,7 +46,7 @@ impl AssetError {
     pub fn outcome(&self) -> AssetOutcome {
         match self {
             AssetError::BtfNotFound(_) => AssetOutcome::BtfNotFound,
-            AssetError::Read { .. } => AssetOutcome::AssetReadError,
+            AssetError::Read { .. } | AssetError::Program { .. } => AssetOutcome::AssetReadError,
             AssetError::Verifier { .. } => AssetOutcome::VerifierError,
             AssetError::Attach { .. } => AssetOutcome::AttachError,
         }
@@ -100,6 +103,18 @@ impl AssetError {
             other => other.to_string(),
         }
     }
+}
+
+/// The program `name` of a loaded object of `asset`, as the kind `P` its caller loads and
+/// attaches. Every module looks its programs up here, so a missing program or one of
+/// another kind is always the same error, counted as an asset read error.
+pub fn program_mut<'e, P>(ebpf: &'e mut Ebpf, asset: &str, name: &str) -> Result<&'e mut P, AssetError>
+where
+    &'e mut P: TryFrom<&'e mut Program, Error = ProgramError>,
+{
+    let error = |reason: String| AssetError::Program { asset: asset.into(), program: name.into(), reason };
+    let program = ebpf.program_mut(name).ok_or_else(|| error("is not in the object".into()))?;
+    program.try_into().map_err(|e: ProgramError| error(format!("is not of the expected kind ({e})")))
 }
 
 /// An error and all its sources, `a: b: c`, so nothing useful is lost in the status.
@@ -212,15 +227,41 @@ impl AssetLoader {
         name: &str,
         f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
     ) -> Result<T, AssetError> {
-        let _span = tracing::info_span!("load_core_asset", asset = name).entered();
+        self.load_recorded(name, Relocation::KernelBtf, f)
+    }
+
+    /// The same for an object with no CO-RE relocation (the prebuilt conntracker, the
+    /// offset guesser, the probe on a kernel without BTF): `f` gets a loader that
+    /// relocates nothing, so no kernel BTF is needed. One outcome per call, as above.
+    pub fn load_btf_free_asset<'s, T>(
+        &'s self,
+        name: &str,
+        f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
+    ) -> Result<T, AssetError> {
+        self.load_recorded(name, Relocation::None, f)
+    }
+
+    /// The one loading path: reads the object, prepares the loader, runs `f`, and
+    /// records the outcome.
+    fn load_recorded<'s, T>(
+        &'s self,
+        name: &str,
+        relocation: Relocation,
+        f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
+    ) -> Result<T, AssetError> {
+        let _span = tracing::info_span!("load_asset", asset = name).entered();
         let started = Instant::now();
-        let result = self.run_core_load(name, f).map_err(|e| self.with_origin(name, e));
+        let result = self.run_load(name, relocation, f).map_err(|e| self.with_origin(name, e));
         let elapsed = started.elapsed();
-        let (outcome, detail) = match (&result, &self.btf) {
-            (Ok(_), Ok(found)) => (AssetOutcome::Loaded { btf_source: Some(found.source) }, found.describe()),
-            // Unreachable today (no BTF fails before `f` runs), kept total on purpose.
-            (Ok(_), Err(_)) => (AssetOutcome::Loaded { btf_source: None }, String::new()),
-            (Err(e), _) => (e.outcome(), e.detail()),
+        let (outcome, detail) = match (&result, relocation, &self.btf) {
+            (Ok(_), Relocation::KernelBtf, Ok(found)) => (
+                AssetOutcome::Loaded { btf_source: Some(found.source) },
+                found.describe(),
+            ),
+            (Ok(_), _, _) => {
+                (AssetOutcome::Loaded { btf_source: None }, "no CO-RE relocation: loaded without BTF".into())
+            }
+            (Err(e), _, _) => (e.outcome(), e.detail()),
         };
         match &result {
             Ok(_) => tracing::info!(?outcome, ?elapsed, "eBPF asset loaded"),
@@ -230,15 +271,21 @@ impl AssetLoader {
         result
     }
 
-    fn run_core_load<'s, T>(
+    fn run_load<'s, T>(
         &'s self,
         name: &str,
+        relocation: Relocation,
         f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
     ) -> Result<T, AssetError> {
-        let found = self.btf.as_ref().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
+        let btf = match relocation {
+            Relocation::KernelBtf => {
+                Some(&self.btf.as_ref().map_err(|e| AssetError::BtfNotFound(e.to_string()))?.btf)
+            }
+            Relocation::None => None,
+        };
         let bytes = self.read_asset(name)?;
         let mut loader = EbpfLoader::new();
-        loader.btf(Some(&found.btf));
+        loader.btf(btf);
         f(&bytes, &mut loader)
     }
 
@@ -251,6 +298,15 @@ impl AssetLoader {
             other => other,
         }
     }
+}
+
+/// What an object's relocations are resolved against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relocation {
+    /// The kernel BTF found at start (CO-RE objects).
+    KernelBtf,
+    /// Nothing: the object has no CO-RE relocation.
+    None,
 }
 
 fn object_path(dir: &Path, name: &str) -> PathBuf {

@@ -59,7 +59,7 @@ pub struct LoaderConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum LoaderConfigError {
     #[error("configuration file {0} does not exist")]
     Missing(PathBuf),
     #[error("invalid configuration: {0}")]
@@ -69,11 +69,11 @@ pub enum ConfigError {
 impl LoaderConfig {
     /// Builds the configuration from defaults, `file`, the environment and `overrides`
     /// (the flags given on the command line, as a partial document).
-    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, ConfigError> {
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, LoaderConfigError> {
         let mut figment = Figment::from(Serialized::defaults(LoaderConfig::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(ConfigError::Missing(file.to_path_buf()));
+                return Err(LoaderConfigError::Missing(file.to_path_buf()));
             }
             figment = figment.merge(Toml::file_exact(file));
         }
@@ -81,7 +81,7 @@ impl LoaderConfig {
             .merge(Env::prefixed("LOADER_").split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+            .map_err(|e| LoaderConfigError::Invalid(Box::new(e)))
     }
 }
 

@@ -12,7 +12,7 @@ use privileged_loader::modules::{Modules, ReloadAction};
 use privileged_loader::remote_config::btf::{BtfCache, BtfSetting};
 use privileged_loader::remote_config::{LogReload, RemoteConfigs, RunningLoader, Settings};
 use privileged_loader::status::Registry;
-use privileged_loader::{btf, privileges, probe, seccomp};
+use privileged_loader::{btf, lockstats, privileges, probe, seccomp};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -108,17 +108,29 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         Err(err) => warn!(%err, "no kernel BTF: CO-RE objects cannot load"),
     }
     let remote_btf = remote_btf_setting(&config.btf, &found_btf);
-    let assets = AssetLoader::new(found_btf, config.bpf_dir.clone(), registry.clone());
-    let kernel = probe::probe(&assets);
-    info!(release = %kernel.release, "kernel probed");
+    let assets = Arc::new(AssetLoader::new(found_btf, config.bpf_dir.clone(), registry.clone()));
+    let probing = beside_the_conntracker("kernel-probe", &assets, probe::probe)?;
+    // What the lock statistics look up first does not depend on the conntracker either.
+    let symbols = config
+        .lockstats
+        .enabled
+        .then(|| beside_the_conntracker("kernel-symbols", &assets, lockstats::prefetch_kernel_symbols))
+        .transpose()?;
     // Bind before dropping privileges: the socket directory may need root to create.
     let listener = api::bind(&config.api.socket, config.api.socket_group)
         .with_context(|| format!("serving the API on {}", config.api.socket.display()))?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let modules = Modules::new(Arc::new(assets), registry.clone(), shutdown.clone());
+    let modules = Modules::new(assets, registry.clone(), shutdown.clone());
     start_conntrack(&config, &modules).await;
+    // The probe's own object is gone once it returns: the lock statistics' map walk
+    // must not find (and hold) its transient maps.
+    let kernel = probing.join().map_err(|_| anyhow::anyhow!("the kernel probe thread panicked"))?;
+    info!(release = %kernel.release, took_us = kernel.took_us, "kernel probed");
+    if let Some(symbols) = symbols {
+        symbols.join().map_err(|_| anyhow::anyhow!("the kernel symbol lookup thread panicked"))?;
+    }
     // Post-register: once every module is loaded, and while walking other maps by id is
     // still allowed (CAP_SYS_ADMIN), before the drop.
     if let Err(err) = modules.start_lockstats(config.lockstats.clone()).await {
@@ -188,6 +200,23 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     served.context("serving the loader API")?;
     info!("stopped");
     Ok(())
+}
+
+/// Runs `work` on a thread of its own while the conntracker loads: start-up work the
+/// conntracker does not depend on (the kernel probe, whose report is what `GetStatus`
+/// shows; the lock statistics' kernel symbol lookup). A thread spawned from this (main)
+/// thread holds its capabilities; the caller joins it before dropping them, so no
+/// privileged thread outlives start-up.
+fn beside_the_conntracker<T: Send + 'static>(
+    name: &str,
+    assets: &Arc<AssetLoader>,
+    work: fn(&AssetLoader) -> T,
+) -> Result<std::thread::JoinHandle<T>> {
+    let assets = assets.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || work(&assets))
+        .with_context(|| format!("starting the {name} thread"))
 }
 
 /// Installs the loader's own seccomp filter on every thread; with the tests' switch set,

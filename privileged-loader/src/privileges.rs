@@ -59,7 +59,10 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
 /// `sys_admin_held`: whether the loader started with CAP_SYS_ADMIN, which only
 /// `lockstats.track_all_maps` needs: held without it, the line says to remove it.
 pub fn startup_uses(socket_group: Option<u32>, track_all_maps: bool, sys_admin_held: bool) -> Vec<String> {
-    let mut uses = vec!["CAP_SETPCAP: shrinking the bounding set to the kept capabilities".to_string()];
+    let mut uses = vec![
+        "CAP_SETPCAP: shrinking the bounding set to the kept capabilities".to_string(),
+        NET_BROADCAST_USE.to_string(),
+    ];
     if socket_group.is_some() {
         uses.push("CAP_CHOWN: giving the API socket to api.socket_group".into());
     }
@@ -72,6 +75,11 @@ pub fn startup_uses(socket_group: Option<u32>, track_all_maps: bool, sys_admin_h
     }
     uses
 }
+
+/// The conntrack event socket is opened while it is held; the kernel checks the
+/// socket's opener, so the events keep coming after the drop (docs/conntrack.md).
+pub const NET_BROADCAST_USE: &str = "CAP_NET_BROADCAST: conntrack events of every network namespace with an id \
+     (NETLINK_LISTEN_ALL_NSID); without it only the loader's own namespace is heard";
 
 /// Said in status and logged when CAP_SYS_ADMIN was granted without `track_all_maps`.
 pub const SYS_ADMIN_UNNEEDED: &str = "CAP_SYS_ADMIN: held at start-up although lockstats.track_all_maps is off \
@@ -142,7 +150,7 @@ mod tests {
         assert!(with_maps.iter().any(|u| u.contains("lockstats.track_all_maps)")), "{with_maps:?}");
         assert!(with_maps.iter().any(|u| u.starts_with("CAP_CHOWN")));
         assert!(startup_uses(None, false, true).contains(&SYS_ADMIN_UNNEEDED.to_string()));
-        assert_eq!(startup_uses(None, false, false).len(), 1, "only CAP_SETPCAP");
+        assert_eq!(startup_uses(None, false, false).len(), 2, "only CAP_SETPCAP and CAP_NET_BROADCAST");
     }
 
     #[test]

@@ -20,8 +20,6 @@ use serde::Serialize;
 use crate::asset::{AssetError, AssetLoader, error_chain};
 use crate::status::BtfSource;
 
-mod ctnetlink;
-
 /// The probe's asset name (`bpf/probe.bpf.c`).
 pub const PROBE_ASSET: &str = "probe";
 /// Function the fentry and kprobe probes hook: present in every kernel, BTF and kallsyms.
@@ -129,16 +127,18 @@ pub fn probe(assets: &AssetLoader) -> KernelReport {
     }
 }
 
-/// With BTF, a regular CO-RE asset load (recorded). Without, the object is still loaded
-/// without relocations so the BTF-free kinds (kprobe, raw tracepoint) can be tried.
+/// With BTF, a regular CO-RE asset load. Without, the object is still loaded without
+/// relocations so the BTF-free kinds (kprobe, raw tracepoint) can be tried. Either way
+/// the load's outcome is recorded.
 fn load_probe_object(assets: &AssetLoader) -> Result<Ebpf, AssetError> {
+    let load = |object: &[u8], loader: &mut EbpfLoader<'_>| {
+        loader.load(object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
+    };
     if assets.btf().is_ok() {
-        return assets.load_core_asset(PROBE_ASSET, |object, loader| {
-            loader.load(object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
-        });
+        assets.load_core_asset(PROBE_ASSET, load)
+    } else {
+        assets.load_btf_free_asset(PROBE_ASSET, load)
     }
-    let object = assets.read_asset(PROBE_ASSET)?;
-    EbpfLoader::new().btf(None).load(&object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
 }
 
 fn btf_report(assets: &AssetLoader) -> BtfReport {
@@ -159,9 +159,7 @@ fn program<'e, P>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut P, String>
 where
     &'e mut P: TryFrom<&'e mut Program, Error = ProgramError>,
 {
-    let program =
-        ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the probe object"))?;
-    program.try_into().map_err(|e: ProgramError| format!("program {name}: {e}"))
+    crate::asset::program_mut(ebpf, PROBE_ASSET, name).map_err(|e| e.to_string())
 }
 
 /// Unloading detaches every link of the program; a failure here is logged, not fatal:
@@ -314,7 +312,8 @@ fn probe_conntrack() -> Feature {
             );
         }
     };
-    match ctnetlink::ask_stats() {
+    // A kernel that never answers must not stall the probe.
+    match crate::conntrack::ctnetlink::ask_stats(std::time::Duration::from_millis(200)) {
         Ok(()) => Feature::yes(
             "conntrack",
             format!("nf_conntrack loaded ({entries} entries here), ctnetlink answers"),

@@ -23,6 +23,10 @@ use privileged_loader::conntrack::{
 use privileged_loader::status::{AssetOutcome, BtfSource, ModuleState, Registry};
 use tokio_util::sync::CancellationToken;
 
+#[path = "conntrack_support/mod.rs"]
+mod conntrack_support;
+use conntrack_support::{eventually, expected, tuple};
+
 /// A conntracker started on a thread inside a namespace; stopped and joined on drop.
 struct NsConntracker {
     tracker: Arc<dyn Conntracker>,
@@ -114,38 +118,6 @@ fn test_config() -> ConntrackConfig {
     // namespace) cannot make the LRU evict this test's entries; not the default, so the
     // configured size is checked.
     ConntrackConfig { max_entries: 65_536, ..ConntrackConfig::default() }
-}
-
-fn tuple(t: &oracle::Tuple) -> Tuple {
-    let protocol = match t.protocol {
-        L4::Tcp => Protocol::Tcp,
-        L4::Udp => Protocol::Udp,
-    };
-    Tuple { src: t.src, src_port: t.sport, dst: t.dst, dst_port: t.dport, protocol }
-}
-
-/// The oracle's NAT'd entries, in the loader's representation.
-fn expected(lab: &NatLab) -> BTreeSet<Entry> {
-    let netns = lab.netns.inode().unwrap();
-    oracle::nat_entries(&lab.netns)
-        .unwrap()
-        .iter()
-        .map(|e| Entry { original: tuple(&e.original), reply: tuple(&e.reply), netns })
-        .collect()
-}
-
-/// Polls `check` until it holds or `within` passes; returns whether it held.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn kinds(entries: &BTreeSet<Entry>) -> BTreeSet<(Protocol, bool)> {
@@ -498,5 +470,70 @@ fn connections_dnatted_to_a_local_server_from_another_namespace_are_all_listed()
         "{} of {CONNECTIONS} listed; missing: {:#?}",
         got.len(),
         want.difference(&got).collect::<Vec<_>>()
+    );
+}
+
+/// docs/conntrack.md, "Connection storms": above the configured rate of new connections
+/// the DESTROY subscription is shed (status says so, entries deleted meanwhile stay);
+/// when the storm ends it is restored, and the resynchronisation sweep leaves exactly
+/// what `conntrack -L` shows: every NAT'd entry, nothing else.
+#[test]
+fn a_storm_sheds_the_destroy_subscription_and_the_resync_after_it_is_exact() {
+    use privileged_loader::conntrack::storm::SHED_NOTE;
+    let lab = NatLab::new("ct-storm").unwrap();
+    let cfg = ConntrackConfig {
+        storm_shed_above_per_sec: 200,
+        storm_sustain_secs: 1,
+        // No periodic sweep: only the resynchronisation after the storm may clean up.
+        sweep_interval_secs: 0,
+        ..test_config()
+    };
+    let ct = NsConntracker::start(&lab.netns, cfg);
+    let netns = lab.netns.inode().unwrap();
+    let front = lab.front(L4::Udp, false);
+    // The storm: a new NAT'd UDP flow every millisecond for 3 s (each from a new port).
+    let storm = lab
+        .netns
+        .spawn(move || {
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.send_to(b"x", front).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    let shed = eventually(Duration::from_secs(3), || ct.stats.destroy_shed.load(Ordering::Relaxed));
+    let rate = ct.stats.recorded_per_sec.load(Ordering::Relaxed);
+    assert!(shed, "not shed at {rate} recorded connections/s (threshold 200/s)");
+    let notes = ct.registry.module("conntrack").unwrap().notes;
+    assert!(notes.iter().any(|n| n.starts_with(SHED_NOTE)), "status says it: {notes:#?}");
+
+    // Deleted while shed: no DESTROY event comes, they stay listed for now.
+    let victims: Vec<_> = oracle::nat_entries(&lab.netns).unwrap().into_iter().take(5).collect();
+    for victim in &victims {
+        oracle::delete(&lab.netns, &victim.original).unwrap();
+    }
+    let listed = ct.entries_in(netns);
+    let still = victims.iter().filter(|v| listed.iter().any(|e| e.original == tuple(&v.original))).count();
+    if ct.stats.destroy_shed.load(Ordering::Relaxed) {
+        assert_eq!(still, victims.len(), "while shed, deletions are not heard");
+    }
+    storm.join().unwrap();
+
+    let restored = eventually(Duration::from_secs(6), || !ct.stats.destroy_shed.load(Ordering::Relaxed));
+    assert!(restored, "restored when the storm ended");
+    assert_eq!(ct.stats.storm_sheds.load(Ordering::Relaxed), 1);
+    let notes = ct.registry.module("conntrack").unwrap().notes;
+    assert!(!notes.iter().any(|n| n.starts_with(SHED_NOTE)), "the note goes with the shed: {notes:#?}");
+    let exact = eventually(Duration::from_secs(5), || ct.entries_in(netns) == expected(&lab));
+    let (got, want) = (ct.entries_in(netns), expected(&lab));
+    assert!(
+        exact,
+        "after the resync: {} listed, {} in conntrack -L; false: {:?}; missing: {:?}",
+        got.len(),
+        want.len(),
+        got.difference(&want).take(5).collect::<Vec<_>>(),
+        want.difference(&got).take(5).collect::<Vec<_>>()
     );
 }

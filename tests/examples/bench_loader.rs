@@ -1,5 +1,6 @@
 //! Benchmarks of the loader (issue: the loader spine). Run as root:
 //!   cargo build --release --bins && cargo run --release -p e2e-tests --example bench_loader
+//! (`BENCH_LOADER_BIN=<path>` benchmarks another loader binary instead.)
 //! Prints, for docs/benchmarks.md:
 //! - exec → the first answered gRPC health check (every module loaded; median of 10 starts)
 //! - loader RSS after start
@@ -7,6 +8,8 @@
 //! - data-path cost: loopback TCP throughput and connection rate through a DNAT rule with
 //!   and without the conntracker attached, interleaved in one run
 //! - completeness under 2,000 new NAT'd connections/s for 10 s versus `conntrack -L`
+//! - `BENCH_ONLY=storm`: connection rate with vs without the loader in its default
+//!   configuration (DESTROY shedding on), at full speed and at 2,000/s (see [`storm`])
 //!
 //! Everything runs inside a private network namespace this program creates and deletes.
 use std::net::{SocketAddr, TcpStream};
@@ -25,7 +28,10 @@ const BACKEND_PORT: u16 = 8080;
 
 fn main() -> anyhow::Result<()> {
     let release = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
-    let loader_bin = release.join("privileged-loader");
+    // BENCH_LOADER_BIN names another loader binary (a copy of an earlier build, to
+    // compare start-up before and after a change in one sitting).
+    let loader_bin =
+        std::env::var_os("BENCH_LOADER_BIN").map_or_else(|| release.join("privileged-loader"), PathBuf::from);
     anyhow::ensure!(
         loader_bin.exists(),
         "{} missing: cargo build --release --bins first",
@@ -41,6 +47,10 @@ fn main() -> anyhow::Result<()> {
     if only == "datapath" {
         workload::start_sink(backend())?;
         return print_data_path(&data_path(&loader_bin, work.path())?);
+    }
+    if only == "storm" {
+        workload::start_sink(backend())?;
+        return storm(&loader_bin, work.path());
     }
     if only == "lookups" {
         workload::start_sink(backend())?;
@@ -518,4 +528,82 @@ fn lookups(loader: &Loader, ns: &Netns) -> anyhow::Result<()> {
         );
         anyhow::Ok(())
     })
+}
+
+/// `BENCH_ONLY=storm`: connections through DNAT with vs without the loader in its
+/// default configuration, `STORM_ROUNDS` rounds whose order alternates, each phase from an
+/// empty conntrack table and an idle loader. Full speed (~27,000/s on 2 cores): the rate
+/// per one-second slice, so the slices after the shed (`storm_sustain_secs` = 3 samples
+/// of one second) are told from the first ones. Paced at 2,000/s: the achieved rate and
+/// this process's CPU time per connection (the client, the backend and the loopback
+/// softirq work done in their context), which is where a cost shows below saturation.
+/// The loader's own CPU time is reported for the "with" phases.
+fn storm(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    const STORM_ROUNDS: usize = 9;
+    const SLICES: usize = 10;
+    const PACED_PER_SEC: f64 = 2000.0;
+    let (mut full, mut after_shed, mut paced_rate, mut paced_cpu) = (vec![], vec![], vec![], vec![]);
+    let mut loader_cpu = [Vec::new(), Vec::new()];
+    for round in 0..STORM_ROUNDS {
+        let mut phases = [(0.0, 0.0, 0.0, 0.0); 2];
+        for with in [round % 2 == 1, round % 2 == 0] {
+            flush_conntrack();
+            let loader = if with { Some(start_idle_conntracker(bin, dir)?) } else { None };
+            let loader_ns = || loader.as_ref().map_or(Ok(0), |l| procfs::cpu_ns(l.pid));
+            let (l0, t0) = (loader_ns()?, Instant::now());
+            let slices = (0..SLICES).map(|_| connection_rate(1.0)).collect::<Result<Vec<_>, _>>()?;
+            let (l1, t1) = (loader_ns()?, Instant::now());
+            flush_conntrack();
+            let (c0, l2, t2) = (process_cpu_ns(), loader_ns()?, Instant::now());
+            let rate = paced_connections(PACED_PER_SEC, SLICES as f64)?;
+            let (c1, l3) = (process_cpu_ns(), loader_ns()?);
+            let per_conn_us = (c1 - c0) as f64 / 1e3 / (rate * t2.elapsed().as_secs_f64());
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            phases[usize::from(with)] = (mean(&slices), mean(&slices[4..]), rate, per_conn_us);
+            if with {
+                loader_cpu[0].push((l1 - l0) as f64 * 100.0 / (t1 - t0).as_nanos() as f64);
+                loader_cpu[1].push((l3 - l2) as f64 * 100.0 / t2.elapsed().as_nanos() as f64);
+            }
+        }
+        let [off, on] = phases;
+        let change = |on: f64, off: f64| (on / off - 1.0) * 100.0;
+        full.push(change(on.0, off.0));
+        after_shed.push(change(on.1, off.1));
+        paced_rate.push(change(on.2, off.2));
+        paced_cpu.push(change(on.3, off.3));
+        println!(
+            "round {round}: full speed without {:.0}/s, with {:.0}/s ({:+.1} %; slices 5-10: {:+.1} %); paced: {:.0} vs {:.0}/s, {:.1} vs {:.1} µs CPU per connection",
+            off.0, on.0, full[round], after_shed[round], off.2, on.2, off.3, on.3
+        );
+    }
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        format!("median {:+.1} %, rounds {lo:+.1} … {hi:+.1} %", median(v.to_vec()))
+    };
+    println!("storm A/B, default configuration, {STORM_ROUNDS} alternating rounds:");
+    println!("  full speed, whole 10 s: {}", spread(&full));
+    println!("  full speed, seconds 5-10 (after the shed): {}", spread(&after_shed));
+    println!("  paced 2,000/s, achieved rate: {}", spread(&paced_rate));
+    println!("  paced 2,000/s, CPU per connection: {}", spread(&paced_cpu));
+    println!(
+        "  loader CPU: {:.1} % of a core at full speed, {:.1} % at 2,000/s (medians)",
+        median(loader_cpu[0].clone()),
+        median(loader_cpu[1].clone())
+    );
+    Ok(())
+}
+
+/// Opens (and closes) connections to the VIP at `per_sec` for `secs`; returns the rate
+/// achieved.
+fn paced_connections(per_sec: f64, secs: f64) -> anyhow::Result<f64> {
+    let (t0, mut n) = (Instant::now(), 0u64);
+    while t0.elapsed().as_secs_f64() < secs {
+        let due = Duration::from_secs_f64(n as f64 / per_sec);
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        drop(TcpStream::connect(vip())?);
+        n += 1;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
 }

@@ -174,15 +174,8 @@ pub fn percentile_ms(values: &mut [Duration], p: f64) -> f64 {
     values[idx].as_secs_f64() * 1000.0
 }
 
-/// The process's resident set and its high-water mark, in MB.
+/// The process's resident set and its high-water mark, in MB (NaN when unreadable).
 pub fn rss_mb(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-    };
-    let mb = |v: Option<f64>| v.unwrap_or(f64::NAN) / 1024.0;
-    (mb(kb("VmRSS:")), mb(kb("VmHWM:")))
+    let mb = |field: &str| crate::procfs::status_kb(pid, field).map_or(f64::NAN, |kb| kb as f64 / 1024.0);
+    (mb("VmRSS"), mb("VmHWM"))
 }

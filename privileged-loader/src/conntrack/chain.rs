@@ -4,67 +4,176 @@
 //! It tries the implementations `conntrack.strategies` allows (`implementation.rs`), in
 //! order. Every attempt lands in the status registry (module `conntrack`) as
 //! `core: <why>`, `prebuilt: <why>`, ….
+use std::fmt;
+use std::time::{Duration, Instant};
+
 use tokio_util::sync::CancellationToken;
 
-use super::{ConntrackConfig, RunningConntracker, netlink_tracker, prebuilt};
-use crate::asset::AssetLoader;
-use crate::status::{ModuleRecord, ModuleState, Registry};
+use super::config::ConntrackConfigError;
+use super::netlink_tracker::{self, NetlinkTrackerError};
+use super::prebuilt::{self, PrebuiltError, PrebuiltSettings};
+use super::serve::serve_loaded;
+use super::{ConntrackConfig, ConntrackError, RunningConntracker, core};
+use crate::asset::{AssetError, AssetLoader};
+use crate::status::{HookAttempt, ModuleRecord, ModuleState, Registry};
 
 /// Registry module the chain (and every strategy in it) records into.
 pub use super::MODULE;
 pub use super::implementation::{Strategies, StrategiesError, Strategy};
 
+/// Why one implementation did not start, typed until the chain writes it to the status.
 #[derive(Debug, thiserror::Error)]
-pub enum ChainError {
-    #[error("no conntracker could start; {}", reasons.join("; "))]
-    Exhausted { reasons: Vec<String> },
+pub enum StartError {
+    #[error(transparent)]
+    Core(#[from] AssetError),
+    #[error(transparent)]
+    Prebuilt(#[from] PrebuiltError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkTrackerError),
+    /// The object loaded and attached, but its map could not be served.
+    #[error(transparent)]
+    Serve(#[from] ConntrackError),
 }
 
-/// Tries each configured strategy in order and returns the first that starts, recording
-/// every attempt (with its reason when it failed) in the registry module `conntrack`.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("the conntracker is disabled by configuration (conntrack.enabled = false)")]
+    Disabled,
+    #[error(transparent)]
+    Config(#[from] ConntrackConfigError),
+    #[error("no conntracker could start; {}", Failures(.failures))]
+    Exhausted { failures: Vec<(Strategy, StartError)> },
+}
+
+/// `core: <why>; prebuilt: <why>; …`
+struct Failures<'a>(&'a [(Strategy, StartError)]);
+
+impl fmt::Display for Failures<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (strategy, error)) in self.0.iter().enumerate() {
+            let separator = if i == 0 { "" } else { "; " };
+            write!(f, "{separator}{strategy}: {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Tries each configured strategy in order and returns the first that starts. The chain
+/// is the one writer of the module's status record while it starts: every attempt (its
+/// hooks, and its reason when it failed), the state, the implementation in use, its notes
+/// and a degraded mode's warning.
 pub async fn start(
     cfg: &ConntrackConfig,
     assets: &AssetLoader,
     registry: &Registry,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ChainError> {
-    let mut reasons = Vec::new();
     registry.update_module(MODULE, ModuleRecord::begin_attempt);
+    if !cfg.enabled {
+        registry.update_module(MODULE, |m| m.state = ModuleState::Disabled);
+        return Err(ChainError::Disabled);
+    }
+    if let Err(e) = cfg.validate() {
+        record_failure(registry, &e.to_string());
+        return Err(e.into());
+    }
+    let mut failures = Vec::new();
     for strategy in cfg.strategies.iter() {
-        let started = std::time::Instant::now();
-        // An earlier strategy's error is its attempt's reason; a warning the chosen one
-        // records while starting (a degraded mode) must survive, so clear before, not after.
-        registry.update_module(MODULE, |m| m.last_error = None);
-        let result = match strategy {
-            Strategy::Core => {
-                super::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string())
-            }
-            Strategy::Prebuilt => {
-                prebuilt::start(cfg, assets, registry, shutdown.clone()).await.map_err(|e| e.to_string())
-            }
-            Strategy::Netlink => {
-                netlink_tracker::start(cfg, registry, shutdown.clone()).await.map_err(|e| e.to_string())
-            }
-        };
+        let started = Instant::now();
+        let mut hooks = Vec::new();
+        let result = start_one(strategy, cfg, assets, registry, &mut hooks, shutdown.clone()).await;
+        record_attempt(registry, strategy, hooks, &result, started.elapsed());
         match result {
-            Ok(running) => {
-                let detail = running.tracker.strategy();
-                registry.update_module(MODULE, |m| {
-                    m.finish_attempt(strategy.name(), Ok(()));
-                    m.state = ModuleState::Running;
-                    m.strategy = detail;
-                    m.load_time = started.elapsed();
-                });
-                return Ok(running);
-            }
-            Err(reason) => {
-                tracing::warn!(%strategy, %reason, "conntracker strategy skipped");
-                registry.update_module(MODULE, |m| m.finish_attempt(strategy.name(), Err(reason.clone())));
-                reasons.push(format!("{strategy}: {reason}"));
+            Ok(running) => return Ok(running),
+            Err(e) => {
+                tracing::warn!(%strategy, reason = %e, "conntracker strategy skipped");
+                failures.push((strategy, e));
             }
         }
     }
-    Err(ChainError::Exhausted { reasons })
+    let error = ChainError::Exhausted { failures };
+    record_failure(registry, &error.to_string());
+    Err(error)
+}
+
+/// The CO-RE conntracker alone, without fallback: the chain pinned to `core`.
+pub async fn start_core(
+    cfg: &ConntrackConfig,
+    assets: &AssetLoader,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<RunningConntracker, ChainError> {
+    let pinned = ConntrackConfig { strategies: Strategies::pinned(Strategy::Core), ..cfg.clone() };
+    start(&pinned, assets, registry, shutdown).await
+}
+
+/// Loads, attaches and serves one implementation; appends the hooks it tried to `hooks`.
+async fn start_one(
+    strategy: Strategy,
+    cfg: &ConntrackConfig,
+    assets: &AssetLoader,
+    registry: &Registry,
+    hooks: &mut Vec<HookAttempt>,
+    shutdown: CancellationToken,
+) -> Result<RunningConntracker, StartError> {
+    match strategy {
+        Strategy::Core => {
+            let (ebpf, hook) = core::load(cfg, assets, hooks)?;
+            Ok(serve_loaded(ebpf, hook, cfg, registry, shutdown).await?)
+        }
+        Strategy::Prebuilt => {
+            let loaded = prebuilt::load(&PrebuiltSettings::from(cfg), assets, hooks)?;
+            Ok(serve_loaded(loaded.ebpf, loaded.hook, cfg, registry, shutdown).await?)
+        }
+        Strategy::Netlink => Ok(netlink_tracker::start(cfg, registry, shutdown).await?),
+    }
+}
+
+/// Writes one attempt: its hooks, its verdict, and for the one that started, the state,
+/// the implementation, the load time, its notes and its degraded mode's warning.
+fn record_attempt(
+    registry: &Registry,
+    strategy: Strategy,
+    hooks: Vec<HookAttempt>,
+    result: &Result<RunningConntracker, StartError>,
+    took: Duration,
+) {
+    registry.update_module(MODULE, |m| {
+        for hook in hooks {
+            m.record_hook(strategy.name(), hook);
+        }
+        match result {
+            Ok(running) => {
+                m.finish_attempt(strategy.name(), Ok(()));
+                m.state = ModuleState::Running;
+                m.strategy = running.tracker.strategy();
+                m.load_time = took;
+                m.notes.extend(running.notes.iter().cloned());
+                m.last_error = running.degraded.clone();
+            }
+            Err(e) => m.finish_attempt(strategy.name(), Err(e.to_string())),
+        }
+    });
+}
+
+/// Records the notes and degraded-mode warning of a running instance whose tasks were
+/// restarted in place (same object, new settings).
+pub fn record_serving(registry: &Registry, running: &RunningConntracker) {
+    registry.update_module(MODULE, |m| {
+        for note in &running.notes {
+            if !m.notes.contains(note) {
+                m.notes.push(note.clone());
+            }
+        }
+        m.last_error = running.degraded.clone();
+    });
+}
+
+fn record_failure(registry: &Registry, reason: &str) {
+    registry.update_module(MODULE, |m| {
+        m.state = ModuleState::Failed;
+        m.last_error = Some(reason.to_string());
+    });
 }
 
 /// The attempts of the chain itself (`core`, `prebuilt`, `netlink`), as "name: reason"

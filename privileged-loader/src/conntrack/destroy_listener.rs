@@ -1,8 +1,9 @@
 //! The DESTROY event listener: drops the map slots of conntrack entries the kernel
-//! destroyed in the own namespace (`docs/conntrack.md` states the policy).
+//! destroyed in the own namespace and in every namespace with an id in it
+//! (`docs/conntrack.md` states the policy).
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +12,9 @@ use super::config::ConntrackConfig;
 use super::ctnetlink::{CtNetlink, Event, NetlinkError};
 use super::map::{self, CtKey};
 use super::map_tracker::{CoreConntracker, monotonic_ns};
+use super::storm::{SHED_NOTE, StormGuard, Verdict};
 use super::{ConntrackStats, Entry, MODULE};
+use crate::status::Registry;
 
 /// Pause after an unexpected netlink error, so a broken socket cannot spin a core.
 const NETLINK_RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -21,7 +24,11 @@ const NETLINK_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// arrive in this time even in the benchmark's connection storm.
 const EVENT_COALESCE: Duration = Duration::from_millis(10);
 
-/// Drops the map slots of destroyed entries of the own namespace.
+/// How often the rate of recorded connections is sampled for the storm guard.
+const STORM_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Drops the map slots of destroyed entries of the own namespace and of every namespace
+/// with an id in it.
 pub(crate) struct DestroyListener {
     pub(crate) tracker: Arc<CoreConntracker>,
     pub(crate) stats: Arc<ConntrackStats>,
@@ -30,14 +37,35 @@ pub(crate) struct DestroyListener {
     pub(crate) query: CtNetlink,
     /// Decides whether such a newer entry belongs in the map.
     pub(crate) cfg: ConntrackConfig,
+    /// Sheds the subscription in connection storms; `None` when configured off.
+    pub(crate) storm: Option<StormGuard>,
+    /// Where the shed state is said (a module note while shed).
+    pub(crate) registry: Registry,
+}
+
+/// What woke the listener.
+enum Wake {
+    Events(Result<Vec<Event>, NetlinkError>),
+    Sample,
 }
 
 impl DestroyListener {
     pub(crate) async fn run(mut self, mut socket: CtNetlink, shutdown: CancellationToken) {
+        let mut sampler = tokio::time::interval(STORM_SAMPLE);
+        sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = self.tracker.recorded_connections().map(|total| (total, Instant::now()));
         loop {
-            let batch = tokio::select! {
+            let wake = tokio::select! {
                 () = shutdown.cancelled() => return,
-                batch = socket.next_events() => batch,
+                batch = socket.next_events() => Wake::Events(batch),
+                _ = sampler.tick(), if self.storm.is_some() => Wake::Sample,
+            };
+            let batch = match wake {
+                Wake::Events(batch) => batch,
+                Wake::Sample => {
+                    last = self.sample(&socket, last);
+                    continue;
+                }
             };
             match batch {
                 Ok(events) => {
@@ -68,6 +96,58 @@ impl DestroyListener {
         }
     }
 
+    /// One storm-guard sample: the rate since `last`, and a shed or restore if it says so.
+    fn sample(&mut self, socket: &CtNetlink, last: Option<(u64, Instant)>) -> Option<(u64, Instant)> {
+        let now = (self.tracker.recorded_connections()?, Instant::now());
+        let Some((before, at)) = last else { return Some(now) };
+        let seconds = now.1.duration_since(at).as_secs_f64().max(1e-3);
+        let per_sec = (now.0.wrapping_sub(before) as f64 / seconds) as u64;
+        self.stats.recorded_per_sec.store(per_sec, Ordering::Relaxed);
+        let Some(guard) = self.storm.as_mut() else { return Some(now) };
+        let verdict = guard.observe(per_sec);
+        let threshold = self.cfg.storm_shed_above_per_sec;
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Shed => match socket.set_destroy_subscription(false) {
+                Ok(()) => {
+                    self.stats.destroy_shed.store(true, Ordering::Relaxed);
+                    let sheds = self.stats.storm_sheds.fetch_add(1, Ordering::Relaxed) + 1;
+                    let note = format!(
+                        "{SHED_NOTE}: {per_sec} connections/s > {threshold}/s; destroyed entries leave by the sweep and the LRU until it calms (shed {sheds} time(s))"
+                    );
+                    tracing::warn!(
+                        module = MODULE,
+                        per_sec,
+                        threshold,
+                        "conntrack DESTROY subscription shed (connection storm)"
+                    );
+                    self.registry.update_module(MODULE, |m| m.notes.push(note));
+                }
+                Err(e) => {
+                    tracing::warn!(module = MODULE, error = %e, "cannot shed the DESTROY subscription");
+                    self.storm.as_mut().map(StormGuard::revert);
+                }
+            },
+            Verdict::Restore => match socket.set_destroy_subscription(true) {
+                Ok(()) => {
+                    self.stats.destroy_shed.store(false, Ordering::Relaxed);
+                    self.stats.resync_after_shed.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        module = MODULE,
+                        per_sec,
+                        "conntrack DESTROY subscription restored; resynchronising"
+                    );
+                    self.registry.update_module(MODULE, |m| m.notes.retain(|n| !n.starts_with(SHED_NOTE)));
+                    self.resync.notify_one();
+                }
+                Err(e) => {
+                    tracing::warn!(module = MODULE, error = %e, "cannot restore the DESTROY subscription")
+                }
+            },
+        }
+        Some(now)
+    }
+
     async fn apply(&mut self, events: &[Event]) {
         for event in events {
             if let Event::Destroy(entry) = event {
@@ -93,6 +173,14 @@ impl DestroyListener {
     async fn forget(&mut self, entry: &Entry) {
         let stale = self.tracker.slots_describing(entry);
         if stale.is_empty() {
+            return;
+        }
+        if entry.netns != self.query.netns() {
+            // Another namespace's entry (`NETLINK_LISTEN_ALL_NSID`): the query socket
+            // would answer about its own namespace's table, not that one. Removed at once;
+            // a reused tuple there is recorded again by its next packet (tp_btf, raw
+            // tracepoint), or lost until reconnect with the once-per-entry hooks.
+            self.tracker.remove_keys(&stale);
             return;
         }
         match self.query.get(&entry.original).await {

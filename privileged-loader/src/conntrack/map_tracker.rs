@@ -8,6 +8,7 @@ use aya::maps::{HashMap, MapData, MapError};
 
 use super::hook::Strategy;
 use super::map::{self, CtKey, CtValue};
+use super::storm::NewConnections;
 use super::{ConntrackError, Conntracker, Entry, MODULE, TableFill, Tuple};
 use crate::asset::error_chain;
 
@@ -21,6 +22,9 @@ pub struct CoreConntracker {
     /// Why the root namespace could not be read, shown in the module's status.
     pub(crate) root_netns_note: Option<String>,
     max_entries: u32,
+    /// The programs' count of recorded connections (`storm.rs`); `None` for an object
+    /// built without it.
+    new_connections: Option<NewConnections>,
 }
 
 impl CoreConntracker {
@@ -35,6 +39,7 @@ impl CoreConntracker {
         let map = ebpf.take_map(map::MAP_NAME).ok_or_else(missing)?;
         let map = HashMap::try_from(map).map_err(|e| map_error(&e))?;
         let (root_netns, root_netns_note) = root_netns();
+        let new_connections = NewConnections::take(&mut ebpf);
         Ok(Self {
             map: RwLock::new(map),
             _ebpf: Mutex::new(ebpf),
@@ -42,7 +47,18 @@ impl CoreConntracker {
             root_netns,
             root_netns_note,
             max_entries,
+            new_connections,
         })
+    }
+
+    /// Connections the program recorded since it was loaded; `None` when the object has
+    /// no counter or it cannot be read.
+    pub(crate) fn recorded_connections(&self) -> Option<u64> {
+        let counter = self.new_connections.as_ref()?;
+        counter
+            .total()
+            .map_err(|e| tracing::debug!(module = super::MODULE, error = %e, "cannot read conntrack_new"))
+            .ok()
     }
 
     /// Writes both slots of `entry`; false (and a log line) if the kernel refused.

@@ -16,14 +16,15 @@ pub mod nat_table;
 pub mod netlink_tracker;
 pub mod prebuilt;
 pub mod serve;
+pub mod storm;
 pub mod sweep;
 mod sweeper;
 mod tuple;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
+pub use self::chain::start_core as start;
 pub use self::config::ConntrackConfig;
-pub use self::core::start;
 pub use self::serve::RunningConntracker;
 pub use tuple::{Entry, Protocol, Tuple, TupleError};
 
@@ -43,6 +44,16 @@ pub struct ConntrackStats {
     pub sweeps: AtomicU64,
     /// Map slots the sweeps deleted.
     pub swept_slots: AtomicU64,
+    /// The DESTROY subscription is shed now (a connection storm, `storm.rs`).
+    pub destroy_shed: AtomicBool,
+    /// Times it was shed.
+    pub storm_sheds: AtomicU64,
+    /// Connections the eBPF program recorded per second, at the last one-second sample.
+    pub recorded_per_sec: AtomicU64,
+    /// Set when the subscription is restored: the next sweep deletes own-namespace
+    /// connections missing from its dump at once (each still confirmed with the kernel),
+    /// not at the second miss, since every DESTROY of the storm was missed.
+    pub resync_after_shed: AtomicBool,
 }
 
 /// Fill level of one map or table a conntracker owns.
@@ -57,8 +68,6 @@ pub struct TableFill {
 pub enum ConntrackError {
     #[error("reading conntrack map {map}: {reason}")]
     MapRead { map: String, reason: String },
-    #[error("the conntracker is disabled by configuration (conntrack.enabled = false)")]
-    Disabled,
     #[error(transparent)]
     Config(#[from] config::ConntrackConfigError),
     #[error("loading the conntrack eBPF asset: {0}")]

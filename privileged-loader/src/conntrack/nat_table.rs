@@ -72,12 +72,15 @@ impl NatTable {
         }
     }
 
-    /// Replaces the whole content (a resync from a fresh dump).
-    pub fn replace_all(&mut self, entries: impl IntoIterator<Item = Entry>) {
-        self.originals.clear();
-        self.replies.clear();
-        self.age.clear();
-        for entry in entries {
+    /// Replaces the connections of namespace `netns` with `entries` (a resync from a
+    /// fresh dump of that namespace); other namespaces' connections stay.
+    pub fn replace_namespace(&mut self, netns: u32, entries: impl IntoIterator<Item = Entry>) {
+        let stale: Vec<Tuple> =
+            self.originals.keys().filter(|(_, ns)| *ns == netns).map(|(original, _)| *original).collect();
+        for original in &stale {
+            self.remove(original, netns);
+        }
+        for entry in entries.into_iter().filter(|e| e.netns == netns) {
             self.insert(entry);
         }
     }
@@ -160,10 +163,14 @@ mod tests {
     }
 
     #[test]
-    fn a_resync_replaces_everything() {
+    fn a_resync_replaces_its_namespace_and_keeps_the_others() {
         let mut table = NatTable::new(8);
+        let other = Entry { netns: 9, ..entry(4) };
         table.insert(entry(1));
-        table.replace_all([entry(2), entry(3)]);
+        table.insert(other);
+        table.replace_namespace(7, [entry(2), entry(3)]);
+        assert_eq!(table.entries(), vec![entry(2), entry(3), other]);
+        table.replace_namespace(9, []);
         assert_eq!(table.entries(), vec![entry(2), entry(3)]);
     }
 }

@@ -7,8 +7,10 @@
 //! `last_error`, [`NetlinkStats`]) and resyncs the table from a fresh dump, so a loss
 //! costs a dump, not wrong answers for the life of the process.
 //!
-//! Scope: the network namespace of the thread that starts it (ctnetlink sockets see only
-//! their own). The sockets and the message parsing are the conntrack module's
+//! Scope: the events of the namespace of the thread that starts it and of every
+//! namespace with an id in it (`NETLINK_LISTEN_ALL_NSID`, see `ctnetlink/nsid.rs`); the
+//! dumps (start and resync) cover the own namespace, and a resync replaces only its
+//! entries. The sockets and the message parsing are the conntrack module's
 //! ([`CtNetlink`]), shared with the CO-RE conntracker; this file owns the table policy.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,12 +82,12 @@ impl NetlinkConntracker {
         }
     }
 
-    /// Replaces the table with a fresh dump's NAT'd entries.
+    /// Replaces the own namespace's part of the table with a fresh dump's NAT'd entries.
     async fn resync(&self, dump: &mut CtNetlink, timeout: Duration) -> Result<(), NetlinkTrackerError> {
         let entries = tokio::time::timeout(timeout, dump.dump())
             .await
             .map_err(|_| NetlinkTrackerError::DumpTimeout(timeout))??;
-        self.table().replace_all(entries.into_iter().filter(Entry::is_nat));
+        self.table().replace_namespace(dump.netns(), entries.into_iter().filter(Entry::is_nat));
         Ok(())
     }
 }
@@ -125,7 +127,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, NetlinkTrackerError> {
     let (tracker, tasks) = start_tracker(cfg, registry, shutdown).await?;
-    Ok(RunningConntracker { tracker, tasks, stats: Arc::new(ConntrackStats::default()), map: None })
+    let stats = Arc::new(ConntrackStats::default());
+    Ok(RunningConntracker { tracker, tasks, stats, map: None, notes: Vec::new(), degraded: None })
 }
 
 /// [`start`], returning the concrete tracker (for its [`NetlinkStats`]).
@@ -136,6 +139,8 @@ pub async fn start_tracker(
 ) -> Result<(Arc<NetlinkConntracker>, JoinSet<()>), NetlinkTrackerError> {
     cfg.validate()?;
     let events = CtNetlink::event_socket(Groups::NewAndDestroy)?;
+    let coverage = events.coverage().describe();
+    registry.update_module(super::MODULE, |m| m.notes.push(format!("netlink: {coverage}")));
     let mut dump = CtNetlink::dump_socket()?;
     let timeout = cfg.initial_dump_timeout();
     let tracker = Arc::new(NetlinkConntracker {

@@ -15,6 +15,7 @@ use super::ctnetlink::{CtNetlink, Groups, NetlinkError};
 use super::destroy_listener::DestroyListener;
 use super::hook::Strategy;
 use super::map_tracker::{CoreConntracker, monotonic_ns};
+use super::storm::StormGuard;
 use super::sweep::SweepPolicy;
 use super::sweeper::Sweeper;
 use super::{ConntrackError, ConntrackStats, Conntracker, MODULE};
@@ -29,11 +30,19 @@ pub struct RunningConntracker {
     /// The eBPF map behind `tracker` (CO-RE and prebuilt), for handing its translations
     /// to a successor at a reload; `None` for a userspace table.
     pub map: Option<Arc<CoreConntracker>>,
+    /// What an operator should know about this instance (a stand-in it had to take); the
+    /// chain writes them to the module's notes.
+    pub notes: Vec<String>,
+    /// Why it runs degraded (no seeding, no cleanup but LRU eviction); the chain writes it
+    /// to the module's last error.
+    pub degraded: Option<String>,
 }
 
-/// Serves the map of an object loaded and attached elsewhere (the prebuilt conntracker,
-/// whose map has this same layout): the same seeding, destroy events and sweep as
-/// [`start`]. Records nothing in the module's attempts; the caller does.
+/// Serves the map of a loaded and attached object, CO-RE or prebuilt (both maps have the
+/// same layout): seeding, destroy events and sweep. Records nothing; the chain does.
+///
+/// The netlink sockets belong to the network namespace of the *calling thread*: that is
+/// the namespace whose existing entries are loaded and whose destroy events are seen.
 pub async fn serve_loaded(
     ebpf: Ebpf,
     strategy: Strategy,
@@ -41,13 +50,16 @@ pub async fn serve_loaded(
     registry: &Registry,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ConntrackError> {
-    cfg.validate()?;
     let tracker = Arc::new(CoreConntracker::from_loaded(ebpf, strategy, cfg.max_entries)?);
     Ok(serve(tracker, cfg, registry, shutdown).await)
 }
 
 /// Starts the map runtime (seeding, destroy listener, sweep) for a loaded object. A
 /// reload that changes only runtime settings calls it again on the same object.
+///
+/// `registry` goes only to the DESTROY listener, for the one note that changes while the
+/// instance runs (the subscription shed in a storm, and gone when restored); everything
+/// known at start is returned in [`RunningConntracker`] for the chain to record.
 pub(crate) async fn serve(
     tracker: Arc<CoreConntracker>,
     cfg: &ConntrackConfig,
@@ -55,9 +67,8 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) -> RunningConntracker {
     let strategy = tracker.strategy;
-    if let Some(note) = &tracker.root_netns_note {
-        registry.update_module(MODULE, |m| m.notes.push(note.clone()));
-    }
+    let mut notes: Vec<String> = tracker.root_netns_note.iter().cloned().collect();
+    let mut degraded = None;
     let stats = Arc::new(ConntrackStats::default());
     let mut tasks = JoinSet::new();
     match open_netlink(cfg.destroy_events) {
@@ -73,12 +84,16 @@ pub(crate) async fn serve(
                     .map(|d| d.as_nanos() as u64),
             };
             if let Some(events) = events {
+                let coverage = events.coverage().describe();
+                notes.push(coverage);
                 let listener = DestroyListener {
                     tracker: tracker.clone(),
                     stats: stats.clone(),
                     resync: resync.clone(),
                     query,
                     cfg: cfg.clone(),
+                    storm: cfg.storm_policy().map(StormGuard::new),
+                    registry: registry.clone(),
                 };
                 tasks.spawn(listener.run(events, shutdown.clone()));
             } else {
@@ -104,12 +119,12 @@ pub(crate) async fn serve(
                  leave only by LRU eviction"
             );
             tracing::warn!(module = MODULE, "{message}");
-            registry.update_module(MODULE, |m| m.last_error = Some(message));
+            degraded = Some(message);
         }
     }
     let map = Some(tracker.clone());
     let tracker: Arc<dyn Conntracker> = tracker;
-    RunningConntracker { tracker, tasks, stats, map }
+    RunningConntracker { tracker, tasks, stats, map, notes, degraded }
 }
 
 /// The DESTROY event socket first, then the query and dump sockets: an entry destroyed

@@ -72,6 +72,12 @@ impl Sweeper {
                 return;
             }
         };
+        if entries.is_some() && self.stats.resync_after_shed.swap(false, Ordering::Relaxed) {
+            // Every DESTROY of the storm was missed: one miss is enough this time (each
+            // deletion is still confirmed with the kernel below).
+            let own = slots.iter().filter(|(k, _)| k.netns == self.policy.own_netns).map(|(k, _)| *k);
+            self.suspects.extend(own);
+        }
         let mut plan = sweep::plan(&slots, entries.as_deref(), &self.policy, started_ns, &self.suspects);
         let held = self.held_by_kernel(dump, &sweep::own_deletions(&plan, &slots, &self.policy)).await;
         sweep::spare(&mut plan, &slots, &held);

@@ -7,7 +7,7 @@ use aya::programs::BtfTracePoint;
 use super::error::LockStatsError;
 use super::ksym::missing_in_object;
 use super::ranges::RangeTable;
-use crate::asset::{AssetError, AssetLoader};
+use crate::asset::{self, AssetError, AssetLoader};
 
 pub const CONTENTION_ASSET: &str = "lockstat";
 const PROGRAMS: [&str; 2] = ["contention_begin", "contention_end"];
@@ -143,10 +143,7 @@ fn fill_ranges(ebpf: &mut Ebpf, table: &RangeTable) -> Result<(), AssetError> {
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, btf: &aya::Btf) -> Result<u32, AssetError> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| missing_in_object(CONTENTION_ASSET, &format!("program {name}")))?;
+    let program: &mut BtfTracePoint = asset::program_mut(ebpf, CONTENTION_ASSET, name)?;
     program.load(name, btf).map_err(|e| AssetError::from_program_load(CONTENTION_ASSET, name, e))?;
     program.attach().map_err(|e| AssetError::from_program_attach(CONTENTION_ASSET, name, e))?;
     let info = program.info().map_err(|e| AssetError::from_program_attach(CONTENTION_ASSET, name, e))?;

@@ -7,9 +7,9 @@
 use aya::programs::Iter;
 
 use super::error::LockStatsError;
-use super::ksym::{missing_in_object, run_iterator};
+use super::ksym::run_iterator;
 use super::layout::{self, MapsSnapshot};
-use crate::asset::{AssetError, AssetLoader};
+use crate::asset::{self, AssetError, AssetLoader};
 
 pub const MAPS_ASSET: &str = "lockstat_maps";
 const MAPS_PROGRAM: &str = "lockstat_maps";
@@ -27,10 +27,7 @@ pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSn
         loader.override_global("per_cpu_offset_addr", &per_cpu_offset_addr, true);
         loader.override_global("nr_cpus", &nr_cpus, true);
         let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(MAPS_ASSET, e))?;
-        let program: &mut Iter = ebpf
-            .program_mut(MAPS_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| missing_in_object(MAPS_ASSET, "program lockstat_maps"))?;
+        let program: &mut Iter = asset::program_mut(&mut ebpf, MAPS_ASSET, MAPS_PROGRAM)?;
         program
             .load("bpf_map", &btf.btf)
             .map_err(|e| AssetError::from_program_load(MAPS_ASSET, MAPS_PROGRAM, e))?;

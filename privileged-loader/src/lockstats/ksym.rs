@@ -10,7 +10,7 @@ use std::io::Read;
 use aya::programs::Iter;
 
 use super::error::LockStatsError;
-use crate::asset::{AssetError, AssetLoader};
+use crate::asset::{self, AssetError, AssetLoader};
 
 /// The asset (`bpf/lockstat_ksym.bpf.c`) and its program.
 pub const KSYM_ASSET: &str = "lockstat_ksym";
@@ -71,10 +71,7 @@ fn from_iterator(assets: &AssetLoader, wanted: &[&str]) -> Result<KernelSymbols,
         let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
         loader.override_global("wanted", slots.as_slice(), true);
         let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(KSYM_ASSET, e))?;
-        let program: &mut Iter = ebpf
-            .program_mut(KSYM_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| missing_in_object(KSYM_ASSET, "program lockstat_ksym"))?;
+        let program: &mut Iter = asset::program_mut(&mut ebpf, KSYM_ASSET, KSYM_PROGRAM)?;
         program
             .load("ksym", &btf.btf)
             .map_err(|e| AssetError::from_program_load(KSYM_ASSET, KSYM_PROGRAM, e))?;

@@ -23,7 +23,7 @@ mod report;
 mod targets;
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 pub use config::{DEFAULT_MAX_RANGES, LockStatsConfig};
@@ -142,13 +142,9 @@ fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMa
 /// `__per_cpu_offset`, or 0 with a reason: the map iterator then measures the per-CPU
 /// offsets on a per-CPU array of its own instead.
 fn resolve_per_cpu_offset(assets: &AssetLoader, status: &mut LockStatsStatus) -> u64 {
-    let (symbols, iter_error) = ksym::resolve(assets, &[ksym::PER_CPU_OFFSET]);
-    if let Some(reason) = iter_error {
-        tracing::debug!(%reason, "iter/ksym did not give every symbol; /proc/kallsyms tried");
-    }
-    match symbols.address(ksym::PER_CPU_OFFSET) {
-        Ok(addr) => {
-            status.symbols_source = symbols.source.to_string();
+    match per_cpu_offset(assets) {
+        Ok((addr, source)) => {
+            status.symbols_source = source.to_string();
             addr
         }
         Err(e) => {
@@ -156,6 +152,41 @@ fn resolve_per_cpu_offset(assets: &AssetLoader, status: &mut LockStatsStatus) ->
             status.reasons.push(format!("{e}; per-CPU offsets measured on a per-CPU array map instead"));
             0
         }
+    }
+}
+
+/// What the kernel's symbol table says about `__per_cpu_offset`: its address and where it
+/// was found, or why it is not usable (the error's text).
+type PerCpuOffset = Result<(u64, &'static str), String>;
+
+/// The answer of the ksym iterator, once it ran: the symbol table does not change while
+/// the kernel runs, and walking it (every kernel symbol) is the costliest step of
+/// Initialize. A `/proc/kallsyms` fallback's answer is not kept: the next start tries the
+/// iterator again.
+static PER_CPU_OFFSET: OnceLock<PerCpuOffset> = OnceLock::new();
+
+fn per_cpu_offset(assets: &AssetLoader) -> PerCpuOffset {
+    if let Some(known) = PER_CPU_OFFSET.get() {
+        return known.clone();
+    }
+    let (symbols, iter_error) = ksym::resolve(assets, &[ksym::PER_CPU_OFFSET]);
+    let answer =
+        symbols.address(ksym::PER_CPU_OFFSET).map(|addr| (addr, symbols.source)).map_err(|e| e.to_string());
+    match iter_error {
+        None => PER_CPU_OFFSET.get_or_init(|| answer).clone(),
+        Some(reason) => {
+            tracing::debug!(%reason, "iter/ksym did not give every symbol; /proc/kallsyms tried");
+            answer
+        }
+    }
+}
+
+/// Finds `__per_cpu_offset` ahead of [`start`], so that start-up can do it on a thread
+/// while other modules load; [`start`] then finds it known. Records nothing itself but
+/// the ksym asset's load; [`start`] reports what was found.
+pub fn prefetch_kernel_symbols(assets: &AssetLoader) {
+    if let Err(reason) = per_cpu_offset(assets) {
+        tracing::debug!(%reason, "lockstats: __per_cpu_offset not usable; Initialize will say why");
     }
 }
 

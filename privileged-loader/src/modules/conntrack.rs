@@ -16,8 +16,14 @@ use crate::status::{ModuleState, ReloadRecord, now_unix_ms};
 
 /// Keys applied to a running eBPF conntracker without a new object: they tune the
 /// userspace tasks (seeding, destroy listener, sweep), not the program or its map.
-const IN_PLACE: &[&str] =
-    &["sweep_interval_secs", "destroy_events", "stale_after_secs", "initial_dump_timeout_secs"];
+const IN_PLACE: &[&str] = &[
+    "sweep_interval_secs",
+    "destroy_events",
+    "stale_after_secs",
+    "initial_dump_timeout_secs",
+    "storm_shed_above_per_sec",
+    "storm_sustain_secs",
+];
 
 /// A running conntracker and the token that stops its tasks.
 pub(super) struct Instance {
@@ -100,6 +106,7 @@ async fn change_in_place(modules: &Modules, slot: &mut Option<Instance>, cfg: &C
     let token = modules.inner.shutdown.child_token();
     // The same object serves the API before and after: only its tasks change.
     let running = serve::serve(map, cfg, modules.registry(), token.clone()).await;
+    chain::record_serving(modules.registry(), &running);
     old.stop().await;
     *slot = Some(Instance { running, token });
 }

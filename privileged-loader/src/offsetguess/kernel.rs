@@ -9,7 +9,7 @@ use super::GuessError;
 use super::fields::Reading;
 use super::machine::{Check, Machine, Offsets, Progress};
 use super::traffic::KnownConnection;
-use crate::asset::AssetError;
+use crate::asset::{self, AssetError, AssetLoader};
 
 pub const ASSET: &str = "offsetguess";
 const PROGRAM: &str = "guess_net_dev_queue";
@@ -86,19 +86,18 @@ pub struct GuessObject {
 }
 
 impl GuessObject {
-    /// Loads the object with no kernel BTF at all (it has no CO-RE relocations) and
-    /// attaches its raw tracepoint.
-    pub fn load(object: &[u8]) -> Result<Self, AssetError> {
-        let mut ebpf =
-            aya::EbpfLoader::new().btf(None).load(object).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| missing(PROGRAM))?
-            .try_into()
-            .map_err(|e| AssetError::from_program_load(ASSET, PROGRAM, e))?;
-        program.load().map_err(|e| AssetError::from_program_load(ASSET, PROGRAM, e))?;
-        program.attach("net_dev_queue").map_err(|e| AssetError::from_program_attach(ASSET, PROGRAM, e))?;
-        Ok(GuessObject { ebpf })
+    /// Loads the object through the BTF-free path (it has no CO-RE relocation; the load
+    /// is recorded as asset `offsetguess`) and attaches its raw tracepoint.
+    pub fn load(assets: &AssetLoader) -> Result<Self, AssetError> {
+        assets.load_btf_free_asset(ASSET, |object, loader| {
+            let mut ebpf = loader.load(object).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
+            let program: &mut RawTracePoint = asset::program_mut(&mut ebpf, ASSET, PROGRAM)?;
+            program.load().map_err(|e| AssetError::from_program_load(ASSET, PROGRAM, e))?;
+            program
+                .attach("net_dev_queue")
+                .map_err(|e| AssetError::from_program_attach(ASSET, PROGRAM, e))?;
+            Ok(GuessObject { ebpf })
+        })
     }
 
     /// Runs `machine` to the end: one datagram and one map round trip per check.
@@ -136,14 +135,6 @@ impl GuessObject {
                 }
             }
         }
-    }
-}
-
-fn missing(program: &str) -> AssetError {
-    AssetError::Read {
-        asset: ASSET.to_string(),
-        path: String::new(),
-        reason: format!("program {program} not found in the object"),
     }
 }
 

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::asset::{AssetError, AssetLoader};
-use crate::status::AssetOutcome;
 pub use fields::Field;
 pub use kernel::ASSET;
 pub use machine::{Limits, MachineError, Offsets};
@@ -132,21 +131,12 @@ fn from_cache(report: GuessReport, limits: Limits) -> Result<GuessReport, GuessE
     }
 }
 
-/// One guessing run (no cache). Records the result of asset `offsetguess` in the registry.
+/// One guessing run (no cache). The object's load is recorded as asset `offsetguess`
+/// (once per run); a failure of the guessing itself is the caller's to record.
 pub fn guess(cfg: &OffsetGuessConfig, assets: &AssetLoader) -> Result<GuessReport, GuessError> {
     let started = Instant::now();
-    let result = run(cfg, assets);
+    let (offsets, checks) = run(cfg, assets)?;
     let elapsed = started.elapsed();
-    let (outcome, detail) = match &result {
-        Ok((offsets, checks)) => {
-            (AssetOutcome::Loaded { btf_source: None }, format!("{checks} checks: {offsets}"))
-        }
-        Err(GuessError::Asset(e)) => (e.outcome(), e.to_string()),
-        // The object loaded; guessing itself failed. The chain records why.
-        Err(e) => (AssetOutcome::Loaded { btf_source: None }, e.to_string()),
-    };
-    assets.registry().record_asset(ASSET, outcome, detail, elapsed);
-    let (offsets, checks) = result?;
     tracing::info!(%offsets, ?elapsed, checks, "offset guessing done");
     Ok(GuessReport { offsets, elapsed, checks, cached: false })
 }
@@ -154,21 +144,22 @@ pub fn guess(cfg: &OffsetGuessConfig, assets: &AssetLoader) -> Result<GuessRepor
 fn run(cfg: &OffsetGuessConfig, assets: &AssetLoader) -> Result<(Offsets, u32), GuessError> {
     let limits = cfg.limits()?;
     let timeout = Duration::from_millis(cfg.timeout_ms);
-    let object = assets.read_asset(ASSET)?;
     // The namespace change must not leak into the caller's thread (a tokio worker, say):
     // all of it happens on a thread of its own, which takes the namespace with it.
-    std::thread::Builder::new()
-        .name("offsetguess".into())
-        .spawn(move || {
-            let mut guesser = kernel::GuessObject::load(&object)?;
-            let inum = traffic::enter_private_netns()?;
-            let conn = traffic::known_connection(inum)?;
-            let machine = machine::Machine::new(conn.expected, limits)?;
-            guesser.run(machine, &conn, timeout)
-        })
-        .map_err(|e| GuessError::Thread(e.to_string()))?
-        .join()
-        .map_err(|_| GuessError::Thread("the guessing thread panicked".into()))?
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("offsetguess".into())
+            .spawn_scoped(scope, move || {
+                let mut guesser = kernel::GuessObject::load(assets)?;
+                let inum = traffic::enter_private_netns()?;
+                let conn = traffic::known_connection(inum)?;
+                let machine = machine::Machine::new(conn.expected, limits)?;
+                guesser.run(machine, &conn, timeout)
+            })
+            .map_err(|e| GuessError::Thread(e.to_string()))?
+            .join()
+            .map_err(|_| GuessError::Thread("the guessing thread panicked".into()))?
+    })
 }
 
 #[cfg(test)]

@@ -3,16 +3,17 @@
 //! A netlink socket belongs to the network namespace of the thread that created it, and
 //! only sees that namespace's conntrack table and events. [`CtNetlink`] records that
 //! namespace's inode at creation so the entries it returns carry it.
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send, setsockopt,
-    sockopt,
+    AddressFamily, ControlMessageOwned, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind,
+    recvmsg, send, setsockopt, sockopt,
 };
 use tokio::io::unix::AsyncFd;
 
+use super::nsid::{self, NsidResolver};
 use super::wire::{self, Kind, Message, WireError};
 use crate::conntrack::{Entry, Tuple};
 
@@ -27,7 +28,7 @@ const EVENT_RCVBUF: usize = 8 * 1024 * 1024;
 /// Most datagrams (one event each) [`CtNetlink::next_events`] takes in one call.
 const EVENT_BATCH: usize = 1024;
 
-/// A conntrack event of the socket's namespace.
+/// A conntrack event, with the inode of its namespace in the entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     New(Entry),
@@ -59,10 +60,47 @@ pub enum NetlinkError {
     Wire(#[from] WireError),
 }
 
+/// Which namespaces an event socket hears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    /// Why it hears only its own namespace; `None` when it hears every namespace with an
+    /// id in its own (`NETLINK_LISTEN_ALL_NSID`).
+    pub own_only: Option<String>,
+    /// Namespace ids resolved so far, with their inodes.
+    pub known: Vec<(i32, u32)>,
+    /// Events dropped because their namespace id named no namespace the loader can see.
+    pub unresolved_events: u64,
+}
+
+impl Coverage {
+    /// One line for status: which namespaces' events are heard, and which are not.
+    pub fn describe(&self) -> String {
+        if let Some(why) = &self.own_only {
+            return format!("conntrack events of the loader's network namespace only: {why}");
+        }
+        let known: Vec<String> = self.known.iter().map(|(id, inode)| format!("{id}={inode}")).collect();
+        format!(
+            "conntrack events of the loader's network namespace and of every namespace with a \
+             namespace id in it (ids known now: [{}]); namespaces without an id are not heard, \
+             their entries leave by the sweep's age rule or the LRU",
+            known.join(", ")
+        )
+    }
+}
+
+/// One received datagram: its messages with their sequence numbers, and the id of the
+/// namespace it came from (`None`: the socket's own).
+struct Datagram {
+    nsid: Option<i32>,
+    messages: Vec<(u32, Message)>,
+}
+
 /// One netlink socket of the NETLINK_NETFILTER family.
 pub struct CtNetlink {
     fd: AsyncFd<OwnedFd>,
     netns: u32,
+    /// Event sockets of every namespace: resolves the id each datagram carries.
+    nsids: Result<NsidResolver, String>,
     seq: u32,
     /// Sequence number of a dump whose end has not been read yet.
     unfinished_dump: Option<u32>,
@@ -75,14 +113,26 @@ impl CtNetlink {
         Self::open(0)
     }
 
-    /// A socket subscribed to `groups` events, in the calling thread's namespace.
+    /// A socket subscribed to `groups` events of the calling thread's namespace and of
+    /// every namespace with an id in it (when CAP_NET_BROADCAST allows; otherwise of its
+    /// own only, and [`CtNetlink::coverage`] says why).
     pub fn event_socket(groups: Groups) -> Result<Self, NetlinkError> {
         let bit = |group: u32| 1 << (group - 1);
         let mask = match groups {
             Groups::Destroy => bit(NFNLGRP_CONNTRACK_DESTROY),
             Groups::NewAndDestroy => bit(NFNLGRP_CONNTRACK_NEW) | bit(NFNLGRP_CONNTRACK_DESTROY),
         };
-        let socket = Self::open(mask)?;
+        let mut socket = Self::open(mask)?;
+        socket.nsids = nsid::listen_all_namespaces(socket.fd.get_ref().as_fd())
+            .map_err(|errno| {
+                format!("NETLINK_LISTEN_ALL_NSID refused ({errno}): CAP_NET_BROADCAST is needed")
+            })
+            .and_then(|()| {
+                NsidResolver::new().map_err(|errno| format!("rtnetlink namespace-id socket: {errno}"))
+            });
+        if let Err(why) = &socket.nsids {
+            tracing::warn!(why, "conntrack events of other network namespaces are not received");
+        }
         // Best effort: without CAP_NET_ADMIN the default queue stays, and overruns are
         // still detected (ENOBUFS) and resynchronised.
         if let Err(errno) = setsockopt(socket.fd.get_ref(), sockopt::RcvBufForce, &EVENT_RCVBUF) {
@@ -108,7 +158,8 @@ impl CtNetlink {
             step: "register with tokio",
             errno: io_errno(&std::io::Error::from(e)),
         })?;
-        Ok(Self { fd, netns, seq: 0, unfinished_dump: None, buf: vec![0; RECV_BUFFER] })
+        let nsids = Err("a dump socket: no events".to_string());
+        Ok(Self { fd, netns, nsids, seq: 0, unfinished_dump: None, buf: vec![0; RECV_BUFFER] })
     }
 
     /// Sets the kernel receive queue of this socket to about `bytes` (the kernel doubles
@@ -119,9 +170,32 @@ impl CtNetlink {
             .map_err(|errno| NetlinkError::Io { op: "set receive buffer", errno })
     }
 
-    /// Inode of the network namespace this socket sees.
+    /// Inode of the network namespace this socket belongs to.
     pub fn netns(&self) -> u32 {
         self.netns
+    }
+
+    /// Joins (`true`) or leaves the DESTROY event group on this socket, keeping the socket
+    /// (and its `NETLINK_LISTEN_ALL_NSID`, granted when it was opened). Leaving removes the
+    /// kernel's per-connection price of a listener when no other one exists; joining
+    /// again needs CAP_NET_ADMIN, which the loader keeps.
+    pub fn set_destroy_subscription(&self, on: bool) -> Result<(), NetlinkError> {
+        let option = if on { nsid::NETLINK_ADD_MEMBERSHIP } else { nsid::NETLINK_DROP_MEMBERSHIP };
+        nsid::netlink_option(self.fd.get_ref().as_fd(), option, NFNLGRP_CONNTRACK_DESTROY as libc::c_int)
+            .map_err(|errno| NetlinkError::Io {
+                op: if on { "join DESTROY group" } else { "leave DESTROY group" },
+                errno,
+            })
+    }
+
+    /// Which namespaces' events this socket hears.
+    pub fn coverage(&self) -> Coverage {
+        match &self.nsids {
+            Ok(resolver) => {
+                Coverage { own_only: None, known: resolver.known(), unresolved_events: resolver.unresolved() }
+            }
+            Err(why) => Coverage { own_only: Some(why.clone()), known: Vec::new(), unresolved_events: 0 },
+        }
     }
 
     /// Every TCP/UDP entry of the namespace's conntrack table (NAT'd or not).
@@ -148,7 +222,7 @@ impl CtNetlink {
     async fn read_dump(&mut self, seq: u32, mut each: impl FnMut(wire::Flow)) -> Result<(), NetlinkError> {
         loop {
             let datagram = self.next_datagram().await?;
-            for message in datagram.into_iter().filter(|(s, _)| *s == seq).map(|(_, m)| m) {
+            for message in datagram.messages.into_iter().filter(|(s, _)| *s == seq).map(|(_, m)| m) {
                 match message {
                     Message::Conntrack { flow: Some(flow), .. } => each(flow),
                     Message::Done => {
@@ -186,7 +260,7 @@ impl CtNetlink {
         let netns = self.netns;
         loop {
             let datagram = self.next_datagram().await?;
-            for message in datagram.into_iter().filter(|(s, _)| *s == seq).map(|(_, m)| m) {
+            for message in datagram.messages.into_iter().filter(|(s, _)| *s == seq).map(|(_, m)| m) {
                 match message {
                     Message::Conntrack { flow: Some(flow), dying: false, .. } => {
                         return Ok(Some(flow.into_entry(netns)));
@@ -207,15 +281,30 @@ impl CtNetlink {
     /// event. [`NetlinkError::Overrun`] means events were lost: the caller must
     /// resynchronise (e.g. with a fresh [`CtNetlink::dump`]).
     pub async fn next_events(&mut self) -> Result<Vec<Event>, NetlinkError> {
-        let mut messages = self.next_datagram().await?;
+        let first = self.next_datagram().await?;
+        let mut events = Vec::new();
+        self.collect_events(first, &mut events);
         for _ in 1..EVENT_BATCH {
             match self.try_datagram()? {
-                Some(more) => messages.extend(more),
+                Some(more) => self.collect_events(more, &mut events),
                 None => break,
             }
         }
-        let netns = self.netns;
-        let events = messages.into_iter().filter_map(|(_, message)| match message {
+        Ok(events)
+    }
+
+    /// Appends the conntrack events of `datagram`, with their namespace's inode; drops
+    /// them when the namespace id names no namespace the resolver can find.
+    fn collect_events(&mut self, datagram: Datagram, events: &mut Vec<Event>) {
+        let netns = match (datagram.nsid, &mut self.nsids) {
+            (None, _) => self.netns,
+            (Some(id), Ok(resolver)) => match resolver.resolve(id) {
+                Some(inode) => inode,
+                None => return,
+            },
+            (Some(_), Err(_)) => return,
+        };
+        events.extend(datagram.messages.into_iter().filter_map(|(_, message)| match message {
             Message::Conntrack { kind: Kind::New, flow: Some(flow), .. } => {
                 Some(Event::New(flow.into_entry(netns)))
             }
@@ -223,24 +312,15 @@ impl CtNetlink {
                 Some(Event::Destroy(flow.into_entry(netns)))
             }
             _ => None,
-        });
-        Ok(events.collect())
+        }));
     }
 
     /// The next datagram if one is queued now; `None` if none is.
-    fn try_datagram(&mut self) -> Result<Option<Vec<(u32, Message)>>, NetlinkError> {
-        loop {
-            match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(len) => return Ok(Some(wire::parse_sequenced(&self.buf[..len])?)),
-                Err(Errno::EAGAIN) => return Ok(None),
-                Err(Errno::EINTR) => {}
-                Err(Errno::ENOBUFS) => return Err(NetlinkError::Overrun),
-                Err(errno) => return Err(NetlinkError::Io { op: "recv", errno }),
-            }
-        }
+    fn try_datagram(&mut self) -> Result<Option<Datagram>, NetlinkError> {
+        receive(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT)
     }
 
-    async fn next_datagram(&mut self) -> Result<Vec<(u32, Message)>, NetlinkError> {
+    async fn next_datagram(&mut self) -> Result<Datagram, NetlinkError> {
         // The kernel answers a request before `send` returns, and events may be queued
         // already: try first, and sleep on the reactor only when nothing is there (each
         // trip through it is a task switch, which dominated the loader's CPU under load).
@@ -251,12 +331,73 @@ impl CtNetlink {
             let mut ready =
                 self.fd.readable().await.map_err(|e| NetlinkError::Io { op: "poll", errno: io_errno(&e) })?;
             let fd = ready.get_inner().as_fd().as_raw_fd();
-            match recv(fd, &mut self.buf, MsgFlags::empty()) {
-                Ok(len) => return Ok(wire::parse_sequenced(&self.buf[..len])?),
-                Err(Errno::EAGAIN) => ready.clear_ready(),
-                Err(Errno::EINTR) => {}
-                Err(Errno::ENOBUFS) => return Err(NetlinkError::Overrun),
-                Err(errno) => return Err(NetlinkError::Io { op: "recv", errno }),
+            match receive(fd, &mut self.buf, MsgFlags::empty())? {
+                Some(datagram) => return Ok(datagram),
+                None => ready.clear_ready(),
+            }
+        }
+    }
+}
+
+/// Receives one datagram from the non-blocking socket `fd` into `buf`, with the
+/// namespace id of the control message `NETLINK_LISTEN_ALL_NSID` adds (none for the
+/// socket's own namespace); `None` when nothing is queued.
+fn receive(fd: RawFd, buf: &mut [u8], flags: MsgFlags) -> Result<Option<Datagram>, NetlinkError> {
+    let mut space = nix::cmsg_space!(libc::c_int);
+    let (len, nsid) = loop {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        match recvmsg::<NetlinkAddr>(fd, &mut iov, Some(&mut space), flags) {
+            Ok(msg) => break (msg.bytes, nsid_of(&msg)),
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::EINTR) => {}
+            Err(Errno::ENOBUFS) => return Err(NetlinkError::Overrun),
+            Err(errno) => return Err(NetlinkError::Io { op: "recv", errno }),
+        }
+    };
+    Ok(Some(Datagram { nsid, messages: wire::parse_sequenced(&buf[..len])? }))
+}
+
+fn nsid_of(msg: &nix::sys::socket::RecvMsg<'_, '_, NetlinkAddr>) -> Option<i32> {
+    msg.cmsgs().ok()?.find_map(|cmsg| match cmsg {
+        ControlMessageOwned::Unknown(raw)
+            if raw.cmsg_header.cmsg_level == nsid::SOL_NETLINK
+                && raw.cmsg_header.cmsg_type == nsid::NETLINK_LISTEN_ALL_NSID =>
+        {
+            raw.data_bytes.get(..4).and_then(|b| b.try_into().ok()).map(i32::from_ne_bytes)
+        }
+        _ => None,
+    })
+}
+
+/// Asks ctnetlink for its global statistics over a blocking socket, waiting at most
+/// `timeout`: `Ok` when it answers (the conntracker's dump and events will work), the
+/// kernel's refusal or the socket error otherwise. For the start-up probe, which runs
+/// outside any async runtime.
+pub fn ask_stats(timeout: std::time::Duration) -> Result<(), NetlinkError> {
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )
+    .map_err(|errno| NetlinkError::Open { step: "socket", errno })?;
+    let wait = nix::sys::time::TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &wait)
+        .map_err(|errno| NetlinkError::Open { step: "timeout", errno })?;
+    const SEQ: u32 = 1;
+    send(fd.as_raw_fd(), &wire::stats_request(SEQ), MsgFlags::empty())
+        .map_err(|errno| NetlinkError::Io { op: "send stats request", errno })?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let datagram = receive(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?
+            .ok_or(NetlinkError::Io { op: "recv stats reply", errno: Errno::ETIMEDOUT })?;
+        for (seq, message) in datagram.messages {
+            match message {
+                Message::Error { errno } if seq == SEQ && errno != 0 => {
+                    return Err(NetlinkError::Kernel { errno: Errno::from_raw(errno) });
+                }
+                _ if seq == SEQ => return Ok(()),
+                _ => {}
             }
         }
     }
@@ -283,6 +424,11 @@ mod tests {
     use e2e_tests::{L4, NatLab};
 
     #[test]
+    fn the_kernel_answers_the_stats_probe() {
+        ask_stats(std::time::Duration::from_millis(500)).unwrap();
+    }
+
+    #[test]
     fn leftovers_of_an_abandoned_dump_are_skipped() {
         let lab = NatLab::new("nl-leftover").unwrap();
         let _flows: Vec<_> = (0..50).map(|_| lab.connect(L4::Udp, false).unwrap()).collect();
@@ -297,7 +443,7 @@ mod tests {
                     send(socket.fd.as_raw_fd(), &wire::dump_request(41), MsgFlags::empty()).unwrap();
                     socket.unfinished_dump = Some(41);
                     let first = socket.next_datagram().await.unwrap();
-                    assert!(first.iter().all(|(seq, _)| *seq == 41));
+                    assert!(first.messages.iter().all(|(seq, _)| *seq == 41));
                     let recovered = socket.dump().await.unwrap();
                     (recovered, socket.dump().await.unwrap().len())
                 })

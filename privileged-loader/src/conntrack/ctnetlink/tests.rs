@@ -123,3 +123,12 @@ fn the_get_request_names_the_original_tuple_in_its_family() {
     let v6 = Tuple { src: "fd99::1".parse().unwrap(), dst: "::1".parse().unwrap(), ..t };
     assert_eq!(wire::get_request(1, &v6)[16], 10, "AF_INET6");
 }
+
+#[test]
+fn a_stats_request_is_a_bare_ctnetlink_get_stats() {
+    let msg = wire::stats_request(1);
+    assert_eq!(msg.len(), 20);
+    assert_eq!(u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]), 20);
+    assert_eq!(u16::from_ne_bytes([msg[4], msg[5]]), 0x0105, "NFNL_SUBSYS_CTNETLINK << 8 | GET_STATS");
+    assert_eq!(u16::from_ne_bytes([msg[6], msg[7]]), 1, "NLM_F_REQUEST only: not a dump");
+}

@@ -9,22 +9,23 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::conntrack::{Entry, Protocol, Tuple};
 
-const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
 /// Attribute type bits; the top two are NLA_F_NESTED and NLA_F_NET_BYTEORDER.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLA_F_NESTED: u16 = 0x8000;
 
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NFNETLINK_V0: u8 = 0;
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
@@ -101,11 +102,22 @@ pub enum WireError {
 
 /// A request to dump the whole conntrack table of the socket's namespace, every family.
 pub fn dump_request(seq: u32) -> Vec<u8> {
+    bare_request(seq, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP)
+}
+
+/// A request for the global conntrack statistics (`IPCTNL_MSG_CT_GET_STATS`): the cheapest
+/// question ctnetlink answers, which is how the probe asks whether it is there.
+pub fn stats_request(seq: u32) -> Vec<u8> {
+    bare_request(seq, IPCTNL_MSG_CT_GET_STATS, NLM_F_REQUEST)
+}
+
+/// A ctnetlink request without attributes, for every family.
+fn bare_request(seq: u32, message: u16, flags: u16) -> Vec<u8> {
     let len = (NLMSG_HDRLEN + NFGENMSG_LEN) as u32;
     let mut msg = Vec::with_capacity(len as usize);
     msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | message).to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     msg.extend_from_slice(&[AF_UNSPEC, NFNETLINK_V0, 0, 0]);
@@ -151,7 +163,7 @@ pub fn get_request(seq: u32, original: &Tuple) -> Vec<u8> {
 }
 
 /// Appends one attribute, padded to 4 bytes.
-fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+pub(super) fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let len = (NLA_HDRLEN + value.len()) as u16;
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
@@ -279,7 +291,7 @@ fn parse_tuple(nested: &[u8]) -> Result<Option<Tuple>, WireError> {
 }
 
 /// Iterates over `(type, value)` of the attributes in `buf`.
-fn attributes(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), WireError>> {
+pub(super) fn attributes(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), WireError>> {
     let mut rest = buf;
     std::iter::from_fn(move || {
         if rest.len() < NLA_HDRLEN {
@@ -298,7 +310,7 @@ fn attributes(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), WireError
     })
 }
 
-fn fixed<const N: usize>(value: &[u8], what: &'static str) -> Result<[u8; N], WireError> {
+pub(super) fn fixed<const N: usize>(value: &[u8], what: &'static str) -> Result<[u8; N], WireError> {
     value.try_into().map_err(|_| WireError::ValueLength { what, len: value.len(), expected: N })
 }
 
@@ -315,6 +327,6 @@ fn port(value: &[u8], what: &'static str) -> Result<u16, WireError> {
     Ok(u16::from_be_bytes(fixed::<2>(value, what)?))
 }
 
-fn align4(len: usize) -> usize {
+pub(super) fn align4(len: usize) -> usize {
     (len + 3) & !3
 }
