@@ -254,10 +254,9 @@ impl AssetLoader {
         let result = self.run_load(name, relocation, f).map_err(|e| self.with_origin(name, e));
         let elapsed = started.elapsed();
         let (outcome, detail) = match (&result, relocation, &self.btf) {
-            (Ok(_), Relocation::KernelBtf, Ok(found)) => (
-                AssetOutcome::Loaded { btf_source: Some(found.source) },
-                found.describe(),
-            ),
+            (Ok(_), Relocation::KernelBtf, Ok(found)) => {
+                (AssetOutcome::Loaded { btf_source: Some(found.source) }, found.describe())
+            }
             (Ok(_), _, _) => {
                 (AssetOutcome::Loaded { btf_source: None }, "no CO-RE relocation: loaded without BTF".into())
             }
