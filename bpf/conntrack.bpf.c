@@ -211,3 +211,23 @@ int BPF_PROG(ct_net_dev_queue, struct sk_buff *skb)
 		record(ct);
 	return 0;
 }
+
+/*
+ * Strategy 4: the same per-packet hook as a raw tracepoint, for BTF the kernel does not
+ * publish itself (remote config, btf.file, BTFHub). tp_btf resolves its target by type id
+ * in the kernel's own BTF, so it cannot attach there; a raw tracepoint needs no kernel
+ * BTF, and the field offsets still come from CO-RE relocations against the external BTF
+ * (unlike the prebuilt object's guessed ones). args[0] is an untrusted pointer: every
+ * read goes through bpf_probe_read_kernel (BPF_CORE_READ).
+ */
+SEC("raw_tracepoint/net_dev_queue")
+int ct_raw_net_dev_queue(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx->args[0];
+	struct nf_conn *ct = skb_conn(skb);
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+
+	if (ct && !SKIP_PACKET(nfct, ct, conn_status))
+		record(ct);
+	return 0;
+}

@@ -30,6 +30,9 @@ pub struct ClientHolds<'r> {
     pub root_version: u64,
     pub targets_version: u64,
     pub products: &'r [String],
+    /// The client's kernels (`kernel:<arch>-<release>` tags): of product BTF, only the
+    /// configs whose id is one of them are the client's.
+    pub kernels: Vec<&'r str>,
     /// `(path, sha256)` of every cached file.
     pub cached: Vec<(&'r str, &'r str)>,
 }
@@ -54,6 +57,15 @@ pub fn product_of(path: &str) -> Option<&str> {
     well_formed.then_some(product)
 }
 
+/// Whether `path` is for one of `kernels`, or not per-kernel at all (every product but BTF).
+fn for_its_kernel(path: &str, kernels: &[&str]) -> bool {
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("BTF"), Some(config_id)) => kernels.contains(&config_id),
+        _ => true,
+    }
+}
+
 /// Decides what `client` lacks from `served`; `expired` says whether the served targets
 /// have expired. Linear in the number of targets plus cached files.
 pub fn plan(served: &Served, client: &ClientHolds<'_>, expired: bool) -> Plan {
@@ -63,8 +75,12 @@ pub fn plan(served: &Served, client: &ClientHolds<'_>, expired: bool) -> Plan {
     }
     let products: HashSet<&str> = client.products.iter().map(String::as_str).collect();
     let cached: HashMap<&str, &str> = client.cached.iter().copied().collect();
-    let held: Vec<&ServedTarget> =
-        served.targets.iter().filter(|t| product_of(&t.path).is_some_and(|p| products.contains(p))).collect();
+    let held: Vec<&ServedTarget> = served
+        .targets
+        .iter()
+        .filter(|t| product_of(&t.path).is_some_and(|p| products.contains(p)))
+        .filter(|t| for_its_kernel(&t.path, &client.kernels))
+        .collect();
     let files = held
         .iter()
         .filter(|t| !cached.get(t.path.as_str()).is_some_and(|h| h.eq_ignore_ascii_case(&t.sha256)))
@@ -94,7 +110,13 @@ mod tests {
     fn client(root: u64, targets: u64) -> ClientHolds<'static> {
         static LOADER: std::sync::LazyLock<Vec<String>> =
             std::sync::LazyLock::new(|| vec!["LOADER_CONFIG".to_owned()]);
-        ClientHolds { root_version: root, targets_version: targets, products: &LOADER, cached: vec![] }
+        ClientHolds {
+            root_version: root,
+            targets_version: targets,
+            products: &LOADER,
+            kernels: vec![],
+            cached: vec![],
+        }
     }
 
     #[test]
@@ -142,6 +164,24 @@ mod tests {
         assert!(plan(&served(), &client(3, 5), true).expired);
         assert!(plan(&served(), &client(1, 0), true).expired);
         assert!(!plan(&served(), &client(1, 0), false).expired);
+    }
+
+    #[test]
+    fn a_client_gets_only_its_own_kernels_btf() {
+        let mut s = served();
+        s.targets.push(ServedTarget { path: "2/BTF/x86_64-6.18.0/btf.json".into(), sha256: "e1".into() });
+        s.targets.push(ServedTarget { path: "2/BTF/x86_64-6.1.0/btf.json".into(), sha256: "e2".into() });
+        static BOTH: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["LOADER_CONFIG".to_owned(), "BTF".to_owned()]);
+        let mut c = client(1, 0);
+        c.products = &BOTH;
+        c.kernels = vec!["x86_64-6.18.0"];
+        let got = plan(&s, &c, false);
+        assert!(got.files.contains(&"2/BTF/x86_64-6.18.0/btf.json".to_string()), "{got:?}");
+        assert!(!got.client_configs.iter().any(|p| p.contains("6.1.0")), "not another kernel's: {got:?}");
+        assert_eq!(got.files.len(), 3, "its two LOADER_CONFIG files and its BTF");
+        c.kernels = vec![];
+        assert!(!plan(&s, &c, false).files.iter().any(|p| p.contains("/BTF/")), "no kernel said: no BTF");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod answer;
+mod btf_publish;
 mod keys;
 mod metadata;
 mod repo;
@@ -56,6 +57,37 @@ enum Command {
         /// Poll interval (seconds) suggested to clients in the targets' `custom`.
         #[arg(long)]
         refresh_interval_secs: Option<u64>,
+    },
+    /// Publish a kernel's BTF (product BTF, config id `<arch>-<release>`), minimized with
+    /// `bpftool gen min_core_btf` to what the given eBPF objects relocate against.
+    PublishBtf {
+        #[arg(long)]
+        repo: PathBuf,
+        /// The project's eBPF objects (`privileged-loader objects --out DIR` writes them).
+        #[arg(long = "object", required_unless_present = "full")]
+        objects: Vec<PathBuf>,
+        /// A kernel's BTF file; default: the running kernel's /sys/kernel/btf/vmlinux.
+        #[arg(long)]
+        vmlinux: Option<PathBuf>,
+        /// That kernel's `uname -r` (required with --vmlinux).
+        #[arg(long)]
+        release: Option<String>,
+        /// That kernel's `uname -m` (required with --vmlinux).
+        #[arg(long)]
+        arch: Option<String>,
+        /// That kernel's `uname -v`, checked by the loader when given.
+        #[arg(long)]
+        kernel_version: Option<String>,
+        /// Publish the whole BTF, not minimized.
+        #[arg(long)]
+        full: bool,
+        /// Do not xz-compress the BTF.
+        #[arg(long)]
+        no_compress: bool,
+        #[arg(long, default_value = "2")]
+        org_id: String,
+        #[arg(long, default_value_t = 365)]
+        expires_days: u32,
     },
     /// Remove a config and re-sign targets.
     Remove {
@@ -129,6 +161,36 @@ async fn main() -> anyhow::Result<()> {
             let version =
                 repo::publish(&layout, &config, &content, expires_days, refresh_interval_secs).await?;
             println!("published {} version {version}", config.path()?);
+        }
+        Command::PublishBtf {
+            repo,
+            objects,
+            vmlinux,
+            release,
+            arch,
+            kernel_version,
+            full,
+            no_compress,
+            org_id,
+            expires_days,
+        } => {
+            let kernel = btf_publish::KernelBtf { vmlinux, release, arch, kernel_version };
+            let prepared = btf_publish::prepare(&kernel, &objects, full, !no_compress)?;
+            let config = ConfigRef {
+                org_id: &org_id,
+                product: btf_publish::PRODUCT,
+                config_id: &prepared.config_id,
+                name: "btf.json",
+            };
+            let version =
+                repo::publish(&Layout::new(&repo), &config, &prepared.content, expires_days, None).await?;
+            println!(
+                "published {} version {version}: BTF {} bytes (full BTF {} bytes), payload {} bytes",
+                config.path()?,
+                prepared.btf_bytes,
+                prepared.full_bytes,
+                prepared.content.len()
+            );
         }
         Command::Remove { repo, product, config_id, org_id, expires_days } => {
             let removed =

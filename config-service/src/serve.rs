@@ -199,6 +199,10 @@ fn client_holds(request: &ClientGetConfigsRequest) -> ClientHolds<'_> {
         root_version: state.map_or(0, |s| s.root_version),
         targets_version: state.map_or(0, |s| s.targets_version),
         products: client.map_or(&[], |c| c.products.as_slice()),
+        kernels: client
+            .and_then(|c| c.client_agent.as_ref())
+            .map(|a| a.tags.iter().filter_map(|t| t.strip_prefix("kernel:")).collect())
+            .unwrap_or_default(),
         cached,
     }
 }

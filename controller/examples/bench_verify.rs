@@ -153,7 +153,8 @@ fn main() {
         }),
     );
 
-    let identity = ClientIdentity { id: "bench".into(), products: vec!["CONNTRACK".into()] };
+    let identity =
+        ClientIdentity { id: "bench".into(), products: vec!["CONNTRACK".into()], kernel_key: String::new() };
     report2(
         "steady state, in process: build request + verify empty",
         measure(RUNS * 10, || {

@@ -66,6 +66,9 @@ pub struct RemoteConfig {
     pub max_backoff_secs: u64,
     pub clock_skew_secs: u64,
     pub max_message_bytes: usize,
+    /// The largest BTF (decompressed) this node takes from a `BTF` config; its signed
+    /// length is checked against it before it is decoded.
+    pub max_btf_bytes: u64,
     pub store_lock_timeout_secs: u64,
 }
 
@@ -89,6 +92,7 @@ impl Default for Config {
                 max_backoff_secs: 90,
                 clock_skew_secs: 60,
                 max_message_bytes: 16 * 1024 * 1024,
+                max_btf_bytes: 16 * 1024 * 1024,
                 store_lock_timeout_secs: 5,
             },
         }

@@ -173,6 +173,12 @@ impl AssetLoader {
         Self { btf, bpf_dir, registry }
     }
 
+    /// The same loader, with `btf` in place of what discovery found: a remote BTF
+    /// adopted while the loader runs.
+    pub fn with_btf(&self, btf: FoundBtf) -> Self {
+        Self { btf: Ok(btf), bpf_dir: self.bpf_dir.clone(), registry: self.registry.clone() }
+    }
+
     pub fn btf(&self) -> Result<&FoundBtf, &BtfError> {
         self.btf.as_ref()
     }
@@ -248,10 +254,9 @@ impl AssetLoader {
         let result = self.run_load(name, relocation, f).map_err(|e| self.with_origin(name, e));
         let elapsed = started.elapsed();
         let (outcome, detail) = match (&result, relocation, &self.btf) {
-            (Ok(_), Relocation::KernelBtf, Ok(found)) => (
-                AssetOutcome::Loaded { btf_source: Some(found.source) },
-                format!("BTF from {} ({})", found.source.as_str(), found.path.display()),
-            ),
+            (Ok(_), Relocation::KernelBtf, Ok(found)) => {
+                (AssetOutcome::Loaded { btf_source: Some(found.source) }, found.describe())
+            }
             (Ok(_), _, _) => {
                 (AssetOutcome::Loaded { btf_source: None }, "no CO-RE relocation: loaded without BTF".into())
             }

@@ -8,7 +8,9 @@
 //! 1. a file the user names (`btf.file`);
 //! 2. `/sys/kernel/btf/vmlinux` (skipped with `btf.no_sysfs`);
 //! 3. a directory in BTFHub layout (`btf.hub_dir`):
-//!    `<os-id>/<os-version>/<arch>/<uname -r>.btf`, then the same name with `.tar.xz`.
+//!    `<os-id>/<os-version>/<arch>/<uname -r>.btf`, then the same name with `.tar.xz`;
+//! 4. the BTF a `BTF` remote config delivered, kept in `btf.cache_dir` (skipped with
+//!    `btf.remote_config = false`; `remote_config::btf`).
 //!
 //! A `.btf.tar.xz` is decompressed in memory, never onto disk: no temp file a local user
 //! could race or replace between extraction and parsing.
@@ -29,7 +31,7 @@ pub const SYSFS_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 const MAX_EXTRACTED_BTF: u64 = 256 * 1024 * 1024;
 
 /// Section `[btf]` of the loader configuration.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BtfConfig {
     /// A BTF file the user names: tried first.
@@ -39,6 +41,25 @@ pub struct BtfConfig {
     /// A directory in BTFHub layout:
     /// `<os-id>/<os-version>/<arch>/<uname -r>.btf[.tar.xz]`.
     pub hub_dir: Option<PathBuf>,
+    /// Use BTF delivered by a `BTF` remote config when no place above has any.
+    pub remote_config: bool,
+    /// Where the loader keeps the remote BTF in use (one kernel's; created 0700).
+    pub cache_dir: PathBuf,
+    /// The largest remote BTF accepted, decompressed (a full vmlinux BTF is ~6 MiB).
+    pub max_remote_bytes: u64,
+}
+
+impl Default for BtfConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            no_sysfs: false,
+            hub_dir: None,
+            remote_config: true,
+            cache_dir: PathBuf::from("/var/lib/ebpf-loader/btf"),
+            max_remote_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// The BTF the loader will relocate CO-RE objects against, and where it came from.
@@ -48,13 +69,25 @@ pub struct FoundBtf {
     /// The file parsed (for BTFHub tarballs: the tarball).
     pub path: PathBuf,
     pub btf: Btf,
+    /// For BTF from remote config: "remote config `<path>` v<version>".
+    pub origin: Option<String>,
+}
+
+impl FoundBtf {
+    /// Where the BTF came from, as every asset outcome records it.
+    pub fn describe(&self) -> String {
+        match &self.origin {
+            Some(origin) => format!("BTF from {origin} ({})", self.path.display()),
+            None => format!("BTF from {} ({})", self.source.as_str(), self.path.display()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     /// No place held usable BTF; `tried` says, for every place, why not.
     #[error(
-        "no kernel BTF found (tried: {}); enable CONFIG_DEBUG_INFO_BTF, or set btf.file or btf.hub_dir",
+        "no kernel BTF found (tried: {}); enable CONFIG_DEBUG_INFO_BTF, set btf.file or btf.hub_dir, or publish this kernel's BTF (config-service publish-btf)",
         tried.join("; ")
     )]
     NotFound { tried: Vec<String> },
@@ -155,7 +188,28 @@ pub fn discover(cfg: &BtfConfig) -> Result<FoundBtf, BtfError> {
             }
         },
     }
+    match discover_remote(cfg) {
+        Ok(found) => return Ok(found),
+        Err(reason) => tried.push(reason),
+    }
     Err(BtfError::NotFound { tried })
+}
+
+/// The BTF a remote config left in the cache for this kernel.
+fn discover_remote(cfg: &BtfConfig) -> Result<FoundBtf, String> {
+    if !cfg.remote_config {
+        return Err("remote config: skipped (btf.remote_config = false)".into());
+    }
+    let key = crate::remote_config::btf::KernelIdentity::current().map(|k| k.key())?;
+    let cache = crate::remote_config::btf::BtfCache::new(&cfg.cache_dir);
+    match cache.load(&key) {
+        Ok(Some(found)) => {
+            tracing::info!(path = %found.path.display(), "kernel BTF found in the remote-config cache");
+            Ok(found)
+        }
+        Ok(None) => Err(format!("remote config: no BTF for {key} received yet")),
+        Err(reason) => Err(format!("remote config: {reason}")),
+    }
 }
 
 /// Tries the BTFHub candidates of `host` under `hub_dir`, noting each failure in `tried`.
@@ -176,7 +230,7 @@ pub fn discover_in_hub(hub_dir: &Path, host: &HostIdentity, tried: &mut Vec<Stri
 
 fn found(source: BtfSource, path: &Path, btf: Btf) -> FoundBtf {
     tracing::info!(source = source.as_str(), path = %path.display(), "kernel BTF found");
-    FoundBtf { source, path: path.to_path_buf(), btf }
+    FoundBtf { source, path: path.to_path_buf(), btf, origin: None }
 }
 
 fn parse_plain(path: &Path) -> Result<Btf, String> {
@@ -272,7 +326,7 @@ mod tests {
         let cfg: BtfConfig =
             serde_json::from_str(r#"{"hub_dir": "/var/lib/btfhub"}"#).expect("valid section");
         assert_eq!(cfg.hub_dir.as_deref(), Some(Path::new("/var/lib/btfhub")));
-        assert!(!cfg.no_sysfs && cfg.file.is_none());
+        assert!(!cfg.no_sysfs && cfg.file.is_none() && cfg.remote_config);
         let typo = serde_json::from_str::<BtfConfig>(r#"{"no_sysfs_btf": true}"#);
         assert!(typo.is_err(), "an unknown key must not be silently ignored");
     }

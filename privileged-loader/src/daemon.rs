@@ -9,6 +9,7 @@ use privileged_loader::api::{self, LoaderApi};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::config::{LoaderConfig, LogFormat};
 use privileged_loader::modules::{Modules, ReloadAction};
+use privileged_loader::remote_config::btf::{BtfCache, BtfSetting};
 use privileged_loader::remote_config::{LogReload, RemoteConfigs, RunningLoader, Settings};
 use privileged_loader::status::Registry;
 use privileged_loader::{btf, lockstats, privileges, probe, seccomp};
@@ -71,6 +72,29 @@ fn init_tracing(format: &LogFormat) -> LogReload {
     })
 }
 
+/// Whether a `BTF` remote config will be used here, and why not; prepares the cache
+/// directory while `mkdir` is still allowed.
+fn remote_btf_setting(cfg: &btf::BtfConfig, found: &Result<btf::FoundBtf, btf::BtfError>) -> BtfSetting {
+    use privileged_loader::status::BtfSource;
+    let ignored_because = match found {
+        _ if !cfg.remote_config => {
+            Some("btf.remote_config = false in the loader's configuration".to_string())
+        }
+        Ok(f) if f.source != BtfSource::RemoteConfig => {
+            Some(format!("this node has its own: {}", f.describe()))
+        }
+        _ => {
+            // Without the directory (a read-only root filesystem) a remote BTF is still
+            // used, only not kept for the next start; each apply says so.
+            if let Err(err) = BtfCache::new(&cfg.cache_dir).prepare() {
+                warn!(%err, "remote BTF will not be cached across restarts");
+            }
+            None
+        }
+    };
+    BtfSetting { ignored_because, remote: None }
+}
+
 async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> {
     let sys_admin_held = privileges::holds_sys_admin();
     if sys_admin_held && !config.lockstats.track_all_maps {
@@ -83,6 +107,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         Ok(found) => info!(source = found.source.as_str(), path = %found.path.display(), "kernel BTF found"),
         Err(err) => warn!(%err, "no kernel BTF: CO-RE objects cannot load"),
     }
+    let remote_btf = remote_btf_setting(&config.btf, &found_btf);
     let assets = Arc::new(AssetLoader::new(found_btf, config.bpf_dir.clone(), registry.clone()));
     let probing = beside_the_conntracker("kernel-probe", &assets, probe::probe)?;
     // What the lock statistics look up first does not depend on the conntracker either.
@@ -126,11 +151,12 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         conntrack: config.conntrack.clone(),
         lockstats: config.lockstats.clone(),
         log_filter: baseline_log_filter(),
+        btf: remote_btf,
     };
     let remote = RemoteConfigs::new(
         &config.remote_config,
         baseline,
-        Arc::new(RunningLoader { modules: modules.clone(), log }),
+        Arc::new(RunningLoader { modules: modules.clone(), log, btf: config.btf.clone() }),
     );
     let audit = api::AuditContext {
         socket: config.api.socket.clone(),

@@ -53,6 +53,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the embedded eBPF objects to a directory as `<asset>.bpf.o` (what
+    /// `config-service publish-btf` minimizes a kernel's BTF for).
+    Objects {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 impl Cli {
@@ -109,6 +115,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Run { .. } => daemon::run_command(config, exec),
+        Command::Objects { out } => write_objects(&out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,4 +124,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes every embedded object to `dir` (created if needed).
+fn write_objects(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in privileged_loader::objects::names() {
+        let path = dir.join(format!("{name}.bpf.o"));
+        let bytes = privileged_loader::objects::embedded(name).unwrap_or_default();
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(std::io::stdout(), "{}", path.display()).context("writing to stdout")?;
+    }
+    Ok(())
 }

@@ -18,6 +18,8 @@ pub enum BtfSource {
     Sysfs,
     /// A directory in BTFHub layout (`btf.hub_dir`).
     Btfhub,
+    /// A `BTF` remote config (kept in `btf.cache_dir`).
+    RemoteConfig,
 }
 
 impl BtfSource {
@@ -26,6 +28,7 @@ impl BtfSource {
             BtfSource::UserFile => "user-file",
             BtfSource::Sysfs => "sysfs",
             BtfSource::Btfhub => "btfhub",
+            BtfSource::RemoteConfig => "remote-config",
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use e2e_tests::{L4, NatLab, Netns, oracle};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::btf::{self, BtfConfig};
+use privileged_loader::conntrack::hook::Strategy;
 use privileged_loader::conntrack::{
     ConntrackConfig, ConntrackStats, Conntracker, Entry, Protocol, Tuple, start,
 };
@@ -37,6 +38,11 @@ struct NsConntracker {
 
 impl NsConntracker {
     fn start(netns: &Netns, cfg: ConntrackConfig) -> Self {
+        Self::start_with_btf(netns, cfg, BtfConfig::default())
+    }
+
+    /// Like [`Self::start`], with BTF discovered as `btf` says.
+    fn start_with_btf(netns: &Netns, cfg: ConntrackConfig, btf: BtfConfig) -> Self {
         let registry = Registry::default();
         let shutdown = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -45,7 +51,7 @@ impl NsConntracker {
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async move {
-                    let assets = AssetLoader::new(btf::discover(&BtfConfig::default()), None, reg.clone());
+                    let assets = AssetLoader::new(btf::discover(&btf), None, reg.clone());
                     match start(&cfg, &assets, &reg, token.clone()).await {
                         Ok(running) => {
                             let mut tasks = running.tasks;
@@ -118,17 +124,22 @@ fn kinds(entries: &BTreeSet<Entry>) -> BTreeSet<(Protocol, bool)> {
     entries.iter().map(|e| (e.original.protocol, matches!(e.original.src, IpAddr::V6(_)))).collect()
 }
 
+/// After `lab.connect_all()`: the map lists, within 2 s, exactly the lab's NAT entries of
+/// `conntrack -L` (TCP/UDP x IPv4/IPv6).
+fn assert_lists_all_four_kinds(ct: &NsConntracker, lab: &NatLab) {
+    let netns = lab.netns.inode().unwrap();
+    let want = expected(lab);
+    assert_eq!(want.len(), 4, "oracle should show TCP/UDP x IPv4/IPv6: {want:#?}");
+    let listed = eventually(Duration::from_secs(2), || ct.entries_in(netns) == want);
+    assert!(listed, "map {:#?}\n!= conntrack -L {want:#?}", ct.entries_in(netns));
+}
+
 #[test]
 fn every_nat_entry_of_conntrack_l_is_listed_with_its_reply_and_nothing_else() {
     let lab = NatLab::new("ct-all").unwrap();
     let ct = NsConntracker::start(&lab.netns, test_config());
     let _conns = lab.connect_all().unwrap();
-    let netns = lab.netns.inode().unwrap();
-
-    let want = expected(&lab);
-    assert_eq!(want.len(), 4, "oracle should show TCP/UDP x IPv4/IPv6: {want:#?}");
-    let listed = eventually(Duration::from_secs(2), || ct.entries_in(netns) == want);
-    assert!(listed, "map {:#?}\n!= conntrack -L {want:#?}", ct.entries_in(netns));
+    assert_lists_all_four_kinds(&ct, &lab);
 
     let fill = ct.tracker.tables();
     assert_eq!(fill[0].max_entries, 65_536);
@@ -273,6 +284,48 @@ fn on_this_kernel_tp_btf_is_chosen_and_fentry_and_kprobe_say_why_not() {
 
     let asset = ct.registry.assets().into_iter().find(|a| a.asset == "conntrack").unwrap();
     assert_eq!(asset.outcome, AssetOutcome::Loaded { btf_source: Some(BtfSource::Sysfs) });
+}
+
+/// The kernel's BTF minimized to what the CO-RE conntracker relocates against, with
+/// `bpftool gen min_core_btf` (what the remote-config publisher ships), in `dir`.
+fn minimized_conntrack_btf(dir: &std::path::Path) -> std::path::PathBuf {
+    let object = dir.join("conntrack.bpf.o");
+    std::fs::write(&object, privileged_loader::objects::embedded("conntrack").unwrap()).unwrap();
+    let out = dir.join("min.btf");
+    let status = std::process::Command::new("bpftool")
+        .args(["gen", "min_core_btf", btf::SYSFS_VMLINUX])
+        .args([&out, &object])
+        .status()
+        .unwrap();
+    assert!(status.success(), "bpftool gen min_core_btf failed");
+    out
+}
+
+#[test]
+fn with_external_minimized_btf_the_raw_tracepoint_hook_records_every_nat_entry() {
+    // BTF the kernel does not publish itself: tp_btf cannot resolve its target in it, so
+    // the CO-RE object attaches by raw tracepoint, with offsets still from CO-RE.
+    let dir = tempfile::tempdir().unwrap();
+    let btf =
+        BtfConfig { file: Some(minimized_conntrack_btf(dir.path())), no_sysfs: true, ..BtfConfig::default() };
+    let lab = NatLab::new("ct-rawtp").unwrap();
+    // The per-packet hooks only: a kernel with kprobes (the qemu guests) would take the
+    // kprobe first, which is not what this test is about.
+    let cfg = ConntrackConfig {
+        attach_strategies: vec![Strategy::TpBtf, Strategy::RawTracepoint],
+        ..test_config()
+    };
+    let ct = NsConntracker::start_with_btf(&lab.netns, cfg, btf);
+    assert_eq!(ct.tracker.strategy(), "core/raw_tracepoint");
+    let module = ct.registry.modules().into_iter().find(|m| m.name == "conntrack").unwrap();
+    let hooks: Vec<(&str, bool)> = module.attempts[0].hooks.iter().map(|a| (a.hook.as_str(), a.ok)).collect();
+    assert_eq!(hooks.last(), Some(&("raw_tracepoint/net_dev_queue (CO-RE)", true)), "{hooks:?}");
+    assert!(hooks.contains(&("tp_btf/net_dev_queue", false)), "tp_btf cannot use external BTF: {hooks:?}");
+
+    let _conns = lab.connect_all().unwrap();
+    assert_lists_all_four_kinds(&ct, &lab);
+    let asset = ct.registry.assets().into_iter().find(|a| a.asset == "conntrack").unwrap();
+    assert_eq!(asset.outcome, AssetOutcome::Loaded { btf_source: Some(BtfSource::UserFile) });
 }
 
 #[test]

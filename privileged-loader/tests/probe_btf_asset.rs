@@ -117,7 +117,12 @@ fn btf_is_found_in_a_btfhub_directory_when_sysfs_is_disabled() {
     let (hub, dir, host) = hub_layout();
     let plain = dir.join(format!("{}.btf", host.release));
     fs::copy(SYSFS_VMLINUX, &plain).expect("copy kernel BTF");
-    let cfg = BtfConfig { file: None, no_sysfs: true, hub_dir: Some(hub.path().to_path_buf()) };
+    let cfg = BtfConfig {
+        no_sysfs: true,
+        hub_dir: Some(hub.path().to_path_buf()),
+        remote_config: false,
+        ..BtfConfig::default()
+    };
 
     let found = btf::discover(&cfg).expect("BTF in the hub directory");
     assert_eq!(found.source, BtfSource::Btfhub);
@@ -150,7 +155,12 @@ fn btf_is_extracted_from_a_btfhub_tarball() {
         .status()
         .expect("tar runs");
     assert!(status.success());
-    let cfg = BtfConfig { file: None, no_sysfs: true, hub_dir: Some(hub.path().to_path_buf()) };
+    let cfg = BtfConfig {
+        no_sysfs: true,
+        hub_dir: Some(hub.path().to_path_buf()),
+        remote_config: false,
+        ..BtfConfig::default()
+    };
 
     let found = btf::discover(&cfg).expect("BTF in the hub tarball");
     assert_eq!(found.source, BtfSource::Btfhub);
@@ -164,7 +174,12 @@ fn btf_is_extracted_from_a_btfhub_tarball() {
 fn a_corrupt_hub_tarball_is_reported_not_fatal() {
     let (hub, dir, host) = hub_layout();
     fs::write(dir.join(format!("{}.btf.tar.xz", host.release)), b"not xz at all").expect("write");
-    let cfg = BtfConfig { file: None, no_sysfs: true, hub_dir: Some(hub.path().to_path_buf()) };
+    let cfg = BtfConfig {
+        no_sysfs: true,
+        hub_dir: Some(hub.path().to_path_buf()),
+        remote_config: false,
+        ..BtfConfig::default()
+    };
     let Err(BtfError::NotFound { tried }) = btf::discover(&cfg) else {
         panic!("corrupt tarball must not be used")
     };
@@ -179,11 +194,14 @@ fn without_btf_anywhere_discovery_says_where_it_looked_and_loads_record_btf_not_
         file: Some(missing_file.clone()),
         no_sysfs: true,
         hub_dir: Some(empty_hub.path().into()),
+        cache_dir: empty_hub.path().join("remote-btf"),
+        ..BtfConfig::default()
     };
 
     let result = btf::discover(&cfg);
     let Err(BtfError::NotFound { tried }) = &result else { panic!("expected NotFound") };
-    assert_eq!(tried.len(), 4, "user file, sysfs, hub .btf, hub .btf.tar.xz: {tried:?}");
+    assert_eq!(tried.len(), 5, "user file, sysfs, hub .btf, hub .btf.tar.xz, remote config: {tried:?}");
+    assert!(tried[4].starts_with("remote config: no BTF for"), "{tried:?}");
     assert!(tried[0].contains(&missing_file.display().to_string()), "{tried:?}");
     assert!(tried[1].contains("skipped"), "{tried:?}");
 

@@ -11,6 +11,9 @@
 #[path = "remote_config/harness.rs"]
 mod harness;
 
+#[path = "remote_config/btf.rs"]
+mod btf;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -74,11 +77,16 @@ impl Node {
 
     /// With `lab`, the loader runs its conntracker in the lab's namespace.
     fn start_in(lab: Option<&NatLab>) -> Self {
+        Self::start_with(lab, |_| String::new())
+    }
+
+    /// Like [`Self::start_in`], with more of the loader's file, made from the work dir.
+    fn start_with(lab: Option<&NatLab>, extra_toml: impl Fn(&Path) -> String) -> Self {
         let work = scratch_dir();
         let repo = Repo::init(work.path());
         let service = Service::start(work.path(), &repo, &[]);
         let socket = work.path().join("loader-run/loader.sock");
-        let toml = loader_toml(Some(&repo.root_file(1)), lab.is_some());
+        let toml = loader_toml(Some(&repo.root_file(1)), lab.is_some()) + &extra_toml(work.path());
         let loader = start_loader_in(lab.map(|l| l.netns.name()), &toml, Some(&socket), "");
         let port = free_port();
         let link = format!(

@@ -13,6 +13,7 @@
 //! [`products`] holds the schemas of the payloads the loader accepts, so both sides check
 //! a config the same way.
 
+mod btf;
 mod config_path;
 mod error;
 pub mod products;

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::btf::{BTF, BtfCompression, BtfPayload, BtfPayloadError, kernel_key};
+
 /// The conntracker's settings, applied through its reload.
 pub const CONNTRACK: &str = "CONNTRACK";
 /// The lock-contention collector's settings.
@@ -15,7 +17,7 @@ pub const LOCK_STATS: &str = "LOCK_STATS";
 /// The loader's log filter, applied live.
 pub const LOADER_LOG: &str = "LOADER_LOG";
 /// Every product the loader accepts, in the order it applies them.
-pub const ALL: [&str; 3] = [CONNTRACK, LOCK_STATS, LOADER_LOG];
+pub const ALL: [&str; 4] = [CONNTRACK, LOCK_STATS, LOADER_LOG, BTF];
 
 /// `CONNTRACK`: the keys of the loader's `[conntrack]` section that may change remotely.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,12 +65,17 @@ pub enum Payload {
     Conntrack(ConntrackPayload),
     LockStats(LockStatsPayload),
     LoaderLog(LoaderLogPayload),
+    /// Checked for its schema only: the BTF inside is decoded by its user, within the
+    /// user's size limit ([`BtfPayload::decode`]).
+    Btf(BtfPayload),
 }
 
 /// A payload that does not fit its product's schema.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PayloadError {
-    #[error("product {product:?} is not one the loader accepts: publish CONNTRACK, LOCK_STATS or LOADER_LOG")]
+    #[error(
+        "product {product:?} is not one the loader accepts: publish CONNTRACK, LOCK_STATS, LOADER_LOG or BTF"
+    )]
     UnknownProduct { product: String },
     #[error("{product} payload does not fit its schema (docs/remote-config.md): {reason}")]
     Schema { product: String, reason: String },
@@ -85,6 +92,7 @@ impl Payload {
             CONNTRACK => serde_json::from_slice(raw).map(Self::Conntrack).map_err(schema),
             LOCK_STATS => serde_json::from_slice(raw).map(Self::LockStats).map_err(schema),
             LOADER_LOG => serde_json::from_slice(raw).map(Self::LoaderLog).map_err(schema),
+            BTF => serde_json::from_slice(raw).map(Self::Btf).map_err(schema),
             other => Err(PayloadError::UnknownProduct { product: other.to_owned() }),
         }
     }

@@ -2,6 +2,7 @@
 //! it, and the backoff policy between polls.
 
 pub mod backoff;
+pub mod btf_gate;
 pub mod fetch;
 pub mod poll;
 pub mod request;

@@ -17,6 +17,7 @@ use shared_proto::remoteconfig::v1::ClientGetConfigsResponse;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::btf_gate::BtfGate;
 use super::fetch::{FailureKind, FetchError, FetchSettings, Fetcher};
 use super::request::{ClientIdentity, build_request};
 use super::schedule::{SUGGESTED_BOUNDS_SECS, Schedule};
@@ -91,6 +92,9 @@ pub struct Poller {
     pusher: Option<Pusher>,
     loader: Option<PusherHandle>,
     metrics: std::sync::Arc<Metrics>,
+    /// Which BTF configs this node takes (`btf_gate.rs`), and those it refused.
+    btf_gate: BtfGate,
+    refused_btf: BTreeSet<(String, u64)>,
 }
 
 impl Poller {
@@ -120,6 +124,8 @@ impl Poller {
             request_timeout: Duration::from_secs(30),
         })?;
         let mut state = loaded.state;
+        let btf_gate = BtfGate::current(rc.max_btf_bytes);
+        let refused_btf = btf_gate.check(&mut state);
         // Every product goes to the loader; without one, configs are verified and
         // schema-checked only (verify-only mode, said once here).
         let (pusher, loader) = config.loader.socket().map(Pusher::new).unzip();
@@ -146,7 +152,11 @@ impl Poller {
         Ok(Self {
             fetcher,
             store,
-            identity: ClientIdentity { id: id.clone(), products: rc.products.clone() },
+            identity: ClientIdentity {
+                id: id.clone(),
+                products: rc.products.clone(),
+                kernel_key: btf_gate.key().to_string(),
+            },
             listeners,
             schedule: Schedule::new(rc.poll_interval(), Duration::from_secs(rc.max_backoff_secs)),
             clock_skew_secs: i64::try_from(rc.clock_skew_secs).unwrap_or(i64::MAX),
@@ -158,6 +168,8 @@ impl Poller {
             pusher,
             loader,
             metrics,
+            btf_gate,
+            refused_btf,
         })
     }
 
@@ -201,7 +213,8 @@ impl Poller {
     /// Hands what is in force to the push task (it ignores an unchanged set).
     fn publish_desired(&self) {
         if let Some(loader) = &self.loader {
-            let desired = Desired::from_state(&self.state);
+            let mut desired = Desired::from_state(&self.state);
+            desired.configs.retain(|c| !self.refused_btf.contains(&(c.path.clone(), c.version)));
             loader.desired.send_if_modified(|current| {
                 let changed = **current != desired;
                 if changed {
@@ -247,10 +260,11 @@ impl Poller {
         let response = self.fetcher.get_configs(request).await?;
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let expiry = ExpiryCheck::At { now_unix, clock_skew_secs: self.clock_skew_secs };
-        let (state, changed) = match apply_update(&self.state, &update_from(&response), expiry)? {
+        let (mut state, changed) = match apply_update(&self.state, &update_from(&response), expiry)? {
             Applied::Unchanged => return Ok(()),
             Applied::Changed { state, changed_products } => (state, changed_products),
         };
+        self.refused_btf = self.btf_gate.check(&mut state);
         self.commit(&state).await?;
         if state.targets_version() != self.state.targets_version() {
             self.metrics.targets_verified();

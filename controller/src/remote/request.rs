@@ -3,16 +3,21 @@
 //! fared (per-config apply state, and the error of the last update, if it failed).
 
 use shared_proto::remoteconfig::v1::{
-    Client, ClientGetConfigsRequest, ClientState, ConfigState, TargetFileHash, TargetFileMeta,
+    Client, ClientAgent, ClientGetConfigsRequest, ClientState, ConfigState, TargetFileHash, TargetFileMeta,
 };
 
 use trust::{ConfigEntry, TrustedState};
+
+/// The tag that names the client's kernel, as the service reads it.
+pub const KERNEL_TAG: &str = "kernel:";
 
 /// Who is asking: fixed for the life of the process.
 #[derive(Debug, Clone)]
 pub struct ClientIdentity {
     pub id: String,
     pub products: Vec<String>,
+    /// `<arch>-<release>` of this node's kernel: the service sends only its BTF.
+    pub kernel_key: String,
 }
 
 /// The request for the next poll. `last_update_error` is the reason the previous update
@@ -36,6 +41,12 @@ pub fn build_request(
             state: Some(client_state),
             id: identity.id.clone(),
             products: identity.products.clone(),
+            client_agent: Some(ClientAgent {
+                name: env!("CARGO_PKG_NAME").to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                tags: vec![format!("{KERNEL_TAG}{}", identity.kernel_key)],
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         cached_target_files: configs.map(cached_file).collect(),
@@ -78,7 +89,11 @@ mod tests {
     const PATH: &str = "2/LOADER_CONFIG/cfg1/config.json";
 
     fn identity() -> ClientIdentity {
-        ClientIdentity { id: "client-1".into(), products: vec!["LOADER_CONFIG".into()] }
+        ClientIdentity {
+            id: "client-1".into(),
+            products: vec!["LOADER_CONFIG".into()],
+            kernel_key: "x86_64-6.18.0".into(),
+        }
     }
 
     fn state_with_config() -> TrustedState {
@@ -115,6 +130,7 @@ mod tests {
             ("client-1", &["LOADER_CONFIG".to_owned()][..])
         );
         assert_eq!((state.root_version, state.targets_version), (1, 0));
+        assert_eq!(client.client_agent.unwrap().tags, ["kernel:x86_64-6.18.0"], "scopes the BTF product");
         assert!(state.config_states.is_empty() && req.cached_target_files.is_empty());
         assert!(!state.has_error && state.error.is_empty() && state.backend_client_state.is_empty());
     }

@@ -39,7 +39,7 @@ pub struct ConntrackConfig {
     /// sweep (their destroy events are invisible to the loader). 0 disables that rule.
     pub stale_after_secs: u64,
     /// Attach strategies the CO-RE conntracker may use, among `fentry`, `kprobe`,
-    /// `kprobe_confirm`, `tp_btf`. They are always tried in that order; leaving one out
+    /// `kprobe_confirm`, `tp_btf`, `raw_tracepoint`. They are always tried in that order; leaving one out
     /// skips it (e.g. to avoid the per-packet `tp_btf` hook, or to test a fallback).
     pub attach_strategies: Vec<Strategy>,
     /// Conntrackers to try, in order (`conntrack::chain`): `core`, `prebuilt`, `netlink`.
@@ -179,7 +179,7 @@ mod tests {
             .iter()
             .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_string())
             .collect();
-        assert_eq!(names, ["fentry", "kprobe", "kprobe_confirm", "tp_btf"]);
+        assert_eq!(names, ["fentry", "kprobe", "kprobe_confirm", "tp_btf", "raw_tracepoint"]);
         let cfg = ConntrackConfig { attach_strategies: Vec::new(), ..Default::default() };
         assert_eq!(cfg.validate(), Err(ConntrackConfigError::NoStrategy));
     }

@@ -4,7 +4,7 @@
 //! It loads and attaches only: [`load`] returns the object, the hook used and every hook
 //! it tried; the chain (`chain.rs`) records them in the module's status and hands the
 //! object to `serve.rs`, which serves its map.
-use aya::programs::{BtfTracePoint, FEntry, KProbe, ProgramError};
+use aya::programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf};
 
 use super::MODULE;
@@ -114,6 +114,11 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, strategy: Strategy) -> Result<(), AssetErr
             let prog: &mut BtfTracePoint = asset::program_mut(ebpf, ASSET, "ct_net_dev_queue")?;
             prog.load("net_dev_queue", btf).map_err(|e| load_error("ct_net_dev_queue", e))?;
             prog.attach().map(drop).map_err(|e| attach_error("ct_net_dev_queue", e))
+        }
+        Strategy::RawTracepoint => {
+            let prog: &mut RawTracePoint = asset::program_mut(ebpf, ASSET, "ct_raw_net_dev_queue")?;
+            prog.load().map_err(|e| load_error("ct_raw_net_dev_queue", e))?;
+            prog.attach("net_dev_queue").map(drop).map_err(|e| attach_error("ct_raw_net_dev_queue", e))
         }
         Strategy::PrebuiltKprobe | Strategy::PrebuiltRawTracepoint => Err(AssetError::Attach {
             asset: ASSET.into(),

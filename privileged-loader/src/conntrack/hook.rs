@@ -17,6 +17,11 @@ pub enum Strategy {
     /// `tp_btf/net_dev_queue`: every transmitted packet's `skb->_nfct`.
     #[serde(rename = "tp_btf")]
     TpBtf,
+    /// `raw_tracepoint/net_dev_queue` with CO-RE reads: the per-packet hook for BTF the
+    /// kernel does not publish itself (remote config, `btf.file`, BTFHub), where `tp_btf`
+    /// cannot resolve its target.
+    #[serde(rename = "raw_tracepoint")]
+    RawTracepoint,
     /// The prebuilt object's kprobe (attached by `prebuilt.rs`, never in [`Self::ORDER`]).
     #[serde(skip)]
     PrebuiltKprobe,
@@ -26,8 +31,13 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ORDER: [Strategy; 4] =
-        [Strategy::FEntry, Strategy::KProbeHashInsert, Strategy::KProbeConfirm, Strategy::TpBtf];
+    pub const ORDER: [Strategy; 5] = [
+        Strategy::FEntry,
+        Strategy::KProbeHashInsert,
+        Strategy::KProbeConfirm,
+        Strategy::TpBtf,
+        Strategy::RawTracepoint,
+    ];
 
     /// The hook, as recorded in the status attempts.
     pub fn hook(self) -> &'static str {
@@ -36,6 +46,7 @@ impl Strategy {
             Strategy::KProbeHashInsert => "kprobe/__nf_conntrack_hash_insert",
             Strategy::KProbeConfirm => "kprobe+kretprobe/__nf_conntrack_confirm",
             Strategy::TpBtf => "tp_btf/net_dev_queue",
+            Strategy::RawTracepoint => "raw_tracepoint/net_dev_queue (CO-RE)",
             Strategy::PrebuiltKprobe => "kprobe/__nf_conntrack_hash_insert",
             Strategy::PrebuiltRawTracepoint => "raw_tracepoint/net_dev_queue",
         }
@@ -47,6 +58,7 @@ impl Strategy {
             Strategy::FEntry => "core/fentry",
             Strategy::KProbeHashInsert | Strategy::KProbeConfirm => "core/kprobe",
             Strategy::TpBtf => "core/tp_btf",
+            Strategy::RawTracepoint => "core/raw_tracepoint",
             Strategy::PrebuiltKprobe => "prebuilt/kprobe",
             Strategy::PrebuiltRawTracepoint => "prebuilt/raw_tracepoint",
         }
@@ -55,7 +67,7 @@ impl Strategy {
     /// Whether the program refreshes `last_seen_ns` while a connection is active (only
     /// the per-packet hook does); the sweep's age rule is meaningless otherwise.
     pub fn refreshes_last_seen(self) -> bool {
-        matches!(self, Strategy::TpBtf | Strategy::PrebuiltRawTracepoint)
+        matches!(self, Strategy::TpBtf | Strategy::RawTracepoint | Strategy::PrebuiltRawTracepoint)
     }
 }
 
@@ -66,7 +78,7 @@ mod tests {
     #[test]
     fn only_the_per_packet_hook_refreshes_last_seen() {
         let refreshing: Vec<_> = Strategy::ORDER.into_iter().filter(|s| s.refreshes_last_seen()).collect();
-        assert_eq!(refreshing, vec![Strategy::TpBtf]);
+        assert_eq!(refreshing, vec![Strategy::TpBtf, Strategy::RawTracepoint]);
         assert_eq!(Strategy::TpBtf.name(), "core/tp_btf");
     }
 }

@@ -6,6 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::change::{all_in_place, changed_keys};
 use super::{Modules, ReloadAction, ReloadError, ReloadReport, Saved, require_capability};
+use crate::asset::AssetLoader;
+use crate::conntrack::chain::Strategies;
 use crate::conntrack::chain::{self, Strategy};
 use crate::conntrack::handover::{HandedOver, hand_over};
 use crate::conntrack::{ConntrackConfig, RunningConntracker};
@@ -71,7 +73,7 @@ pub(super) async fn apply(
             change_in_place(modules, slot, &cfg).await;
             None
         }
-        _ => replace(modules, slot, &cfg, &changed).await?,
+        _ => replace(modules, slot, &cfg, &changed, &modules.assets()).await?,
     };
     let record = registry.module(MODULE).unwrap_or_else(|| crate::status::ModuleRecord::new(MODULE));
     if matches!(action, ReloadAction::InPlace | ReloadAction::Replaced) {
@@ -109,6 +111,47 @@ async fn change_in_place(modules: &Modules, slot: &mut Option<Instance>, cfg: &C
     *slot = Some(Instance { running, token });
 }
 
+/// Replaces a running fallback conntracker (prebuilt, netlink) by the CO-RE one loaded
+/// with `assets`, when the configuration lists `core`: BTF that was missing has arrived.
+/// `None` when there is nothing to replace. The configuration in force is unchanged (its
+/// chain is only narrowed to `core` for this one start, so a CO-RE failure is an error
+/// here instead of another fallback).
+pub(super) async fn onto_core(
+    modules: &Modules,
+    slot: &mut Option<Instance>,
+    assets: &AssetLoader,
+) -> Result<Option<ReloadReport>, ReloadError> {
+    let Some(cfg) = modules.conntrack_config().filter(|c| c.enabled) else { return Ok(None) };
+    let running_core = slot.as_ref().is_some_and(|i| i.running.tracker.strategy().starts_with("core/"));
+    if running_core || !cfg.strategies.iter().any(|s| s == Strategy::Core) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let core_only = ConntrackConfig {
+        strategies: Strategies::new(vec![Strategy::Core])
+            .map_err(|e| ReloadError::InvalidConfig { module: MODULE, reason: e.to_string() })?,
+        ..cfg.clone()
+    };
+    let changed = vec!["btf".to_string()];
+    let handed_over = replace(modules, slot, &core_only, &changed, assets).await?;
+    let registry = modules.registry();
+    let how = "replaced: kernel BTF arrived (remote config), the fallback gave way to CO-RE".to_string();
+    registry.update_module(MODULE, |m| {
+        m.last_reload = Some(ReloadRecord { at_unix_ms: now_unix_ms(), changed: changed.clone(), how })
+    });
+    let record = registry.module(MODULE).unwrap_or_else(|| crate::status::ModuleRecord::new(MODULE));
+    Ok(Some(ReloadReport {
+        module: MODULE,
+        action: ReloadAction::Replaced,
+        changed,
+        generation: record.generation,
+        implementation: record.strategy,
+        handed_over,
+        took: started.elapsed(),
+        notes: Vec::new(),
+    }))
+}
+
 /// Make-before-break: the new conntracker is started (loaded, attached, serving its own
 /// map) while the old one runs; the old one's translations are handed to it; the API is
 /// switched; only then is the old one stopped.
@@ -117,6 +160,7 @@ async fn replace(
     slot: &mut Option<Instance>,
     cfg: &ConntrackConfig,
     changed: &[String],
+    assets: &AssetLoader,
 ) -> Result<Option<HandedOver>, ReloadError> {
     let registry = modules.registry();
     let saved = Saved::take(registry, MODULE);
@@ -126,7 +170,7 @@ async fn replace(
     }
     let token = modules.inner.shutdown.child_token();
     let loaded = Instant::now();
-    let new = match chain::start(cfg, &modules.inner.assets, registry, token.clone()).await {
+    let new = match chain::start(cfg, assets, registry, token.clone()).await {
         Ok(new) => new,
         Err(e) => {
             token.cancel();

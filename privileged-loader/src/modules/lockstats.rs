@@ -19,7 +19,7 @@ pub(super) fn apply(modules: &Modules, cfg: LockStatsConfig) -> Result<ReloadRep
     if !cfg.enabled {
         let mut report = stop(modules);
         // GetLockStats keeps answering: the state disabled, and why. Nothing is loaded.
-        let disabled = lockstats::start(&cfg, &modules.inner.assets, &registry, &[]);
+        let disabled = lockstats::start(&cfg, &modules.assets(), &registry, &[]);
         modules.write().lockstats = Some(Arc::new(disabled));
         modules.write().lockstats_config = Some(cfg);
         report.changed = changed;
@@ -70,7 +70,7 @@ fn start_new(
         .map(|id| OwnedMap::by_id(id, CONNTRACK))
         .collect();
     registry.update_module(MODULE, ModuleRecord::begin_attempt);
-    let collector = lockstats::start(&cfg, &modules.inner.assets, &registry, &owned);
+    let collector = lockstats::start(&cfg, &modules.assets(), &registry, &owned);
     if collector.state() != CollectorState::Running {
         let reason = collector.snapshot().status.reasons.join("; ");
         drop(collector);

@@ -102,7 +102,9 @@ pub struct Modules {
 }
 
 struct Inner {
-    assets: Arc<AssetLoader>,
+    /// Replaced when a remote BTF is adopted (`adopt_btf`); a reload uses the one
+    /// current when it starts.
+    assets: RwLock<Arc<AssetLoader>>,
     registry: Registry,
     /// Cancelled at loader shutdown: every instance's tasks stop with it.
     shutdown: CancellationToken,
@@ -126,7 +128,7 @@ impl Modules {
     /// [`Self::start_lockstats`] (in that order: the collector watches the conntracker's map).
     pub fn new(assets: Arc<AssetLoader>, registry: Registry, shutdown: CancellationToken) -> Self {
         let inner = Inner {
-            assets,
+            assets: RwLock::new(assets),
             registry,
             shutdown,
             published: RwLock::default(),
@@ -138,6 +140,32 @@ impl Modules {
 
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The asset loader (and with it the BTF) new eBPF objects are loaded with.
+    pub fn assets(&self) -> Arc<AssetLoader> {
+        Arc::clone(&self.inner.assets.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Makes `btf` the BTF of every later load. A conntracker that runs a fallback
+    /// (prebuilt, netlink) although its strategies list `core` is first replaced by the
+    /// CO-RE one loaded with `btf` (make-before-break, translations handed over); if
+    /// that fails, nothing changes and the error says why. Returns what was done.
+    pub async fn adopt_btf(&self, btf: crate::btf::FoundBtf) -> Result<String, ReloadError> {
+        let described = btf.describe();
+        let assets = Arc::new(self.assets().with_btf(btf));
+        let mut slot = self.inner.conntrack.lock().await;
+        let report = conntrack::onto_core(self, &mut slot, &assets).await?;
+        *self.inner.assets.write().unwrap_or_else(|p| p.into_inner()) = assets;
+        drop(slot);
+        let Some(report) = report else {
+            return Ok(format!("{described} is used by later loads; the conntracker needed no reload"));
+        };
+        let _one_at_a_time = self.inner.lockstats.lock().await;
+        if let Some(Err(e)) = lockstats::replan(self) {
+            tracing::warn!(error = %e, "the lock-statistics collector still watches the replaced conntracker's map");
+        }
+        Ok(format!("{described}: conntracker reloaded onto {}", report.implementation))
     }
 
     /// The running conntracker, if any.

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use trust::products::{ConntrackPayload, LoaderLogPayload, LockStatsPayload, Payload};
+use trust::products::{BtfPayload, ConntrackPayload, LoaderLogPayload, LockStatsPayload, Payload};
 
 use super::allow::AllowRules;
+use super::btf::{BtfSetting, RemoteBtf};
 use crate::conntrack::ConntrackConfig;
 use crate::conntrack::chain::Strategies;
 use crate::lockstats::LockStatsConfig;
@@ -18,6 +19,8 @@ pub struct Settings {
     pub lockstats: LockStatsConfig,
     /// The log filter in `RUST_LOG` syntax.
     pub log_filter: String,
+    /// The remote BTF in force, or why the product is ignored on this node.
+    pub btf: BtfSetting,
 }
 
 /// Where a value came from.
@@ -90,7 +93,7 @@ macro_rules! overlay {
 impl Overlay {
     fn record_file_sources(&mut self) {
         let (c, l) = (&self.settings.conntrack, &self.settings.lockstats);
-        let file: [(&'static str, String); 11] = [
+        let file: [(&'static str, String); 12] = [
             ("conntrack.enabled", json(&c.enabled)),
             ("conntrack.tcpv6_enabled", json(&c.tcpv6_enabled)),
             ("conntrack.udpv6_enabled", json(&c.udpv6_enabled)),
@@ -102,6 +105,7 @@ impl Overlay {
             ("lockstats.track_all_maps", json(&l.track_all_maps)),
             ("lockstats.max_ranges", json(&l.max_ranges)),
             ("log.filter", json(&self.settings.log_filter)),
+            ("btf.remote", btf_value(&self.settings.btf, None)),
         ];
         self.sources = file.into_iter().map(|(k, v)| (k, (v, Source::File))).collect();
     }
@@ -112,7 +116,19 @@ impl Overlay {
             Payload::Conntrack(p) => self.conntrack(p, allow, &source),
             Payload::LockStats(p) => self.lockstats(p, allow, &source),
             Payload::LoaderLog(p) => self.log(p, &source),
+            Payload::Btf(p) => {
+                self.btf(config, p, &source);
+                Ok(())
+            }
         }
+    }
+
+    /// One BTF config (this node runs one kernel; which one fits is checked when it is
+    /// applied). Recorded even when ignored, so `loaderctl config` says it arrived.
+    fn btf(&mut self, config: &RemoteValue, p: &BtfPayload, source: &Source) {
+        let remote = RemoteBtf { path: config.path.clone(), version: config.version, payload: p.clone() };
+        self.sources.insert("btf.remote", (btf_value(&self.settings.btf, Some(&remote)), source.clone()));
+        self.settings.btf.remote = Some(remote);
     }
 
     fn conntrack(&mut self, p: &ConntrackPayload, allow: &AllowRules, source: &Source) -> Result<(), String> {
@@ -150,6 +166,16 @@ impl Overlay {
     }
 }
 
+/// The `btf.remote` line: which kernel's BTF is in force, or why the product is ignored.
+fn btf_value(setting: &BtfSetting, remote: Option<&RemoteBtf>) -> String {
+    match (remote, &setting.ignored_because) {
+        (None, Some(why)) => format!("not used: {why}"),
+        (None, None) => "none".to_string(),
+        (Some(r), Some(why)) => format!("{} ignored: {why}", r.payload.key()),
+        (Some(r), None) => format!("{} ({} bytes encoded)", r.payload.key(), r.payload.data.len()),
+    }
+}
+
 fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
@@ -164,6 +190,7 @@ mod tests {
             conntrack: ConntrackConfig::default(),
             lockstats: LockStatsConfig::default(),
             log_filter: "info".into(),
+            btf: BtfSetting::default(),
         }
     }
 

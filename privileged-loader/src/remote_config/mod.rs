@@ -4,6 +4,7 @@
 //! file baseline ([`effective`]) and applies the products it sets live, all or nothing.
 //! See docs/remote-config.md.
 pub mod allow;
+pub mod btf;
 pub mod effective;
 mod live;
 pub mod proof;

@@ -21,10 +21,16 @@ pub enum ApplyError {
     BadRoot(String),
     #[error(transparent)]
     Proof(#[from] ProofError),
-    #[error("product {product:?} is not one the loader accepts: use CONNTRACK, LOCK_STATS or LOADER_LOG")]
+    #[error(
+        "product {product:?} is not one the loader accepts: use CONNTRACK, LOCK_STATS, LOADER_LOG or BTF"
+    )]
     UnknownProduct { product: String },
     #[error("config {path} is of product {product}, which the request's products do not list")]
     ProductNotListed { path: String, product: String },
+    #[error(
+        "product BTF is applied alone (it may reload the conntracker): send it in a request of its own, not with {other}"
+    )]
+    BtfNotAlone { other: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,7 +191,11 @@ impl RemoteConfigs {
     /// Applies what differs between `old` and `new`; on a failure, what was already
     /// changed is put back, so the loader runs `old` again. `Err` names the product.
     async fn apply_live(&self, old: &Settings, new: &Settings) -> Result<(), (&'static str, String)> {
-        use trust::products::{CONNTRACK, LOADER_LOG, LOCK_STATS};
+        use trust::products::{BTF, CONNTRACK, LOADER_LOG, LOCK_STATS};
+        if old.btf != new.btf {
+            // Alone in its request (check_products): nothing else to put back.
+            return self.live.btf(&new.btf).await.map_err(|e| (BTF, e));
+        }
         if old.conntrack != new.conntrack {
             self.live.conntrack(&new.conntrack).await.map_err(|e| (CONNTRACK, e))?;
         }
@@ -221,6 +231,14 @@ impl RemoteConfigs {
 fn check_products(products: &[String], configs: &[VerifiedConfig]) -> Result<(), ApplyError> {
     if let Some(unknown) = products.iter().find(|p| !Payload::is_known(p)) {
         return Err(ApplyError::UnknownProduct { product: unknown.clone() });
+    }
+    // A BTF change may reload the conntracker; undoing it when a later product fails
+    // would reload it back, so it is never mixed with other products (the controller
+    // pushes one product per request anyway).
+    if products.iter().any(|p| p == trust::products::BTF)
+        && let Some(other) = products.iter().find(|p| *p != trust::products::BTF)
+    {
+        return Err(ApplyError::BtfNotAlone { other: other.clone() });
     }
     let listed: BTreeSet<&String> = products.iter().collect();
     match configs.iter().find(|c| !listed.contains(&c.product)) {
@@ -277,6 +295,7 @@ mod tests {
     use crate::conntrack::ConntrackConfig;
     use crate::lockstats::LockStatsConfig;
     use crate::remote_config::Source;
+    use crate::remote_config::btf::BtfSetting;
     use crate::remote_config::live::BoxFuture;
 
     /// Stands in for the running modules: a lock-statistics reload that fails on demand
@@ -301,6 +320,10 @@ mod tests {
             self.calls.lock().unwrap().push(format!("log {f}"));
             Ok(())
         }
+        fn btf<'a>(&'a self, _: &'a BtfSetting) -> BoxFuture<'a, Result<(), String>> {
+            self.calls.lock().unwrap().push("btf".into());
+            Box::pin(async { Ok(()) })
+        }
     }
 
     fn configs(repo: &Repo, recorder: Arc<Recorder>) -> RemoteConfigs {
@@ -312,6 +335,7 @@ mod tests {
             conntrack: ConntrackConfig::default(),
             lockstats: LockStatsConfig::default(),
             log_filter: "info".into(),
+            btf: Default::default(),
         };
         RemoteConfigs::new(&settings, baseline, recorder)
     }
