@@ -5,6 +5,7 @@ pub mod btf;
 pub mod config;
 pub mod conntrack;
 pub mod lockstats;
+pub mod map_count;
 pub mod modules;
 pub mod objects;
 pub mod offsetguess;

@@ -115,7 +115,7 @@ pub fn status_json(s: &pb::GetStatusResponse) -> Value {
                     "hooks": a.hooks.iter().map(|h| json!({"hook": h.hook, "ok": h.ok, "reason": h.reason})).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "last_error": m.last_error, "load_time_us": m.load_time_us, "notes": m.notes,
-                "maps": m.maps.iter().map(|f| json!({"name": f.name, "entries": f.entries, "max_entries": f.max_entries})).collect::<Vec<_>>(),
+                "maps": m.maps.iter().map(|f| json!({"name": f.name, "entries": f.entries, "max_entries": f.max_entries, "counted_by": f.counted_by})).collect::<Vec<_>>(),
                 "generation": m.generation, "loaded_at_unix_ms": m.loaded_at_unix_ms,
                 "last_reload": m.last_reload.as_ref().map_or(Value::Null, |r| json!({"at_unix_ms": r.at_unix_ms, "changed": r.changed, "how": r.how})),
                 "failed_reloads": m.failed_reloads.iter().map(|f| json!({"at_unix_ms": f.at_unix_ms, "changed": f.changed, "reason": f.reason})).collect::<Vec<_>>(),

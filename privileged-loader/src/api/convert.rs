@@ -1,6 +1,7 @@
 //! Conversions from the loader's own types to the API's messages.
 use shared_proto::loader::v1 as pb;
 
+use super::map_walks::Fill;
 use crate::conntrack::{Entry, TableFill, Tuple};
 use crate::status::{
     AssetOutcome, AssetRecord, HookAttempt, ImplementationAttempt, ModuleRecord, ModuleState,
@@ -40,9 +41,13 @@ pub fn asset(a: &AssetRecord) -> pb::AssetResult {
     }
 }
 
-/// A module's record; `tables` are the conntracker's fill levels, shown on its module.
-pub fn module(m: &ModuleRecord, tables: &[TableFill]) -> pb::ModuleStatus {
-    let maps = if m.name == "conntrack" { tables.iter().map(map_fill).collect() } else { Vec::new() };
+/// A module's record; `fill` is the conntracker's fill levels, shown on its module.
+pub fn module(m: &ModuleRecord, fill: &Fill) -> pb::ModuleStatus {
+    let maps = if m.name == "conntrack" {
+        fill.tables.iter().map(|t| map_fill(t, &fill.counted_by)).collect()
+    } else {
+        Vec::new()
+    };
     pb::ModuleStatus {
         name: m.name.clone(),
         state: module_state(m.state).into(),
@@ -94,8 +99,13 @@ fn hook(h: &HookAttempt) -> pb::HookAttempt {
     pb::HookAttempt { hook: h.hook.clone(), ok: h.ok, reason: h.reason.clone() }
 }
 
-fn map_fill(t: &TableFill) -> pb::MapFill {
-    pb::MapFill { name: t.name.clone(), entries: t.entries, max_entries: t.max_entries }
+fn map_fill(t: &TableFill, counted_by: &str) -> pb::MapFill {
+    pb::MapFill {
+        name: t.name.clone(),
+        entries: t.entries,
+        max_entries: t.max_entries,
+        counted_by: counted_by.to_string(),
+    }
 }
 
 fn feature(f: &crate::probe::Feature) -> pb::Feature {

@@ -1,21 +1,30 @@
-//! Calls that walk a whole map. A walk takes one syscall per key (~100 ms for a full
+//! Calls that read a whole map. A walk takes one syscall per key (~100 ms for a full
 //! conntrack map of 131k slots), so walks run on the blocking pool, a bounded number at
-//! once, and the async workers keep answering health checks and lookups meanwhile. The
-//! fill level `GetStatus` shows is counted at most once every `FILL_MAX_AGE` and shared:
-//! any number of callers cost one walk per period (≤ 1 % of a core for a full map), and
-//! `GetStatus` itself reads a stored number. (An exact O(1) count needs the kernel's
-//! per-map element counter, read by an eBPF iterator: not done yet.)
-use std::sync::{Arc, Weak};
+//! once, listings stream from there with back-pressure, and the async workers keep
+//! answering health checks and lookups meanwhile. The fill level `GetStatus` shows is the
+//! kernel's own element count (`crate::map_count`, Linux 6.6+), exact and O(1); where the
+//! kernel keeps none (Debian 12's 6.1), it is walked at most once every `FILL_MAX_AGE`
+//! and shared, and `GetStatus` says so.
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::conntrack::{Conntracker, TableFill};
+use crate::map_count::{MapCount, MapCounter};
+
+/// How fill levels were counted, as `GetStatus` shows it.
+const COUNTED: &str = "the kernel's element counter (bpf_map_sum_elem_count), exact at the call";
+const WALKED: &str = "walking the map, shared for up to 10 s";
 
 /// How old a shared fill level may be: a fill level is for trends and alerts, not
 /// for decisions that need the count of this very second.
 const FILL_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Messages a listing may have ready ahead of its client.
+const STREAM_AHEAD: usize = 1024;
 
 /// The last fill level counted: of which conntracker instance, and when.
 type SharedFill = Arc<Mutex<Option<Counted>>>;
@@ -33,11 +42,17 @@ struct Counted {
 pub struct MapWalks {
     turns: Arc<Semaphore>,
     fill: SharedFill,
+    /// The kernel's element counter, loaded at the first count (or why it cannot be).
+    counter: Arc<OnceLock<Result<MapCounter, String>>>,
 }
 
 impl MapWalks {
     pub fn new(at_once: usize) -> Self {
-        Self { turns: Arc::new(Semaphore::new(at_once.max(1))), fill: Arc::default() }
+        Self {
+            turns: Arc::new(Semaphore::new(at_once.max(1))),
+            fill: Arc::default(),
+            counter: Arc::default(),
+        }
     }
 
     /// Runs `walk` on the blocking pool once a turn is free.
@@ -52,10 +67,93 @@ impl MapWalks {
             .map_err(|e| Status::internal(format!("a map walk failed: {e}")))
     }
 
-    /// The conntracker's fill levels, counted by one caller and shared for `FILL_MAX_AGE`
-    /// (while the same instance runs).
-    pub async fn fill_levels(&self, tracker: Option<Arc<dyn Conntracker>>) -> Result<Vec<TableFill>, Status> {
-        let Some(tracker) = tracker else { return Ok(Vec::new()) };
+    /// Runs `walk` on the blocking pool once a turn is free and streams what it returns
+    /// (its iterator runs there too, one message at a time: a listing converts each entry
+    /// as it is sent), at most `STREAM_AHEAD` messages ahead of the client: a listing never holds a whole
+    /// map's messages on the async workers (whose time the health check and lookups
+    /// need), and a slow reader stalls only its own walk. The turn is held until the last
+    /// message is taken or the client leaves. A failed walk is the call's status.
+    pub async fn stream<I>(
+        &self,
+        walk: impl FnOnce() -> Result<I, Status> + Send + 'static,
+    ) -> Result<ReceiverStream<Result<I::Item, Status>>, Status>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+    {
+        let turn = Arc::clone(&self.turns)
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the loader is shutting down"))?;
+        let (outcome, walked) = oneshot::channel();
+        let (items, received) = mpsc::channel(STREAM_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let found = match walk() {
+                Ok(found) => found,
+                Err(status) => {
+                    let _ = outcome.send(Err(status));
+                    return;
+                }
+            };
+            if outcome.send(Ok(())).is_err() {
+                return; // the call was cancelled meanwhile
+            }
+            for item in found {
+                if items.blocking_send(Ok(item)).is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        match walked.await {
+            Ok(Ok(())) => Ok(ReceiverStream::new(received)),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::internal("a map walk failed: its thread ended without an answer")),
+        }
+    }
+
+    /// The conntracker's fill levels: its eBPF maps' counted by the kernel (exact, at
+    /// once), a userspace table's size, or — where the kernel keeps no counter — a walk
+    /// shared for `FILL_MAX_AGE` (while the same instance runs), saying why.
+    pub async fn fill_levels(&self, tracker: Option<Arc<dyn Conntracker>>) -> Result<Fill, Status> {
+        let Some(tracker) = tracker else { return Ok(Fill::default()) };
+        let ids = tracker.bpf_map_ids();
+        if ids.is_empty() {
+            // A userspace table knows its size.
+            let tables = self.off_worker(move || tracker.tables()).await?;
+            return Ok(Fill { tables, counted_by: "the table's own size".into() });
+        }
+        let counter = Arc::clone(&self.counter);
+        let counted = self
+            .off_worker(move || {
+                let counter = counter.get_or_init(|| MapCounter::load().map_err(|e| e.to_string()));
+                counter.as_ref().map_err(Clone::clone)?.counts().map_err(|e| e.to_string())
+            })
+            .await?;
+        let why_not = match counted {
+            Ok(mut counts) => match ids.iter().map(|id| counts.remove(id)).collect::<Option<Vec<_>>>() {
+                Some(found) => return Ok(Fill::counted(found)),
+                // Replaced by a reload between the two reads: the walk reads the new one.
+                None => "the map was replaced while it was counted".to_string(),
+            },
+            Err(reason) => reason,
+        };
+        let tables = self.shared_walk(tracker).await?;
+        Ok(Fill { tables, counted_by: format!("{WALKED}: {why_not}") })
+    }
+
+    /// Short work off the async workers, without waiting for a walk's turn.
+    async fn off_worker<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Status::internal(format!("counting a map failed: {e}")))
+    }
+
+    /// The fill levels by walking, counted by one caller and shared for `FILL_MAX_AGE`.
+    async fn shared_walk(&self, tracker: Arc<dyn Conntracker>) -> Result<Vec<TableFill>, Status> {
         // Callers arriving during a count wait for it and take its result.
         let mut fill = self.fill.lock().await;
         if let Some(counted) = fill.as_ref()
@@ -68,6 +166,23 @@ impl MapWalks {
         let tables = self.run(move || tracker.tables()).await?;
         *fill = Some(Counted { instance, at: Instant::now(), tables: tables.clone() });
         Ok(tables)
+    }
+}
+
+/// Fill levels, and how they were counted (shown beside each in `GetStatus`).
+#[derive(Debug, Default)]
+pub struct Fill {
+    pub tables: Vec<TableFill>,
+    pub counted_by: String,
+}
+
+impl Fill {
+    fn counted(maps: Vec<MapCount>) -> Self {
+        let tables = maps
+            .into_iter()
+            .map(|m| TableFill { name: m.name, entries: m.entries, max_entries: m.max_entries })
+            .collect();
+        Self { tables, counted_by: COUNTED.into() }
     }
 }
 

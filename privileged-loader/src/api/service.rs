@@ -53,8 +53,8 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let tables = self.walks.fill_levels(self.modules.conntracker()).await?;
-        let modules = self.registry.modules().iter().map(|m| convert::module(m, &tables)).collect();
+        let fill = self.walks.fill_levels(self.modules.conntracker()).await?;
+        let modules = self.registry.modules().iter().map(|m| convert::module(m, &fill)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),
             modules,
@@ -94,13 +94,18 @@ impl pb::loader_server::Loader for LoaderApi {
     ) -> Result<Response<Self::ListConntrackStream>, Status> {
         let netns = request.into_inner().netns;
         let tracker = self.conntracker()?;
-        let entries =
-            self.walks.run(move || tracker.entries()).await?.map_err(|e| Status::internal(e.to_string()))?;
-        let items = entries
-            .into_iter()
-            .filter(move |e| netns == 0 || e.netns == netns)
-            .map(|e| Ok(convert::entry(&e)));
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        // The walk and the conversion run off the async workers; the messages are streamed.
+        let entries = self
+            .walks
+            .stream(move || {
+                let entries = tracker.entries().map_err(|e| Status::internal(e.to_string()))?;
+                Ok(entries
+                    .into_iter()
+                    .filter(move |e| netns == 0 || e.netns == netns)
+                    .map(|e| convert::entry(&e)))
+            })
+            .await?;
+        Ok(Response::new(Box::pin(entries)))
     }
 
     #[tracing::instrument(skip_all, name = "GetLockStats")]

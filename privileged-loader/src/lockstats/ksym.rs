@@ -85,7 +85,7 @@ fn from_iterator(assets: &AssetLoader, wanted: &[&str]) -> Result<KernelSymbols,
 }
 
 /// Attaches an iterator program, reads everything it writes, and detaches it.
-pub(super) fn run_iterator(program: &mut Iter, asset: &str, name: &str) -> Result<Vec<u8>, AssetError> {
+pub(crate) fn run_iterator(program: &mut Iter, asset: &str, name: &str) -> Result<Vec<u8>, AssetError> {
     let attach_error =
         |reason: String| AssetError::Attach { asset: asset.into(), program: name.into(), reason };
     let link_id = program.attach().map_err(|e| AssetError::from_program_attach(asset, name, e))?;
