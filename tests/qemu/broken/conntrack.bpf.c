@@ -45,6 +45,12 @@ struct pt_regs {
 };
 #pragma clang attribute pop
 
+/* The raw tracepoint's context (as in the kernel's uapi): the hook the loader tries after
+ * tp_btf, so the object must carry it like the real conntracker does. */
+struct bpf_raw_tracepoint_args {
+	unsigned long long args[0];
+};
+
 char LICENSE[] SEC("license") = "GPL";
 
 /* The real conntracker sets these with override_global(.., must_exist = true). */
@@ -98,6 +104,15 @@ int ct_kretprobe_confirm(struct pt_regs *ctx)
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(ct_net_dev_queue, struct sk_buff *skb)
 {
+	note(BPF_CORE_READ(skb, dev));
+	return 0;
+}
+
+SEC("raw_tracepoint/net_dev_queue")
+int ct_raw_net_dev_queue(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx->args[0];
+
 	note(BPF_CORE_READ(skb, dev));
 	return 0;
 }
