@@ -75,15 +75,29 @@ pub(super) async fn apply(
         }
         _ => replace(modules, slot, &cfg, &changed, &modules.assets()).await?,
     };
-    let record = registry.module(MODULE).unwrap_or_else(|| crate::status::ModuleRecord::new(MODULE));
-    if matches!(action, ReloadAction::InPlace | ReloadAction::Replaced) {
-        let how = action.as_str().to_string();
-        registry.update_module(MODULE, |m| {
-            m.last_reload = Some(ReloadRecord { at_unix_ms: now_unix_ms(), changed: changed.clone(), how })
-        });
-    }
+    let how =
+        matches!(action, ReloadAction::InPlace | ReloadAction::Replaced).then(|| action.as_str().to_string());
     modules.write().conntrack_config = Some(cfg);
-    Ok(ReloadReport {
+    Ok(reported(modules, action, how, changed, handed_over, started))
+}
+
+/// Records in status what a reload changed and how (`how`: `None` when nothing was
+/// reloaded), and the report of it with the instance now serving.
+fn reported(
+    modules: &Modules,
+    action: ReloadAction,
+    how: Option<String>,
+    changed: Vec<String>,
+    handed_over: Option<HandedOver>,
+    started: Instant,
+) -> ReloadReport {
+    let registry = modules.registry();
+    if let Some(how) = how {
+        let last = ReloadRecord { at_unix_ms: now_unix_ms(), changed: changed.clone(), how };
+        registry.update_module(MODULE, |m| m.last_reload = Some(last));
+    }
+    let record = registry.module(MODULE).unwrap_or_else(|| crate::status::ModuleRecord::new(MODULE));
+    ReloadReport {
         module: MODULE,
         action,
         changed,
@@ -92,7 +106,7 @@ pub(super) async fn apply(
         handed_over,
         took: started.elapsed(),
         notes: Vec::new(),
-    })
+    }
 }
 
 /// Restarts the tasks of the running object with the new settings: the new destroy
@@ -134,22 +148,8 @@ pub(super) async fn onto_core(
     };
     let changed = vec!["btf".to_string()];
     let handed_over = replace(modules, slot, &core_only, &changed, assets).await?;
-    let registry = modules.registry();
     let how = "replaced: kernel BTF arrived (remote config), the fallback gave way to CO-RE".to_string();
-    registry.update_module(MODULE, |m| {
-        m.last_reload = Some(ReloadRecord { at_unix_ms: now_unix_ms(), changed: changed.clone(), how })
-    });
-    let record = registry.module(MODULE).unwrap_or_else(|| crate::status::ModuleRecord::new(MODULE));
-    Ok(Some(ReloadReport {
-        module: MODULE,
-        action: ReloadAction::Replaced,
-        changed,
-        generation: record.generation,
-        implementation: record.strategy,
-        handed_over,
-        took: started.elapsed(),
-        notes: Vec::new(),
-    }))
+    Ok(Some(reported(modules, ReloadAction::Replaced, Some(how), changed, handed_over, started)))
 }
 
 /// Make-before-break: the new conntracker is started (loaded, attached, serving its own
