@@ -94,43 +94,41 @@ static __always_inline int parse_tuple(const u8 *buf, struct ct_tuple *t)
 #define CONN_OFF(field) (bpf_core_field_offset(struct nf_conn, field) - CONN_START)
 
 /*
- * Reads a conntrack entry's tuples and, when it is NAT'd, its namespace inode. Returns 0
- * with both tuples filled for a NAT'd TCP/UDP entry whose reply is not the plain inverse
- * of its original; -1 for every entry there is nothing to record for.
+ * Records a conntrack entry when it is a NAT'd TCP/UDP entry whose reply is not the plain
+ * inverse of its original. `action` and h (a per-packet hook's per-CPU state, or 0) as in
+ * conntrack_record.h: a handshake reply that its IP_CT_NEW packet's record spares stops
+ * after the one copy, with no parse, namespace read, clock read or map lookup.
  */
-static __always_inline int read_conn(struct nf_conn *ct, struct ct_tuple *orig, struct ct_tuple *reply)
+static __always_inline void record(struct nf_conn *ct, struct hook_cpu *h, int action)
 {
 	u8 raw[CONN_COPY];
 	u32 reply_off = bpf_core_type_size(struct nf_conntrack_tuple_hash); /* tuplehash[1].tuple */
 	u32 status_off = CONN_OFF(status);
 	u32 net_off = CONN_OFF(ct_net);
 	u32 len = net_off + sizeof(void *);
+	struct ct_tuple orig, reply;
 	unsigned long status;
 	struct net *net;
+	u64 removals = removals_now();
 
 	if (!ct || len > CONN_COPY || reply_off > CONN_COPY - TUPLE_COPY ||
 	    status_off > CONN_COPY - sizeof(status) || net_off > CONN_COPY - sizeof(net))
-		return -1;
+		return;
 	if (bpf_probe_read_kernel(raw, len, (u8 *)ct + CONN_START))
-		return -1;
+		return;
 	__builtin_memcpy(&status, raw + status_off, sizeof(status));
 	if (!(status & IPS_NAT_MASK))
-		return -1;
-	if (parse_tuple(raw, orig) || parse_tuple(raw + reply_off, reply))
-		return -1;
-	if (is_plain_inverse(orig, reply))
-		return -1;
+		return;
 	__builtin_memcpy(&net, raw + net_off, sizeof(net));
-	orig->netns = reply->netns = BPF_CORE_READ(net, ns.inum);
-	return 0;
-}
-
-static __always_inline void record(struct nf_conn *ct)
-{
-	struct ct_tuple orig, reply;
-
-	if (!read_conn(ct, &orig, &reply))
-		store(&orig, &reply);
+	if (spared_by_recent(h, action, (u64)ct, (u64)net, raw, raw + reply_off))
+		return;
+	if (parse_tuple(raw, &orig) || parse_tuple(raw + reply_off, &reply))
+		return;
+	if (is_plain_inverse(&orig, &reply))
+		return;
+	orig.netns = reply.netns = BPF_CORE_READ(net, ns.inum);
+	if (!store(&orig, &reply))
+		recent_remember(h, action, removals, (u64)ct, (u64)net, raw, raw + reply_off);
 }
 
 static __always_inline struct nf_conn *skb_conn(struct sk_buff *skb)
@@ -144,7 +142,8 @@ static __always_inline struct nf_conn *skb_conn(struct sk_buff *skb)
 SEC("fentry/__nf_conntrack_hash_insert")
 int BPF_PROG(ct_fentry_hash_insert, struct nf_conn *ct)
 {
-	record(ct);
+	count_new();
+	record(ct, 0, RECORD_ALWAYS);
 	return 0;
 }
 
@@ -157,7 +156,8 @@ int BPF_PROG(ct_fentry_hash_insert, struct nf_conn *ct)
 SEC("kprobe/__nf_conntrack_hash_insert")
 int ct_kprobe_hash_insert(struct pt_regs *ctx)
 {
-	record((struct nf_conn *)ctx->di);
+	count_new();
+	record((struct nf_conn *)ctx->di, 0, RECORD_ALWAYS);
 	return 0;
 }
 
@@ -184,31 +184,43 @@ int ct_kretprobe_confirm(struct pt_regs *ctx)
 		return 0;
 	skb = (struct sk_buff *)*arg;
 	bpf_map_delete_elem(&confirm_args, &tid);
-	if (ret == NF_ACCEPT)
-		record(skb_conn(skb));
+	if (ret == NF_ACCEPT) {
+		count_new();
+		record(skb_conn(skb), 0, RECORD_ALWAYS);
+	}
 	return 0;
 }
 
-/* The status bits, for SKIP_PACKET. */
+/* The status bits, for PACKET_ACTION. */
 static __always_inline unsigned long conn_status(struct nf_conn *ct)
 {
 	return BPF_CORE_READ(ct, status);
 }
 
+/* Both per-packet hooks, once they have the packet's skb->_nfct. */
+static __always_inline void on_packet(unsigned long nfct)
+{
+	struct nf_conn *ct = (struct nf_conn *)(nfct & NFCT_PTRMASK);
+	struct hook_cpu *h = hook_cpu();
+	int action;
+
+	if (!ct || !h)
+		return;
+	action = PACKET_ACTION(h, nfct, ct, conn_status);
+	if (action != PACKET_SKIP)
+		record(ct, h, action);
+}
+
 /*
  * Strategy 3: every transmitted packet carries its conntrack entry in skb->_nfct; only
  * new and handshake packets, and a sample of the rest, take the recording path
- * (SKIP_PACKET in conntrack_record.h).
+ * (PACKET_ACTION in conntrack_record.h).
  */
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(ct_net_dev_queue, struct sk_buff *skb)
 {
 	/* The tracepoint's skb is a BTF pointer the verifier trusts: a direct load. */
-	unsigned long nfct = skb->_nfct;
-	struct nf_conn *ct = (struct nf_conn *)(nfct & NFCT_PTRMASK);
-
-	if (ct && !SKIP_PACKET(nfct, ct, conn_status))
-		record(ct);
+	on_packet(skb->_nfct);
 	return 0;
 }
 
@@ -224,10 +236,7 @@ SEC("raw_tracepoint/net_dev_queue")
 int ct_raw_net_dev_queue(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct sk_buff *skb = (struct sk_buff *)ctx->args[0];
-	struct nf_conn *ct = skb_conn(skb);
-	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
 
-	if (ct && !SKIP_PACKET(nfct, ct, conn_status))
-		record(ct);
+	on_packet(BPF_CORE_READ(skb, _nfct));
 	return 0;
 }

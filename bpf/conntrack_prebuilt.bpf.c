@@ -79,40 +79,50 @@ static __always_inline int convert_tuple(const struct raw_tuple *raw, u32 netns,
 	return 0;
 }
 
-static __always_inline void record(const void *conn)
+/*
+ * Records a NAT'd entry, as the CO-RE object does; `action` and h as there: a handshake
+ * reply that its IP_CT_NEW packet's record spares stops after reading the tuples.
+ */
+static __always_inline void record(const void *conn, struct hook_cpu *h, int action)
 {
-	struct raw_tuple raw;
+	struct raw_tuple raw_orig, raw_reply;
 	struct ct_tuple orig, reply;
+	u64 net, removals = removals_now();
 	u32 netns = 0;
 
 	if (!conn)
 		return;
 	if (!(read_u64(conn, off_status) & IPS_NAT_MASK))
 		return;
-	if (bpf_probe_read_kernel(&raw, sizeof(raw), (const u8 *)conn + off_origin) ||
-	    convert_tuple(&raw, 0, &orig))
+	if (bpf_probe_read_kernel(&raw_orig, sizeof(raw_orig), (const u8 *)conn + off_origin) ||
+	    bpf_probe_read_kernel(&raw_reply, sizeof(raw_reply), (const u8 *)conn + off_reply))
 		return;
-	if (bpf_probe_read_kernel(&raw, sizeof(raw), (const u8 *)conn + off_reply) ||
-	    convert_tuple(&raw, 0, &reply))
+	net = read_u64(conn, off_netns);
+	if (spared_by_recent(h, action, (u64)conn, net, (const u8 *)&raw_orig, (const u8 *)&raw_reply))
+		return;
+	if (convert_tuple(&raw_orig, 0, &orig) || convert_tuple(&raw_reply, 0, &reply))
 		return;
 	if (is_plain_inverse(&orig, &reply))
 		return;
-	/* The namespace (two reads) only for an entry that will be recorded. */
-	bpf_probe_read_kernel(&netns, sizeof(netns), (const u8 *)read_u64(conn, off_netns) + off_ino);
+	/* The namespace's inode only for an entry that will be recorded. */
+	bpf_probe_read_kernel(&netns, sizeof(netns), (const u8 *)net + off_ino);
 	orig.netns = reply.netns = netns;
 
-	store(&orig, &reply);
+	if (!store(&orig, &reply))
+		recent_remember(h, action, removals, (u64)conn, net, (const u8 *)&raw_orig,
+				(const u8 *)&raw_reply);
 }
 
 /* Strategy 1: once per entry, where kprobes exist. */
 SEC("kprobe/__nf_conntrack_hash_insert")
 int prebuilt_kprobe_hash_insert(struct x86_regs *ctx)
 {
-	record((const void *)ctx->di);
+	count_new();
+	record((const void *)ctx->di, 0, RECORD_ALWAYS);
 	return 0;
 }
 
-/* The status bits at their guessed offset, for SKIP_PACKET. */
+/* The status bits at their guessed offset, for PACKET_ACTION. */
 static __always_inline u64 guessed_status(const void *conn)
 {
 	return read_u64(conn, off_status);
@@ -120,7 +130,7 @@ static __always_inline u64 guessed_status(const void *conn)
 
 /*
  * Strategy 2: every transmitted skb; BTF-free, args[0] is the skb. Only new and
- * handshake packets, and a sample of the rest, take the recording path (SKIP_PACKET in
+ * handshake packets, and a sample of the rest, take the recording path (PACKET_ACTION in
  * conntrack_record.h).
  */
 SEC("raw_tracepoint/net_dev_queue")
@@ -129,8 +139,13 @@ int prebuilt_net_dev_queue(struct bpf_raw_tracepoint_args *ctx)
 	const void *skb = (const void *)ctx->args[0];
 	u64 nfct = read_u64(skb, off_nfct);
 	const void *conn = (const void *)(nfct & NFCT_PTRMASK);
+	struct hook_cpu *h = hook_cpu();
+	int action;
 
-	if (conn && !SKIP_PACKET(nfct, conn, guessed_status))
-		record(conn);
+	if (!conn || !h)
+		return 0;
+	action = PACKET_ACTION(h, nfct, conn, guessed_status);
+	if (action != PACKET_SKIP)
+		record(conn, h, action);
 	return 0;
 }

@@ -24,3 +24,6 @@ cargo build --workspace --bins --locked
 
 echo "== tests (tests/tests/pod.rs builds both images from these binaries and plays the pod)"
 cargo test --workspace --locked -- --test-threads=2
+
+echo "== fuzz: every target of tests/fuzz, built once, 20 s each (long runs: docs/benchmarks.md)"
+FUZZ_SECS=20 bash tests/fuzz/run.sh

@@ -67,9 +67,12 @@ struct {
 } conntrack SEC(".maps");
 
 /*
- * Connections recorded (new, or a tuple whose translation changed), per CPU: free to
- * count here, and the loader reads the rate to drop its DESTROY subscription during
- * connection storms (docs/conntrack.md, "Connection storms").
+ * New conntrack entries the hook saw, NAT'd or not, per CPU: free to count here, and the
+ * loader reads the rate to drop its DESTROY subscription during connection storms
+ * (docs/conntrack.md, "Connection storms"). Every entry counts, because the
+ * subscription's price is paid per entry; a reused tuple whose translation the map
+ * already holds is a new entry too (counting only changed translations saw a fifth of a
+ * 20,000/s storm, whose clients reuse their ports).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -114,8 +117,9 @@ static __always_inline int same_tuple(const struct ct_tuple *a, const struct ct_
 /*
  * Stores a NAT'd connection under both of its keys, or, when it is already there with
  * the same translation, refreshes its last_seen_ns (at most once per REFRESH_NS).
+ * Returns 0 when both keys hold the translation.
  */
-static __always_inline void store(const struct ct_tuple *orig, const struct ct_tuple *reply)
+static __always_inline int store(const struct ct_tuple *orig, const struct ct_tuple *reply)
 {
 	struct ct_value value = {};
 	struct ct_value *seen;
@@ -125,35 +129,212 @@ static __always_inline void store(const struct ct_tuple *orig, const struct ct_t
 	if (seen && same_tuple(&seen->other, reply)) {
 		if (now - seen->last_seen_ns > REFRESH_NS)
 			seen->last_seen_ns = now;
-		return;
+		return 0;
 	}
 	value.other = *reply;
 	value.dir = CT_DIR_ORIGINAL;
 	value.last_seen_ns = now;
-	bpf_map_update_elem(&conntrack, orig, &value, BPF_ANY);
+	if (bpf_map_update_elem(&conntrack, orig, &value, BPF_ANY))
+		return -1;
 	value.other = *orig;
 	value.dir = CT_DIR_REPLY;
-	bpf_map_update_elem(&conntrack, reply, &value, BPF_ANY);
+	return bpf_map_update_elem(&conntrack, reply, &value, BPF_ANY) ? -1 : 0;
+}
 
+/* Counts one new conntrack entry (the storm guard's rate). */
+static __always_inline void count_new(void)
+{
 	u32 zero = 0;
-	u64 *recorded = bpf_map_lookup_elem(&conntrack_new, &zero);
-	if (recorded)
-		*recorded += 1;
+	u64 *seen = bpf_map_lookup_elem(&conntrack_new, &zero);
+
+	if (seen)
+		*seen += 1;
+}
+
+/*
+ * Bumped by the loader around every removal from the conntrack map (MapTracker::
+ * remove_keys): odd while one is under way. A slot of the per-CPU cache below is valid
+ * only under the value it was filled with, so nothing the loader removed after a record
+ * is taken as still recorded.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} conntrack_removals SEC(".maps");
+
+/* The removal generation now; odd (never valid) if it cannot be read. */
+static __always_inline u64 removals_now(void)
+{
+	u32 zero = 0;
+	u64 *gen = bpf_map_lookup_elem(&conntrack_removals, &zero);
+
+	return gen ? *(volatile u64 *)gen : 1;
+}
+
+/*
+ * Per-CPU state of the per-packet hooks (net_dev_queue), which run for every transmitted
+ * packet: everything here is there to keep that common path free of helper calls and
+ * map work. Per CPU, so no locking; the kernel does not nest a program's runs on one CPU.
+ */
+#define RECENT_SLOTS 64 /* a power of 2 */
+#define KERNEL_TUPLE_WORDS 5 /* struct nf_conntrack_tuple: 40 bytes since 2.6 */
+
+/*
+ * An entry this CPU recorded from its IP_CT_NEW packet, until its first handshake reply
+ * (one-shot), with what identifies it beyond its address (reused by the next entry as
+ * soon as one is freed): its tuples as read, its namespace and the removal generation.
+ */
+struct recent_entry {
+	u64 ct;                          /* the struct nf_conn pointer; 0 = empty */
+	u64 net;                         /* its struct net pointer */
+	u64 removals;                    /* conntrack_removals when it was recorded (even) */
+	u64 orig[KERNEL_TUPLE_WORDS];    /* its two kernel tuples, bytes as read */
+	u64 reply[KERNEL_TUPLE_WORDS];
+};
+
+struct hook_cpu {
+	u64 rng; /* xorshift64 state of the refresh sample; 0 until first seeded */
+	struct recent_entry recent[RECENT_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct hook_cpu);
+} conntrack_hook SEC(".maps");
+
+static __always_inline struct hook_cpu *hook_cpu(void)
+{
+	u32 zero = 0;
+
+	return bpf_map_lookup_elem(&conntrack_hook, &zero);
+}
+
+/*
+ * One packet in REFRESH_SAMPLE, at random. A xorshift64 step in the per-CPU state rather
+ * than bpf_get_prandom_u32: no helper call on the common path. Random rather than every
+ * REFRESH_SAMPLE-th packet, so that flows interleaving in step cannot all miss the sample.
+ */
+static __always_inline int sampled(struct hook_cpu *h)
+{
+	u64 x = h->rng;
+
+	if (!x)
+		x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32() | 1;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	h->rng = x;
+	/* The high bits: xorshift's low bits are its weakest. */
+	return (x >> 58) < 64 / REFRESH_SAMPLE;
+}
+
+/* The direct-mapped slot of entry ct (slab objects are at least 64-byte aligned). */
+static __always_inline struct recent_entry *recent_slot(struct hook_cpu *h, u64 ct)
+{
+	return &h->recent[((ct >> 6) ^ (ct >> 12)) & (RECENT_SLOTS - 1)];
+}
+
+static __always_inline int same_words(const u64 *a, const u8 *b)
+{
+	u64 w;
+
+#pragma unroll
+	for (int i = 0; i < KERNEL_TUPLE_WORDS; i++) {
+		__builtin_memcpy(&w, b + i * 8, 8);
+		if (a[i] != w)
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * What a per-packet hook does with a packet (PACKET_ACTION below), and how record() in
+ * each object uses the per-CPU cache:
+ *   PACKET_SKIP:      nothing;
+ *   PACKET_NEW:       record the entry, then fill its cache slot (recent_remember);
+ *   PACKET_HANDSHAKE: record it, unless its slot was filled by its own IP_CT_NEW packet
+ *                     since the last removal (spared_by_recent, which empties the slot);
+ *   RECORD_ALWAYS:    record it, no cache: the sample that refreshes last_seen_ns and
+ *                     re-adds an entry the LRU evicted, and every once-per-entry hook.
+ */
+#define PACKET_SKIP 0
+#define PACKET_NEW 1
+#define PACKET_HANDSHAKE 2
+#define RECORD_ALWAYS 3
+
+/*
+ * Whether a handshake reply of entry ct (its tuples as read, its namespace) needs no
+ * record: this CPU recorded this very entry from its IP_CT_NEW packet and the loader has
+ * removed nothing since, so the map still holds what that record wrote (short of an LRU
+ * eviction in between, which the sample repairs as for any established packet). Spares
+ * one reply per record: the slot is emptied. Why only after an IP_CT_NEW record: an entry
+ * whose first packet here was a reply (a connection to a local server) has no further
+ * unassured reply to empty its slot, and the next entry at its address with its tuples
+ * would otherwise find it filled; an entry whose IP_CT_NEW packet is transmitted here
+ * has its handshake replies transmitted here too, or the next such entry's own
+ * IP_CT_NEW packet refills the slot.
+ */
+static __always_inline int spared_by_recent(struct hook_cpu *h, int action, u64 ct, u64 net,
+					    const u8 *orig, const u8 *reply)
+{
+	struct recent_entry *e;
+
+	if (!h || action != PACKET_HANDSHAKE)
+		return 0;
+	e = recent_slot(h, ct);
+	if (e->ct != ct || e->net != net || e->removals != removals_now() || !same_words(e->orig, orig) ||
+	    !same_words(e->reply, reply))
+		return 0;
+	e->ct = 0;
+	return 1;
+}
+
+/* Fills entry ct's slot after a PACKET_NEW record; `removals` was read before the record. */
+static __always_inline void recent_remember(struct hook_cpu *h, int action, u64 removals, u64 ct, u64 net,
+					    const u8 *orig, const u8 *reply)
+{
+	struct recent_entry *e;
+
+	if (!h || action != PACKET_NEW || (removals & 1))
+		return;
+	e = recent_slot(h, ct);
+	e->ct = ct;
+	e->net = net;
+	e->removals = removals;
+	__builtin_memcpy(e->orig, orig, sizeof(e->orig));
+	__builtin_memcpy(e->reply, reply, sizeof(e->reply));
 }
 
 /*
  * The per-packet hooks (net_dev_queue) see every transmitted packet. Recording needs the
  * first transmitted packet of a connection; the rest only refresh last_seen_ns (which
  * the sweep compares with stale_after_secs, default an hour) and re-add an entry the LRU
- * evicted. So a packet takes the recording path when it is:
+ * evicted. So a packet is recorded when it is:
  *   - IP_CT_NEW: the original direction before any reply (a TCP SYN, UDP until answered);
+ *     counted too, as an entry's IP_CT_NEW packets are its first (count_new);
  *   - in the REPLY direction of an entry not yet ASSURED: the handshake, whose first
  *     reply is the first packet transmitted for a connection DNAT'd to a local server;
- *   - one of the other packets, one time in REFRESH_SAMPLE, at random.
- * An established packet costs a random number (and, in the reply direction, the status
- * read that `status_of` performs). `status_of` is a macro argument so that each object
- * reads the status its own way (CO-RE, or at a guessed offset).
+ *   - one of the other packets, one time in REFRESH_SAMPLE, at random (RECORD_ALWAYS).
+ * An established packet in the original direction costs a xorshift step; in the reply
+ * direction also the status read that `status_of` performs. `status_of` is a macro
+ * argument so that each object reads the status its own way (CO-RE, or at a guessed
+ * offset).
  */
-#define SKIP_PACKET(nfct, ct, status_of)                                                    \
-	(((nfct) & CTINFO_MASK) != IP_CT_NEW && (bpf_get_prandom_u32() & (REFRESH_SAMPLE - 1)) && \
-	 (((nfct) & CTINFO_MASK) < IP_CT_IS_REPLY || (status_of(ct) & IPS_ASSURED)))
+#define PACKET_ACTION(h, nfct, ct, status_of)                                               \
+	({                                                                                  \
+		u64 ___ctinfo = (nfct) & CTINFO_MASK;                                       \
+		int ___action = PACKET_HANDSHAKE;                                           \
+		if (___ctinfo == IP_CT_NEW) {                                               \
+			count_new();                                                        \
+			___action = PACKET_NEW;                                             \
+		} else if (sampled(h)) {                                                    \
+			___action = RECORD_ALWAYS;                                          \
+		} else if (___ctinfo < IP_CT_IS_REPLY || (status_of(ct) & IPS_ASSURED)) {   \
+			___action = PACKET_SKIP;                                            \
+		}                                                                           \
+		___action;                                                                  \
+	})

@@ -11,6 +11,8 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use trust::products::{BTF, BtfPayload, kernel_key};
 
+use crate::kernel_banner;
+
 /// Where the BTF comes from and which kernel it describes.
 pub struct KernelBtf {
     /// `None`: the running kernel's `/sys/kernel/btf/vmlinux`.
@@ -54,8 +56,9 @@ pub fn prepare(
     })
 }
 
-/// The BTF file and the kernel it describes: the running one unless a file is named, in
-/// which case release and arch must be given (a BTF file does not say which kernel it is).
+/// The BTF file and the kernel it describes: the running one unless a file is named. A
+/// vmlinux ELF names its release and build in its banner: given values must agree, missing
+/// ones are taken from it. A raw BTF file names nothing: release and arch must be given.
 fn identify(k: &KernelBtf) -> anyhow::Result<(PathBuf, String, String, Option<String>)> {
     match &k.vmlinux {
         None => {
@@ -70,13 +73,31 @@ fn identify(k: &KernelBtf) -> anyhow::Result<(PathBuf, String, String, Option<St
             Ok((PathBuf::from("/sys/kernel/btf/vmlinux"), release, arch, Some(version)))
         }
         Some(file) => {
-            let (Some(release), Some(arch)) = (&k.release, &k.arch) else {
+            let banner = kernel_banner::read(file)?;
+            let from_banner = |given: &Option<String>, found: Option<&String>, what: &str, flag: &str| match (
+                given, found,
+            ) {
+                (Some(g), Some(f)) if g != f => bail!(
+                    "{flag} {g:?}, but {} is the {what} {f:?} (its `Linux version` banner): publish it under its own kernel",
+                    file.display()
+                ),
+                (given, found) => Ok(given.clone().or_else(|| found.cloned())),
+            };
+            let release =
+                from_banner(&k.release, banner.as_ref().map(|b| &b.release), "release", "--release")?;
+            let build = from_banner(
+                &k.kernel_version,
+                banner.as_ref().map(|b| &b.build),
+                "build",
+                "--kernel-version",
+            )?;
+            let (Some(release), Some(arch)) = (release, k.arch.clone()) else {
                 bail!(
-                    "--vmlinux {} needs --release and --arch (uname -r and uname -m of that kernel): a BTF file does not name its kernel",
+                    "--vmlinux {} needs --arch and, for a raw BTF file (no `Linux version` banner), --release (uname -m and uname -r of that kernel)",
                     file.display()
                 );
             };
-            Ok((file.clone(), release.clone(), arch.clone(), k.kernel_version.clone()))
+            Ok((file.clone(), release, arch, build))
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod answer;
 mod btf_publish;
+mod kernel_banner;
 mod keys;
 mod metadata;
 mod repo;
@@ -66,16 +67,18 @@ enum Command {
         /// The project's eBPF objects (`privileged-loader objects --out DIR` writes them).
         #[arg(long = "object", required_unless_present = "full")]
         objects: Vec<PathBuf>,
-        /// A kernel's BTF file; default: the running kernel's /sys/kernel/btf/vmlinux.
+        /// A kernel's vmlinux ELF or raw BTF file; default: the running kernel's
+        /// /sys/kernel/btf/vmlinux.
         #[arg(long)]
         vmlinux: Option<PathBuf>,
-        /// That kernel's `uname -r` (required with --vmlinux).
+        /// That kernel's `uname -r` (with --vmlinux: from a vmlinux's banner, else required).
         #[arg(long)]
         release: Option<String>,
         /// That kernel's `uname -m` (required with --vmlinux).
         #[arg(long)]
         arch: Option<String>,
-        /// That kernel's `uname -v`, checked by the loader when given.
+        /// That kernel's `uname -v` (with --vmlinux: from a vmlinux's banner), checked by the
+        /// loader when known.
         #[arg(long)]
         kernel_version: Option<String>,
         /// Publish the whole BTF, not minimized.

@@ -144,8 +144,11 @@ fn netlink_events(registry: &Registry) -> anyhow::Result<()> {
     let runtime = runtime()?;
     let shutdown = CancellationToken::new();
     let cfg = ConntrackConfig { sweep_interval_secs: 0, ..Default::default() };
-    let (tracker, _tasks) =
-        runtime.block_on(netlink_tracker::start_tracker(&cfg, registry, shutdown.clone()))?;
+    let (tracker, _tasks) = runtime.block_on(netlink_tracker::start_tracker(
+        &cfg,
+        &chain::RunningStatus::new(registry),
+        shutdown.clone(),
+    ))?;
     for target in [2000.0, 5000.0, 10_000.0, f64::INFINITY] {
         flush_and_settle(&tracker);
         let before = tracker.stats().events.load(Ordering::Relaxed);
@@ -198,8 +201,11 @@ fn netlink_stalled(registry: &Registry) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shutdown = CancellationToken::new();
     let cfg = ConntrackConfig { sweep_interval_secs: 0, ..Default::default() };
-    let (tracker, _tasks) =
-        runtime.block_on(netlink_tracker::start_tracker(&cfg, registry, shutdown.clone()))?;
+    let (tracker, _tasks) = runtime.block_on(netlink_tracker::start_tracker(
+        &cfg,
+        &chain::RunningStatus::new(registry),
+        shutdown.clone(),
+    ))?;
     let (sent, _) = udp_burst(60_000)?;
     let t0 = Instant::now();
     runtime.block_on(async {

@@ -2,20 +2,25 @@
 //! the asset, and record how it ended.
 //!
 //! This is the original system's `LoadCOREAsset(name, callback)`: the callback receives
-//! the object bytes and an [`EbpfLoader`] whose BTF is already set, sets its constants,
-//! loads and attaches. Every call records exactly one [`AssetOutcome`] in the status
+//! the object bytes and an [`ObjectLoader`] whose BTF is already set, sets its constants,
+//! loads and attaches. Every object loads through one aya loader (`session.rs`), so the
+//! kernel BTF is parsed once per asset loader, not once per object. Every call records exactly one [`AssetOutcome`] in the status
 //! [`Registry`], with the time it took, whatever happened — so `GetStatus` shows, per
 //! asset, whether it loaded (and against which BTF), or why not.
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use aya::Ebpf;
 use aya::programs::{Program, ProgramError};
-use aya::{Ebpf, EbpfLoader};
 
 use crate::btf::{BtfError, FoundBtf};
 use crate::status::{AssetOutcome, Registry};
+
+mod session;
+pub use session::{ObjectLoader, construct_ahead, settle_constructed_ahead};
 
 /// How many verifier log lines an error keeps: the verdict is at the end of the log.
 const VERIFIER_TAIL_LINES: usize = 20;
@@ -52,7 +57,7 @@ impl AssetError {
         }
     }
 
-    /// Classifies an error of [`EbpfLoader::load`]: a broken object (ELF, its BTF) is a
+    /// Classifies an error of [`ObjectLoader::load`]: a broken object (ELF, its BTF) is a
     /// read error; relocation, BTF upload, map creation or program rejection by the
     /// kernel is a verifier error. The path of a read error is filled in by
     /// [`AssetLoader::load_core_asset`], which knows where the object came from.
@@ -161,26 +166,34 @@ pub fn verifier_log_tail(log: &str) -> String {
 
 /// Loads CO-RE assets against one BTF discovery result, from `bpf_dir` or the binary.
 pub struct AssetLoader {
-    btf: Result<FoundBtf, BtfError>,
+    kernel: session::Kernel,
     bpf_dir: Option<PathBuf>,
     registry: Registry,
+    /// aya loaders created so far: each one parsed the kernel's BTF.
+    aya_loaders: AtomicUsize,
 }
 
 impl AssetLoader {
     /// `btf` is the result of [`crate::btf::discover`], kept as is: a missing BTF is not
     /// fatal here, it is recorded as the outcome of every CO-RE load that needs it.
     pub fn new(btf: Result<FoundBtf, BtfError>, bpf_dir: Option<PathBuf>, registry: Registry) -> Self {
-        Self { btf, bpf_dir, registry }
+        Self { kernel: session::Kernel::with_btf(btf), bpf_dir, registry, aya_loaders: AtomicUsize::new(0) }
     }
 
     /// The same loader, with `btf` in place of what discovery found: a remote BTF
     /// adopted while the loader runs.
     pub fn with_btf(&self, btf: FoundBtf) -> Self {
-        Self { btf: Ok(btf), bpf_dir: self.bpf_dir.clone(), registry: self.registry.clone() }
+        Self::new(Ok(btf), self.bpf_dir.clone(), self.registry.clone())
     }
 
     pub fn btf(&self) -> Result<&FoundBtf, &BtfError> {
-        self.btf.as_ref()
+        self.kernel.borrow_owner().as_ref()
+    }
+
+    /// How many aya loaders this asset loader created: each parsed the kernel's BTF
+    /// (one for all its objects, plus one per object that could not share it).
+    pub fn aya_loaders_created(&self) -> usize {
+        self.aya_loaders.load(Ordering::Relaxed)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -216,16 +229,13 @@ impl AssetLoader {
     }
 
     /// Finds BTF, reads the object, calls `f` with the object bytes and an
-    /// [`EbpfLoader`] with the BTF already set; `f` sets constants (`set_global`), loads
+    /// [`ObjectLoader`] with the BTF already set; `f` sets constants and map sizes, loads
     /// and attaches. Records exactly one outcome per call in the registry, with the
     /// load time.
-    ///
-    /// The loader's lifetime is tied to `&self` (not higher-ranked) so that `f` can hand
-    /// `set_global` references to values that live only as long as this call's caller.
-    pub fn load_core_asset<'s, T>(
-        &'s self,
+    pub fn load_core_asset<T>(
+        &self,
         name: &str,
-        f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
+        f: impl FnOnce(&[u8], &mut ObjectLoader<'_, '_>) -> Result<T, AssetError>,
     ) -> Result<T, AssetError> {
         self.load_recorded(name, Relocation::KernelBtf, f)
     }
@@ -233,27 +243,27 @@ impl AssetLoader {
     /// The same for an object with no CO-RE relocation (the prebuilt conntracker, the
     /// offset guesser, the probe on a kernel without BTF): `f` gets a loader that
     /// relocates nothing, so no kernel BTF is needed. One outcome per call, as above.
-    pub fn load_btf_free_asset<'s, T>(
-        &'s self,
+    pub fn load_btf_free_asset<T>(
+        &self,
         name: &str,
-        f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
+        f: impl FnOnce(&[u8], &mut ObjectLoader<'_, '_>) -> Result<T, AssetError>,
     ) -> Result<T, AssetError> {
         self.load_recorded(name, Relocation::None, f)
     }
 
     /// The one loading path: reads the object, prepares the loader, runs `f`, and
     /// records the outcome.
-    fn load_recorded<'s, T>(
-        &'s self,
+    fn load_recorded<T>(
+        &self,
         name: &str,
         relocation: Relocation,
-        f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
+        f: impl FnOnce(&[u8], &mut ObjectLoader<'_, '_>) -> Result<T, AssetError>,
     ) -> Result<T, AssetError> {
         let _span = tracing::info_span!("load_asset", asset = name).entered();
         let started = Instant::now();
         let result = self.run_load(name, relocation, f).map_err(|e| self.with_origin(name, e));
         let elapsed = started.elapsed();
-        let (outcome, detail) = match (&result, relocation, &self.btf) {
+        let (outcome, detail) = match (&result, relocation, self.btf()) {
             (Ok(_), Relocation::KernelBtf, Ok(found)) => {
                 (AssetOutcome::Loaded { btf_source: Some(found.source) }, found.describe())
             }
@@ -270,22 +280,23 @@ impl AssetLoader {
         result
     }
 
-    fn run_load<'s, T>(
-        &'s self,
+    fn run_load<T>(
+        &self,
         name: &str,
         relocation: Relocation,
-        f: impl FnOnce(&[u8], &mut EbpfLoader<'s>) -> Result<T, AssetError>,
+        f: impl FnOnce(&[u8], &mut ObjectLoader<'_, '_>) -> Result<T, AssetError>,
     ) -> Result<T, AssetError> {
-        let btf = match relocation {
-            Relocation::KernelBtf => {
-                Some(&self.btf.as_ref().map_err(|e| AssetError::BtfNotFound(e.to_string()))?.btf)
-            }
-            Relocation::None => None,
-        };
+        if relocation == Relocation::KernelBtf {
+            self.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
+        }
         let bytes = self.read_asset(name)?;
-        let mut loader = EbpfLoader::new();
-        loader.btf(btf);
-        f(&bytes, &mut loader)
+        self.kernel.with_dependent(|found, shared| {
+            let btf = match relocation {
+                Relocation::KernelBtf => found.as_ref().ok().map(|f| &f.btf),
+                Relocation::None => None,
+            };
+            f(&bytes, &mut ObjectLoader::new(btf, shared, &self.aya_loaders))
+        })
     }
 
     /// Fills in where the object came from when a parse error did not know it.

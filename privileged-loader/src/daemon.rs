@@ -2,14 +2,14 @@
 //! serving, shutdown). Every module failure becomes a status line, never a crash: the API
 //! keeps serving so an operator can ask why.
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use privileged_loader::api::{self, LoaderApi};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::config::{LoaderConfig, LogFormat};
 use privileged_loader::modules::{Modules, ReloadAction};
-use privileged_loader::remote_config::btf::{BtfCache, BtfSetting};
+use privileged_loader::remote_config::btf::{BtfCache, BtfSetting, SOURCE_OFF};
 use privileged_loader::remote_config::{LogReload, RemoteConfigs, RunningLoader, Settings};
 use privileged_loader::status::Registry;
 use privileged_loader::{btf, lockstats, privileges, probe, seccomp};
@@ -29,10 +29,15 @@ pub fn probe_command(config: &LoaderConfig, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// How long an idle blocking-pool thread lives.
+const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 pub fn run_command(config: LoaderConfig, exec: Instant) -> Result<()> {
     let log = init_tracing(&config.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2).enable_all();
+    // Blocking-pool threads a burst of calls started go after 1 s idle (tokio's default
+    // is 10 s), and their stacks with them: the RSS returns to its idle level soon after.
+    builder.worker_threads(2).thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE).enable_all();
     if config.privileges.drop {
         // Capabilities are per thread. Loading runs on this (main) thread; every runtime
         // thread drops to the steady-state set the moment it starts, so no worker or
@@ -76,10 +81,10 @@ fn init_tracing(format: &LogFormat) -> LogReload {
 /// directory while `mkdir` is still allowed.
 fn remote_btf_setting(cfg: &btf::BtfConfig, found: &Result<btf::FoundBtf, btf::BtfError>) -> BtfSetting {
     use privileged_loader::status::BtfSource;
+    if !cfg.remote_config {
+        return BtfSetting { ignored_because: Some(SOURCE_OFF.to_string()), source_off: true, remote: None };
+    }
     let ignored_because = match found {
-        _ if !cfg.remote_config => {
-            Some("btf.remote_config = false in the loader's configuration".to_string())
-        }
         Ok(f) if f.source != BtfSource::RemoteConfig => {
             Some(format!("this node has its own: {}", f.describe()))
         }
@@ -92,16 +97,20 @@ fn remote_btf_setting(cfg: &btf::BtfConfig, found: &Result<btf::FoundBtf, btf::B
             None
         }
     };
-    BtfSetting { ignored_because, remote: None }
+    BtfSetting { ignored_because, source_off: false, remote: None }
 }
 
 async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> {
     let sys_admin_held = privileges::holds_sys_admin();
     if sys_admin_held && !config.lockstats.track_all_maps {
-        warn!("{}", privileges::SYS_ADMIN_UNNEEDED);
+        info!("{}", privileges::SYS_ADMIN_WITHOUT_MAPS);
     }
     let registry = Registry::default();
     let started_at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    // The shared aya loader's constructor parses the kernel BTF too: beside discovery.
+    if let Err(err) = privileged_loader::asset::construct_ahead() {
+        warn!(%err, "the aya loader will be constructed at the first load instead");
+    }
     let found_btf = btf::discover(&config.btf);
     match &found_btf {
         Ok(found) => info!(source = found.source.as_str(), path = %found.path.display(), "kernel BTF found"),
@@ -137,6 +146,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         warn!(%err, "the lock-statistics collector did not start; see GetStatus (module \"lockstats\")");
     }
 
+    privileged_loader::asset::settle_constructed_ahead();
     if config.privileges.drop {
         let keep = privileges::parse_caps(&config.privileges.keep)?;
         privileges::drop_to(&keep).context("dropping to the steady-state capability set")?;

@@ -4,6 +4,7 @@ pub mod asset;
 pub mod btf;
 pub mod config;
 pub mod conntrack;
+pub mod heap;
 pub mod lockstats;
 pub mod map_count;
 pub mod modules;

@@ -100,6 +100,7 @@ impl Cli {
 
 fn main() -> ExitCode {
     let exec = Instant::now();
+    privileged_loader::heap::return_freed_buffers_to_the_kernel();
     let cli = Cli::parse();
     let config = match LoaderConfig::load(cli.config.as_deref(), cli.overrides()) {
         Ok(config) => config,

@@ -10,9 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use aya::Ebpf;
 use aya::programs::Iter;
-use aya::{Btf, Ebpf, EbpfLoader};
 use aya_obj::btf::BtfKind;
+
+use crate::asset::{AssetError, AssetLoader};
 
 pub const ASSET: &str = "map_count";
 const PROGRAM: &str = "map_count";
@@ -50,19 +52,20 @@ pub struct MapCounter {
 }
 
 impl MapCounter {
-    pub fn load() -> Result<Self, MapCountError> {
-        let btf = Btf::from_sys_fs().map_err(|e| MapCountError::Btf(e.to_string()))?;
+    /// Loads the iterator through `assets`, like every other object: its one aya loader
+    /// (no BTF parse of its own) and one recorded outcome. A kernel without the kfunc
+    /// records none: the caller walks instead, which is not a failure.
+    pub fn load(assets: &AssetLoader) -> Result<Self, MapCountError> {
+        let btf = &assets.btf().map_err(|e| MapCountError::Btf(e.to_string()))?.btf;
         let kfunc = btf.id_by_type_name_kind(KFUNC, BtfKind::Func).map_err(|_| MapCountError::NoKfunc)?;
-        let embedded = crate::objects::embedded(ASSET)
-            .ok_or_else(|| MapCountError::Object("not built into this binary".into()))?;
-        let object = with_kfunc_id(embedded, kfunc)?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(object.bytes())
-            .map_err(|e| MapCountError::Load(crate::asset::error_chain(&e)))?;
-        iterator(&mut ebpf)?
-            .load("bpf_map", &btf)
-            .map_err(|e| MapCountError::Load(crate::asset::error_chain(&e)))?;
+        let ebpf = assets.load_core_asset(ASSET, |bytes, loader| {
+            let object = with_kfunc_id(bytes, kfunc).map_err(object_error)?;
+            let mut ebpf = loader.load(object.bytes()).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
+            let program: &mut Iter = crate::asset::program_mut(&mut ebpf, ASSET, PROGRAM)?;
+            program.load("bpf_map", btf).map_err(|e| AssetError::from_program_load(ASSET, PROGRAM, e))?;
+            Ok(ebpf)
+        });
+        let ebpf = ebpf.map_err(|e| MapCountError::Load(e.to_string()))?;
         Ok(Self { ebpf: Mutex::new(ebpf) })
     }
 
@@ -81,6 +84,11 @@ fn iterator(ebpf: &mut Ebpf) -> Result<&mut Iter, MapCountError> {
     ebpf.program_mut(PROGRAM)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| MapCountError::Object(format!("no iterator program {PROGRAM}")))
+}
+
+/// The object is not the one this loader was built with.
+fn object_error(reason: String) -> AssetError {
+    AssetError::Read { asset: ASSET.into(), path: String::new(), reason }
 }
 
 /// An object's bytes in 8-byte aligned storage, as aya's ELF parser wants them.
@@ -103,17 +111,14 @@ impl AlignedObject {
 }
 
 /// A copy of `object` whose one marked kfunc call names `kfunc` (a vmlinux BTF id).
-fn with_kfunc_id(object: &[u8], kfunc: u32) -> Result<AlignedObject, MapCountError> {
+fn with_kfunc_id(object: &[u8], kfunc: u32) -> Result<AlignedObject, String> {
     let mut copy = AlignedObject { words: vec![0; object.len().div_ceil(8)], len: object.len() };
     copy.bytes_mut().copy_from_slice(object);
     let bytes = copy.bytes_mut();
     let marked: Vec<usize> =
         bytes.windows(8).enumerate().filter(|(_, w)| *w == MARKED_CALL).map(|(i, _)| i).collect();
     let [at] = marked[..] else {
-        return Err(MapCountError::Object(format!(
-            "{} marked kfunc calls, expected exactly 1",
-            marked.len()
-        )));
+        return Err(format!("{} marked kfunc calls, expected exactly 1", marked.len()));
     };
     bytes[at + 4..at + 8].copy_from_slice(&kfunc.to_le_bytes());
     Ok(copy)

@@ -56,8 +56,8 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
 /// The capabilities the loader needs only while starting, each with what it is for (shown
 /// in status and in the audit). The container must grant these on top of `keep`; they are
 /// gone from every set once start-up ends.
-/// `sys_admin_held`: whether the loader started with CAP_SYS_ADMIN, which only
-/// `lockstats.track_all_maps` needs: held without it, the line says to remove it.
+/// `sys_admin_held`: whether the loader started with CAP_SYS_ADMIN, which
+/// `lockstats.track_all_maps` needs, and the dumps of other network namespaces use.
 pub fn startup_uses(socket_group: Option<u32>, track_all_maps: bool, sys_admin_held: bool) -> Vec<String> {
     let mut uses = vec![
         "CAP_SETPCAP: shrinking the bounding set to the kept capabilities".to_string(),
@@ -70,7 +70,7 @@ pub fn startup_uses(socket_group: Option<u32>, track_all_maps: bool, sys_admin_h
         (true, _) => {
             uses.push("CAP_SYS_ADMIN: walking other processes' BPF maps (lockstats.track_all_maps)".into())
         }
-        (false, true) => uses.push(SYS_ADMIN_UNNEEDED.into()),
+        (false, true) => uses.push(SYS_ADMIN_WITHOUT_MAPS.into()),
         (false, false) => {}
     }
     uses
@@ -82,8 +82,9 @@ pub const NET_BROADCAST_USE: &str = "CAP_NET_BROADCAST: conntrack events of ever
      (NETLINK_LISTEN_ALL_NSID); without it only the loader's own namespace is heard";
 
 /// Said in status and logged when CAP_SYS_ADMIN was granted without `track_all_maps`.
-pub const SYS_ADMIN_UNNEEDED: &str = "CAP_SYS_ADMIN: held at start-up although lockstats.track_all_maps is off \
-     (only the prebuilt conntracker's offset guessing used it): remove it from the container unless you rely on that";
+pub const SYS_ADMIN_WITHOUT_MAPS: &str = "CAP_SYS_ADMIN: entering the other network namespaces at start-up to \
+     dump their conntrack tables (docs/conntrack.md), and the prebuilt conntracker's offset guessing; \
+     lockstats.track_all_maps is off: remove it from the container if you need neither";
 
 /// Whether the calling thread holds CAP_SYS_ADMIN (read before the drop).
 pub fn holds_sys_admin() -> bool {
@@ -145,11 +146,11 @@ mod tests {
     }
 
     #[test]
-    fn sys_admin_is_explained_or_flagged_as_unneeded() {
+    fn sys_admin_is_explained_with_or_without_the_map_walk() {
         let with_maps = startup_uses(Some(65532), true, true);
         assert!(with_maps.iter().any(|u| u.contains("lockstats.track_all_maps)")), "{with_maps:?}");
         assert!(with_maps.iter().any(|u| u.starts_with("CAP_CHOWN")));
-        assert!(startup_uses(None, false, true).contains(&SYS_ADMIN_UNNEEDED.to_string()));
+        assert!(startup_uses(None, false, true).contains(&SYS_ADMIN_WITHOUT_MAPS.to_string()));
         assert_eq!(startup_uses(None, false, false).len(), 2, "only CAP_SETPCAP and CAP_NET_BROADCAST");
     }
 

@@ -13,11 +13,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use aya::programs::{BtfTracePoint, FEntry, Iter, KProbe, Program, ProgramError, RawTracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf};
 use aya_obj::btf::BtfKind;
 use serde::Serialize;
 
-use crate::asset::{AssetError, AssetLoader, error_chain};
+use crate::asset::{AssetError, AssetLoader, ObjectLoader, error_chain};
 use crate::status::BtfSource;
 
 /// The probe's asset name (`bpf/probe.bpf.c`).
@@ -131,7 +131,7 @@ pub fn probe(assets: &AssetLoader) -> KernelReport {
 /// relocations so the BTF-free kinds (kprobe, raw tracepoint) can be tried. Either way
 /// the load's outcome is recorded.
 fn load_probe_object(assets: &AssetLoader) -> Result<Ebpf, AssetError> {
-    let load = |object: &[u8], loader: &mut EbpfLoader<'_>| {
+    let load = |object: &[u8], loader: &mut ObjectLoader<'_, '_>| {
         loader.load(object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
     };
     if assets.btf().is_ok() {

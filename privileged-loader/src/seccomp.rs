@@ -38,6 +38,9 @@ pub const POLICY: Policy = Policy {
         SYS_umask,
         // loaderctl, run in the container by the probes and `loaderctl audit`
         SYS_connect,
+        // entering other network namespaces to open their conntrack dump sockets (needs
+        // CAP_SYS_ADMIN too; docs/conntrack.md, "Dumps and sweeps of other namespaces")
+        SYS_setns,
     ],
 };
 

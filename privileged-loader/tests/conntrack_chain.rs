@@ -12,14 +12,15 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use privileged_loader::asset::AssetLoader;
-use privileged_loader::btf::BtfError;
+#[path = "conntrack_support/mod.rs"]
+mod conntrack_support;
+
+use conntrack_support::Pinned;
 use privileged_loader::conntrack::chain::{self, Strategies};
-use privileged_loader::conntrack::{ConntrackConfig, Conntracker, Entry, RunningConntracker};
+use privileged_loader::conntrack::{ConntrackConfig, Conntracker, Entry};
 use privileged_loader::status::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -124,54 +125,30 @@ fn render(entries: &[Entry], netns: u32) -> BTreeSet<String> {
         .collect()
 }
 
-/// A chain started on a thread inside `ns`, with its own runtime; stopped on drop.
-struct RunningChain {
-    tracker: Arc<dyn Conntracker>,
-    registry: Registry,
-    shutdown: CancellationToken,
-    thread: Option<thread::JoinHandle<()>>,
-}
+/// A chain started on a thread inside `ns` with the BTF hidden; stopped on drop.
+struct RunningChain(Pinned);
 
 impl RunningChain {
     fn start(ns: &Netns, cfg: ConntrackConfig) -> Result<Self, String> {
-        let registry = Registry::default();
-        let shutdown = CancellationToken::new();
         let file = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (reg, stop) = (registry.clone(), shutdown.clone());
-        let thread = thread::spawn(move || {
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                // BTF hidden: the CO-RE strategy cannot load, whatever the list says.
-                let assets = AssetLoader::new(
-                    Err(BtfError::NotFound { tried: vec!["hidden by the test".into()] }),
-                    None,
-                    reg.clone(),
-                );
-                match chain::start(&cfg, &assets, &reg, stop.clone()).await {
-                    Ok(RunningConntracker { tracker, mut tasks, .. }) => {
-                        tx.send(Ok(tracker)).unwrap();
-                        stop.cancelled().await;
-                        while tasks.join_next().await.is_some() {}
-                    }
-                    Err(e) => tx.send(Err(e.to_string())).unwrap(),
-                }
-            });
-        });
-        let tracker = rx.recv().unwrap()?;
-        Ok(RunningChain { tracker, registry, shutdown, thread: Some(thread) })
+        let enter = move |run: Box<dyn FnOnce() + Send>| {
+            thread::spawn(move || {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                run()
+            })
+        };
+        Pinned::start_chain(enter, cfg, true).map(RunningChain)
     }
 
     /// The verdict on `implementation` (`core`, `prebuilt`, `netlink`).
     fn attempt(&self, implementation: &str) -> Option<(bool, String)> {
-        let module = self.registry.module(chain::MODULE)?;
+        let module = self.0.registry().module(chain::MODULE)?;
         module.attempts.into_iter().find(|a| a.implementation == implementation).map(|a| (a.ok, a.reason))
     }
 
     /// The verdict on `hook` as tried by `implementation`.
     fn hook(&self, implementation: &str, hook: &str) -> Option<(bool, String)> {
-        let module = self.registry.module(chain::MODULE)?;
+        let module = self.0.registry().module(chain::MODULE)?;
         let attempt = module.attempts.into_iter().find(|a| a.implementation == implementation)?;
         attempt.hooks.into_iter().find(|h| h.hook == hook).map(|h| (h.ok, h.reason))
     }
@@ -180,25 +157,16 @@ impl RunningChain {
     fn assert_matches(&self, netns: u32, want: &BTreeSet<String>) {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let seen = render(&self.tracker.entries().unwrap(), netns);
+            let seen = render(&self.0.tracker.entries().unwrap(), netns);
             if &seen == want {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
                 "tracker {} has\n{seen:#?}\nconntrack -L has\n{want:#?}",
-                self.tracker.strategy()
+                self.0.tracker.strategy()
             );
             thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for RunningChain {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
@@ -216,7 +184,7 @@ fn without_btf_the_prebuilt_conntracker_is_chosen_and_matches_conntrack() {
     // raw tracepoint where it does not (this machine's 6.18).
     let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     let hook = if has_kprobes { "prebuilt/kprobe" } else { "prebuilt/raw_tracepoint" };
-    assert_eq!(running.tracker.strategy(), hook);
+    assert_eq!(running.0.tracker.strategy(), hook);
     let (ok, reason) = running.attempt("core").expect("core was tried first");
     assert!(!ok && reason.contains("BTF"), "core skipped because BTF is hidden: {reason}");
     let (ok, guess) = running.hook("prebuilt", "offsetguess").expect("guessing recorded");
@@ -235,7 +203,7 @@ fn with_ebpf_disabled_the_netlink_conntracker_matches_conntrack() {
     // gives them no event extension), the periodic resync removes them.
     let cfg = ConntrackConfig { sweep_interval_secs: 1, ..config("netlink") };
     let running = RunningChain::start(&ns, cfg).expect("netlink starts");
-    assert_eq!(running.tracker.strategy(), "netlink");
+    assert_eq!(running.0.tracker.strategy(), "netlink");
     ns.make_connections(5);
     let want = ns.conntrack_nat_entries();
     assert_eq!(want.len(), 14, "{want:#?}");
@@ -254,11 +222,11 @@ fn a_guessing_overflow_moves_the_chain_to_netlink_with_the_reason() {
     let mut cfg = config("prebuilt,netlink");
     cfg.offsetguess.threshold = 8;
     let running = RunningChain::start(&ns, cfg).expect("netlink starts");
-    assert_eq!(running.tracker.strategy(), "netlink");
+    assert_eq!(running.0.tracker.strategy(), "netlink");
     let (ok, reason) = running.attempt("prebuilt").expect("prebuilt was tried");
     assert!(!ok, "prebuilt must have failed");
     assert!(reason.contains("offset guessing overflow on sk_buff._nfct at 8"), "{reason}");
-    let skipped = chain::skipped_reasons(&running.registry);
+    let skipped = chain::skipped_reasons(running.0.registry());
     assert!(
         skipped.iter().any(|s| s.starts_with("prebuilt: offset guessing overflow on sk_buff._nfct at 8")),
         "{skipped:?}"
@@ -285,6 +253,10 @@ fn lost_netlink_events_are_counted_reported_and_resynced() {
     use std::sync::atomic::Ordering;
 
     let ns = Netns::new("enobufs");
+    // A slow guest (qemu without acceleration) takes longer than the 30 s UDP timeout to
+    // send 40,000 datagrams: the first entries would expire between the resync and the
+    // oracle. The timeout is per namespace.
+    ns.run(|| std::fs::write("/proc/sys/net/netfilter/nf_conntrack_udp_timeout", "600").unwrap());
     ns.exec(&[
         "nft",
         "add",
@@ -312,8 +284,13 @@ fn lost_netlink_events_are_counted_reported_and_resynced() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let shutdown = CancellationToken::new();
         let cfg = ConntrackConfig { sweep_interval_secs: 0, ..Default::default() };
-        let (tracker, _tasks) =
-            runtime.block_on(netlink_tracker::start_tracker(&cfg, &reg, shutdown.clone())).unwrap();
+        let (tracker, _tasks) = runtime
+            .block_on(netlink_tracker::start_tracker(
+                &cfg,
+                &chain::RunningStatus::new(&reg),
+                shutdown.clone(),
+            ))
+            .unwrap();
         tracker_tx.send(tracker).unwrap();
         // Stalled: nothing polls the event socket until the test says go.
         go_rx.recv().unwrap();
@@ -335,9 +312,14 @@ fn lost_netlink_events_are_counted_reported_and_resynced() {
     let module = registry.modules().into_iter().find(|m| m.name == chain::MODULE).expect("module recorded");
     let said = module.last_error.unwrap_or_default();
     assert!(said.contains("ENOBUFS") && said.contains("resynced"), "surfaced in status: {said}");
+    // The tracker also dumps every other namespace it could enter (other tests' UDP
+    // entries): compare this namespace's.
     let entries = tracker.entries().unwrap();
-    let udp =
-        entries.iter().filter(|e| e.original.protocol == privileged_loader::conntrack::Protocol::Udp).count();
+    let netns = ns.inode();
+    let udp = entries
+        .iter()
+        .filter(|e| e.netns == netns && e.original.protocol == privileged_loader::conntrack::Protocol::Udp)
+        .count();
     let oracle = ns.exec(&["conntrack", "-L", "-p", "udp"]).lines().count();
     assert_eq!(udp, oracle, "after the resync the table holds exactly what conntrack -L shows");
 }

@@ -319,3 +319,59 @@ fn without_kernel_btf_initialize_fails_as_a_status_line() {
         "{outcomes:?}"
     );
 }
+
+/// Without `CONFIG_KALLSYMS_ALL` (this project's VMs) the kernel's symbol table lists
+/// functions only: Initialize must not walk it for `__per_cpu_offset` (no ksym object
+/// loaded), say why, and measure the per-CPU offsets itself. Where the configuration
+/// lists data symbols (or cannot be read), the walk goes ahead as before.
+#[test]
+fn a_symbol_table_of_functions_only_is_not_walked_for_per_cpu_offset() {
+    let registry = Registry::default();
+    let assets = assets(&registry);
+    let map = RawMap::create(BPF_MAP_TYPE_HASH, 64, 0, &unique_name("ls_ko")).expect("create hash");
+    let owned = [OwnedMap::by_id(map.id, "test-config")];
+    let collector = lockstats::start(&config(false, 1024), &assets, &registry, &owned);
+    let status = collector.snapshot().status;
+    assert_eq!(status.state, CollectorState::Running, "{status:#?}");
+    let ksym_loads = registry.assets().into_iter().filter(|a| a.asset == ksym::KSYM_ASSET).count();
+    let not_searched =
+        status.reasons.iter().find(|r| r.contains("CONFIG_KALLSYMS_ALL") && r.contains("not searched"));
+    match lockstats::functions_only_config() {
+        Some(config) => {
+            assert_eq!(
+                ksym_loads, 0,
+                "the symbol table was walked although {config} says it lists functions only"
+            );
+            assert_eq!(status.symbols_source, "pcpu_probe map");
+            let reason =
+                not_searched.unwrap_or_else(|| panic!("no reason names the configuration: {status:#?}"));
+            assert!(reason.contains(&config) && reason.contains(ksym::PER_CPU_OFFSET), "{reason}");
+        }
+        None => assert!(not_searched.is_none(), "skipped without a configuration saying so: {status:#?}"),
+    }
+    // Either way the per-CPU freelists are tracked, one range per CPU: the offsets were
+    // found (an unusable offset would leave them out).
+    let report = collector.snapshot();
+    let freelists = map_in(&report, map.id).locks.iter().find(|l| l.lock_type == LockType::HashFreelistPcpu);
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    assert_eq!(freelists.map(|l| l.ranges as usize), Some(cpus), "{report:#?}");
+}
+
+/// Start-up loads the map iterator ahead, beside the conntracker (`prefetch_kernel_symbols`):
+/// the walk must still happen at Initialize and see the maps made in between, and the
+/// object must load once, recorded once, as without the prefetch.
+#[test]
+fn a_map_iterator_loaded_ahead_walks_the_maps_made_after_it_and_loads_once() {
+    let registry = Registry::default();
+    let assets = assets(&registry);
+    lockstats::prefetch_kernel_symbols(&assets);
+    let late = RawMap::create(BPF_MAP_TYPE_HASH, 64, 0, &unique_name("ls_lt")).expect("create hash");
+    let owned = [OwnedMap::by_id(late.id, "test-late")];
+    let collector = lockstats::start(&config(false, 1024), &assets, &registry, &owned);
+    let report = collector.snapshot();
+    assert_eq!(report.status.state, CollectorState::Running, "{:#?}", report.status);
+    assert!(map_in(&report, late.id).locks.iter().any(|l| l.lock_type == LockType::HashBucket));
+    let loads: u64 =
+        registry.assets().into_iter().filter(|a| a.asset == inventory::MAPS_ASSET).map(|a| a.count).sum();
+    assert_eq!(loads, 1, "{:#?}", registry.assets());
+}

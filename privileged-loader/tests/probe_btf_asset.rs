@@ -8,9 +8,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use aya::maps::Map;
 use aya::programs::RawTracePoint;
 use privileged_loader::asset::{AssetError, AssetLoader};
 use privileged_loader::btf::{self, BtfConfig, BtfError, HostIdentity, SYSFS_VMLINUX};
+use privileged_loader::conntrack::core::ASSET as CONNTRACK_ASSET;
 use privileged_loader::objects;
 use privileged_loader::probe::{PROBE_ASSET, probe};
 use privileged_loader::status::{AssetOutcome, AssetRecord, BtfSource, Registry};
@@ -324,16 +326,57 @@ fn a_verifier_rejection_is_recorded_with_the_log_tail() {
 }
 
 #[test]
-fn set_global_takes_values_that_live_only_as_long_as_the_call() {
-    // The callback shape of the interface: constants computed at run time.
+fn a_constant_the_object_lacks_is_refused_by_name() {
     let registry = Registry::default();
     let assets = sysfs_assets(&registry, None);
+    // Computed at run time: the loader keeps its own copy of every value.
     let enabled = u8::from(std::env::var_os("NO_SUCH_VAR").is_none());
-    let result = assets.load_core_asset(PROBE_ASSET, |object, loader| {
-        loader.override_global("no_such_constant", &enabled, false);
-        loader.load(object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
-    });
-    assert!(result.is_ok(), "{:?}", result.err());
+    let err = assets
+        .load_core_asset(PROBE_ASSET, |object, loader| {
+            loader.global("no_such_constant", &[enabled]);
+            loader.load(object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
+        })
+        .expect_err("the probe object has no such constant");
+    assert!(err.to_string().contains("no_such_constant"), "{err}");
+    assert_eq!(record(&registry, PROBE_ASSET).outcome, AssetOutcome::AssetReadError);
+}
+
+/// Every object of one asset loader goes through one aya loader, so the kernel BTF is
+/// parsed once, not once per object; and a setting made for one object never reaches
+/// another (aya keeps every setting by name until the loader goes).
+#[test]
+fn one_aya_loader_serves_every_object_and_no_setting_reaches_another() {
+    let registry = Registry::default();
+    let assets = sysfs_assets(&registry, None);
+    let conntrack = |entries: Option<u32>| {
+        let mut ebpf = assets
+            .load_core_asset(CONNTRACK_ASSET, |object, loader| {
+                if let Some(entries) = entries {
+                    loader.max_entries("conntrack", entries);
+                }
+                loader.load(object).map_err(|e| AssetError::from_ebpf(CONNTRACK_ASSET, e))
+            })
+            .expect("the conntrack object loads");
+        match ebpf.take_map("conntrack").expect("its map") {
+            Map::LruHashMap(map) | Map::HashMap(map) => map.info().expect("map info").max_entries(),
+            other => panic!("unexpected map kind {other:?}"),
+        }
+    };
+    let own = conntrack(None);
+    assert_ne!(own, 2048);
+    assert_eq!(conntrack(Some(4096)), 4096);
+    assets
+        .load_core_asset(PROBE_ASSET, |object, loader| {
+            loader.load(object).map_err(|e| AssetError::from_ebpf(PROBE_ASSET, e))
+        })
+        .expect("the probe object loads");
+    assert_eq!(conntrack(Some(2048)), 2048);
+    assert_eq!(assets.aya_loaders_created(), 1, "four objects, one aya loader (one BTF parse)");
+
+    assert_eq!(conntrack(None), own, "the object's own size, not the 2048 set for the load before");
+    assert_eq!(assets.aya_loaders_created(), 2, "an object that would inherit a setting gets its own loader");
+    assert_eq!(conntrack(Some(512)), 512, "and the shared one serves again after it");
+    assert_eq!(assets.aya_loaders_created(), 2);
 }
 
 /// A Debian 6.1 kernel package unpacked with `dpkg -x` (linux-image-6.1.0-*-cloud-amd64-

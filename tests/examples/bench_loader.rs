@@ -42,11 +42,16 @@ fn main() -> anyhow::Result<()> {
 
     // BENCH_ONLY=startup runs only the start-up phase, BENCH_ONLY=lookups only the
     // lookup phase, BENCH_ONLY=datapath only the
-    // data-path phase (for iterating on the eBPF program's cost).
+    // data-path phase, BENCH_ONLY=hook only the hook's own cost by program statistics
+    // (for iterating on the eBPF program's cost; BENCH_ROUNDS rounds, default 5).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only == "datapath" {
         workload::start_sink(backend())?;
         return print_data_path(&data_path(&loader_bin, work.path())?);
+    }
+    if only == "hook" {
+        workload::start_sink(backend())?;
+        return print_hook_cost(&loader_bin, work.path());
     }
     if only == "storm" {
         workload::start_sink(backend())?;
@@ -154,15 +159,23 @@ impl Loader {
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BENCH_LOADER_RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(loader_log()?)
             .spawn()?;
         let pid = child.id();
         let loader = Loader { child, pid, socket };
         wait_serving(&loader.socket, Instant::now() + Duration::from_secs(20))?;
         Ok(loader)
     }
+}
+
+/// Where the loader's log goes: `BENCH_LOADER_LOG` (appended) when set, else nowhere.
+fn loader_log() -> anyhow::Result<Stdio> {
+    Ok(match std::env::var_os("BENCH_LOADER_LOG") {
+        Some(path) => std::fs::OpenOptions::new().create(true).append(true).open(path)?.into(),
+        None => Stdio::null(),
+    })
 }
 
 impl Drop for Loader {
@@ -291,37 +304,88 @@ fn data_path(bin: &Path, dir: &Path) -> anyhow::Result<DataPath> {
     }
 
     // The hook's own cost, from the kernel's program statistics, in separate phases.
+    let cost = hook_cost(bin, dir, 3)?;
+    d.hook_share_tput = cost[0].share();
+    d.hook_share_conn = cost[1].share();
+    d.hook_ns_per_run = (cost[0].ns + cost[1].ns) as f64 / (cost[0].runs + cost[1].runs).max(1) as f64;
+    std::fs::write(BPF_STATS, before.trim())?;
+    Ok(d)
+}
+
+/// The conntracker's per-packet hook in one kind of phase, summed over rounds, from the
+/// kernel's program statistics.
+#[derive(Default)]
+struct HookCost {
+    /// Runs of the hook and their total time (ns).
+    runs: u64,
+    ns: u64,
+    /// This process's CPU time over the phases (the data path: sender, backend and the
+    /// loopback softirq work done in their context), ns.
+    cpu_ns: u64,
+    /// Connections made (connection-rate phases only).
+    connections: f64,
+}
+
+impl HookCost {
+    fn share(&self) -> f64 {
+        self.ns as f64 * 100.0 / self.cpu_ns.max(1) as f64
+    }
+    fn ns_per_run(&self) -> f64 {
+        self.ns as f64 / self.runs.max(1) as f64
+    }
+}
+
+/// [throughput phases, connection-rate phases] with program statistics on, `rounds`
+/// times, each with a fresh loader (conntracker only) and an empty conntrack table. The
+/// statistics are of this loader's own program (by id): other loaders on the machine
+/// attach the same hook and see these packets too, but are not counted.
+fn hook_cost(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<[HookCost; 2]> {
+    const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(BPF_STATS, "1")?;
-    let (mut hook_runs, mut hook_ns) = (0u64, 0u64);
-    const SHARE_ROUNDS: usize = 3;
-    for _ in 0..SHARE_ROUNDS {
+    let mut cost = [HookCost::default(), HookCost::default()];
+    for _ in 0..rounds {
         flush_conntrack();
         let loader = start_idle_conntracker(bin, dir)?;
-        for phase in 0..2 {
-            let (cpu0, hook0) =
-                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
+        let id = workload::newest_program_id("ct_net_dev_queue")
+            .ok_or_else(|| anyhow::anyhow!("the loader attached no ct_net_dev_queue program"))?;
+        let stats = || workload::program_stats_by_id(id).unwrap_or((0, 0));
+        for (phase, c) in cost.iter_mut().enumerate() {
+            let (cpu0, hook0) = (process_cpu_ns(), stats());
             if phase == 0 {
                 throughput(PHASE_SECS)?;
             } else {
-                connection_rate(PHASE_SECS)?;
+                c.connections += connection_rate(PHASE_SECS)? * PHASE_SECS;
             }
-            let (cpu1, hook1) =
-                (process_cpu_ns(), workload::program_stats("ct_net_dev_queue").unwrap_or((0, 0)));
-            let (runs, ns) = (hook1.0.saturating_sub(hook0.0), hook1.1.saturating_sub(hook0.1));
-            let share = ns as f64 * 100.0 / (cpu1 - cpu0).max(1) as f64 / SHARE_ROUNDS as f64;
-            if phase == 0 {
-                d.hook_share_tput += share;
-            } else {
-                d.hook_share_conn += share;
-            }
-            hook_runs += runs;
-            hook_ns += ns;
+            let (cpu1, hook1) = (process_cpu_ns(), stats());
+            c.runs += hook1.0.saturating_sub(hook0.0);
+            c.ns += hook1.1.saturating_sub(hook0.1);
+            c.cpu_ns += cpu1.saturating_sub(cpu0);
         }
         drop(loader);
     }
-    d.hook_ns_per_run = hook_ns as f64 / hook_runs.max(1) as f64;
     std::fs::write(BPF_STATS, before.trim())?;
-    Ok(d)
+    Ok(cost)
+}
+
+/// `BENCH_ONLY=hook`: the hook's cost alone, per kind of phase (for iterating on it).
+fn print_hook_cost(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let [tput, conn] = hook_cost(bin, dir, rounds)?;
+    println!(
+        "hook, throughput phases ({rounds} x {PHASE_SECS} s): {:.0} ns per packet, {:.2} % of the data path's CPU",
+        tput.ns_per_run(),
+        tput.share()
+    );
+    println!(
+        "hook, connection-rate phases ({rounds} x {PHASE_SECS} s): {:.0} ns per packet, {:.1} packets and {:.0} ns per connection, {:.2} % of the data path's CPU ({:.0} connections/s)",
+        conn.ns_per_run(),
+        conn.runs as f64 / conn.connections.max(1.0),
+        conn.ns as f64 / conn.connections.max(1.0),
+        conn.share(),
+        conn.connections / (rounds as f64 * PHASE_SECS)
+    );
+    Ok(())
 }
 
 /// A loader with the conntracker alone (the lock-statistics tracepoints, measured by
@@ -533,7 +597,7 @@ fn lookups(loader: &Loader, ns: &Netns) -> anyhow::Result<()> {
 /// `BENCH_ONLY=storm`: connections through DNAT with vs without the loader in its
 /// default configuration, `STORM_ROUNDS` rounds whose order alternates, each phase from an
 /// empty conntrack table and an idle loader. Full speed (~27,000/s on 2 cores): the rate
-/// per one-second slice, so the slices after the shed (`storm_sustain_secs` = 3 samples
+/// per one-second slice, so the slices after the shed (`storm_sustain_secs` = 1 sample
 /// of one second) are told from the first ones. Paced at 2,000/s: the achieved rate and
 /// this process's CPU time per connection (the client, the backend and the loopback
 /// softirq work done in their context), which is where a cost shows below saturation.

@@ -112,7 +112,7 @@ fn main() {
     let idle_secs = env_u64("BENCH_IDLE_SECS", 60);
     let rounds = env_u64("BENCH_ROUNDS", 10);
     let configs = env_u64("BENCH_CONFIGS", 1000);
-    println!("binaries: {}", bin_dir().display());
+    println!("binaries: {}", e2e_tests::process::bin_dir().display());
     let work = scratch_dir();
     let repo = Repo::init(work.path());
     repo.publish("cfg0", r#"{"round": 0}"#);

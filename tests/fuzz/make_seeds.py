@@ -3,7 +3,9 @@ fixtures: the ctnetlink captures of the loader's tests, a grpcio client's bytes 
 socket, and a repository made by config-service (seeds/: 1.root.json is the fuzzed
 controller's pinned root, 2.root.json a rotation, targets.json and cfg1.json a published
 config). Protobuf is encoded by hand: the messages are a handful of fields."""
+import base64
 import json
+import lzma
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +15,15 @@ sys.path.insert(0, str(HERE.parent / "python"))
 from protowire import field, number  # noqa: E402
 CTNETLINK = HERE.parent.parent / "privileged-loader/src/conntrack/ctnetlink/fixtures"
 CONFIG_PATH = "2/CONNTRACK/cfg1/config.json"
+
+
+# A minimal BTF blob: the 24-byte header (magic 0xeB9F, version 1, no types or strings).
+MINIMAL_BTF = bytes.fromhex("9feb0100") + (24).to_bytes(4, "little") + bytes(16)
+BTF_SEEDS = {
+    "btf-plain": {"release": "6.18.0", "arch": "x86_64", "data": base64.b64encode(MINIMAL_BTF).decode()},
+    "btf-xz": {"release": "6.1.0", "arch": "x86_64", "kernel_version": "#1 SMP", "compression": "xz",
+               "data": base64.b64encode(lzma.compress(MINIMAL_BTF, format=lzma.FORMAT_XZ)).decode()},
+}
 
 
 def seed(target: str, name: str, data: bytes) -> None:
@@ -36,6 +47,18 @@ def main() -> int:
     files = field(3, field(1, CONFIG_PATH.encode()) + field(2, config))
     seed("tuf_update", "full", field(1, root2) + field(2, targets) + files + field(4, CONFIG_PATH.encode()))
     seed("tuf_update", "targets-only", field(2, targets) + files + field(4, CONFIG_PATH.encode()))
+    apply = field(1, root2) + field(2, targets) + field(3, b"CONNTRACK") + field(4, field(1, CONFIG_PATH.encode()) + field(2, config))
+    seed("loader_apply_config", "apply", apply)
+    seed("loader_apply_config", "apply-no-root", field(2, targets) + field(3, b"CONNTRACK") + field(4, field(1, CONFIG_PATH.encode()) + field(2, config)))
+    # config_payloads: the first byte picks the product, in trust::products::ALL's order.
+    seed("config_payloads", "conntrack", b"\x00" + config)
+    seed("config_payloads", "conntrack-all", b"\x00" + json.dumps({
+        "enabled": True, "tcpv6_enabled": False, "udpv6_enabled": True, "max_entries": 65536,
+        "strategies": ["core", "netlink"], "destroy_events": True, "sweep_interval_secs": 30}).encode())
+    seed("config_payloads", "lock-stats", b"\x01" + b'{"enabled": true, "track_all_maps": false, "max_ranges": 64}')
+    seed("config_payloads", "loader-log", b"\x02" + b'{"filter": "info,privileged_loader=debug"}')
+    for name, btf in BTF_SEEDS.items():
+        seed("config_payloads", name, b"\x03" + json.dumps(btf).encode())
     state = {
         "format": 1,
         "roots": [root2.hex()],

@@ -11,6 +11,9 @@
 /bin/busybox --install -s
 export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root
+# TCG emulation runs the tests several times slower than the host: the end-to-end tests'
+# waits (`wait_for` in tests/src/process.rs) are multiplied by this.
+export E2E_TIME_SCALE=4
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

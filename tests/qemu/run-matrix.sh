@@ -65,6 +65,19 @@ TEST_TARGETS=(
   "conntrack_chain?|"
   "lockstats|"
 )
+# End-to-end targets of the e2e-tests package (tests/tests/<name>.rs), each run in ONE
+# guest (label|target|args: under TCG one takes minutes), narrowed to the tests about a
+# kernel unlike the host's (tests/run.sh runs them whole on the host). They start the real
+# config-service, controller and loader, found at their host paths in target/debug:
+# - the BTF product: the guest's own BTF hidden from the loader (btf.no_sysfs), the
+#   conntracker on prebuilt, the guest kernel's minimized BTF published through the
+#   service and controller, the conntracker moved onto CO-RE with every translation kept
+#   (--nocapture: the log shows the guest's BTF sizes and the publish -> CO-RE time).
+GUEST_E2E_TARGETS=(
+  "6.1-cloud|loader_remote_config|btf::published_minimized_btf_moves_the_prebuilt_conntracker_onto_core_keeping_every_translation --exact --nocapture"
+)
+# The binaries those tests start, besides the loader and loaderctl.
+E2E_BINS=(config-service controller)
 # Modules the tests need, loaded in this order after their dependencies (from
 # modules.dep). A module that the kernel has built in is skipped. crc32c_generic first:
 # libcrc32c only asks the crypto API for "crc32c" at init (no symbol dependency, so
@@ -189,9 +202,10 @@ module_order() {
 # ---------------------------------------------------------------------------------------
 # The project: test executables, binaries, objects.
 
-# build_project → fills the associative array TEST_EXE (target → executable) and sets
+# build_project → fills the associative arrays TEST_EXE (target → executable; the loader's
+# and the e2e-tests package's targets) and BIN_EXE (binary → executable) and sets
 # LOADER_BIN, LOADERCTL_BIN, OBJECT_DIR. Incremental after the host tests' build.
-declare -A TEST_EXE=()
+declare -A TEST_EXE=() BIN_EXE=()
 build_project() {
   local json
   json=$(mktemp)
@@ -204,12 +218,14 @@ build_project() {
   while IFS=$'\t' read -r name exe; do
     TEST_EXE[$name]=$exe
   done < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null
-                   and .target.kind == ["test"] and (.package_id | test("privileged-loader")))
+                   and .target.kind == ["test"] and (.package_id | test("privileged-loader|e2e-tests")))
                   | [.target.name, .executable] | @tsv' "$json")
-  LOADER_BIN=$(jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bin"]
-                       and .profile.test == false and .target.name == "privileged-loader") | .executable' "$json" | tail -n1)
-  LOADERCTL_BIN=$(jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bin"]
-                          and .profile.test == false and .target.name == "loaderctl") | .executable' "$json" | tail -n1)
+  while IFS=$'\t' read -r name exe; do
+    BIN_EXE[$name]=$exe
+  done < <(jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bin"] and .profile.test == false)
+                  | [.target.name, .executable] | @tsv' "$json")
+  LOADER_BIN=${BIN_EXE[privileged-loader]:-}
+  LOADERCTL_BIN=${BIN_EXE[loaderctl]:-}
   OBJECT_DIR=$(jq -r 'select(.reason == "build-script-executed"
                        and (.package_id | test("privileged-loader"))) | .out_dir' "$json" | tail -n1)
   rm -f "$json"
@@ -246,6 +262,15 @@ make_suite() {
     fi
     echo "$name|$exe|$REPO/privileged-loader|$args" >>"$dir/tests.list"
     echo "$name|$exe|$REPO/privileged-loader|" >>"$dir/tests-host.list"
+  done
+  # Each guest's own end-to-end list (e2e-LABEL.list), put into its module archive.
+  local label
+  for entry in "${GUEST_E2E_TARGETS[@]}"; do
+    IFS='|' read -r label name args <<<"$entry"
+    # A renamed guest must not silently drop its end-to-end tests.
+    grep -q "^$label[[:space:]]" "$HERE/kernels.conf" || die "GUEST_E2E_TARGETS names guest $label, which kernels.conf lacks"
+    [ -z "$TARGETS" ] || [[ ,$TARGETS, == *,$name,* ]] || continue
+    echo "$name|${TEST_EXE[$name]:--}|$REPO/tests|$args" >>"$dir/e2e-$label.list"
   done
   echo "$TEST_TIMEOUT" >"$dir/test-timeout"
 }
@@ -297,17 +322,27 @@ build_common_archive() {
   copy_elf "$LOADERCTL_BIN" "$root"
   ln -s "$LOADER_BIN" "$root/qm/bin/privileged-loader"
   ln -s "$LOADERCTL_BIN" "$root/qm/bin/loaderctl"
-  for exe in "${TEST_EXE[@]}"; do
-    copy_elf "$exe" "$root"
+  for name in "${E2E_BINS[@]}"; do
+    [ -x "${BIN_EXE[$name]:-}" ] || die "cargo did not produce $name (the guests' end-to-end tests start it)"
+    copy_elf "${BIN_EXE[$name]}" "$root"
   done
-  mkdir -p "$root$REPO/privileged-loader"
+  # Only the test executables the guests run (name|executable|dir|args). No guest may have
+  # an end-to-end list (QEMU_MATRIX_TARGETS left them out): cat's complaint must not stop
+  # the run under pipefail.
+  { cat "$suite/tests.list" "$suite"/e2e-*.list 2>/dev/null || true; } | while IFS='|' read -r _ exe _; do
+    [ "$exe" = - ] || copy_elf "$exe" "$root"
+  done
+  mkdir -p "$root$REPO/privileged-loader" "$root$REPO/tests"
   (cd "$root" && find . | cpio -o -H newc --quiet) >"$archive"
 }
 
+# build_module_archive TREE KVER ARCHIVE ROOT [E2E_LIST]: the kernel's modules and, when
+# given, the guest's end-to-end test list (/qm/tests-e2e.list).
 build_module_archive() {
-  local tree=$1 kver=$2 archive=$3 root=$4 rel
+  local tree=$1 kver=$2 archive=$3 root=$4 e2e=${5:-} rel
   rm -rf "$root"
   mkdir -p "$root/qm" "$root/lib/modules/$kver"
+  [ -z "$e2e" ] || [ ! -f "$e2e" ] || cp "$e2e" "$root/qm/tests-e2e.list"
   : >"$root/qm/modules.order"
   for rel in $(module_order "$tree" "$kver"); do
     mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
@@ -505,7 +540,7 @@ main() {
     pkg=$(newest_package "$regex")
     tree=$(fetch_kernel "$pkg")
     kver=$(basename "$(ls -d "$tree"/lib/modules/*/ | head -n1)")
-    build_module_archive "$tree" "$kver" "$work/modules-$label.cpio" "$work/root-$label"
+    build_module_archive "$tree" "$kver" "$work/modules-$label.cpio" "$work/root-$label" "$work/suite/e2e-$label.list"
     cat "$common" "$work/modules-$label.cpio" >"$work/initrd-$label.cpio"
     local t0=$SECONDS
     boot "$label" "$tree/boot/vmlinuz-$kver" "$work/initrd-$label.cpio" "${cpu:-$CPU}"

@@ -20,6 +20,7 @@
 #   bin/privileged-loader, bin/loaderctl
 #   tests.list       one test target per line: name|executable|working dir|extra args
 #                    (executable "-" means the target was not built: reported "missing")
+#   tests-e2e.list   (optional, one guest's) end-to-end test targets, the same format
 #   bpf-broken/      every embedded object, with conntrack.bpf.o replaced by the
 #                    test-only object from tests/qemu/broken/ (the proof the matrix fails)
 #
@@ -140,10 +141,14 @@ daemon_status status-netlink --conntrack-strategies netlink
 # 3. The daemon with the deliberately broken conntrack object: the asset outcome.
 daemon_status status-broken --bpf-dir "$QM_ROOT/bpf-broken"
 
-# 4. The project's kernel tests (cargo test executables).
-while IFS='|' read -r name exe cwd args; do
-	case $name in '' | '#'*) continue ;; esac
-	run_target "$name" "$exe" "$cwd" "$args"
-done <"${QM_TESTS:-$QM_ROOT/tests.list}"
+# 4. The project's kernel tests (cargo test executables), then this guest's end-to-end
+# tests (tests-e2e.list, in its module archive; none on the host row).
+for list in "${QM_TESTS:-$QM_ROOT/tests.list}" "$QM_ROOT/tests-e2e.list"; do
+	[ -f "$list" ] || continue
+	while IFS='|' read -r name exe cwd args; do
+		case $name in '' | '#'*) continue ;; esac
+		run_target "$name" "$exe" "$cwd" "$args"
+	done <"$list"
+done
 
 mark done

@@ -75,8 +75,11 @@ async fn check(socket: &Path) -> Result<(), Box<dyn std::error::Error + Send + S
 pub struct MixedReport {
     pub calls: u64,
     pub errors: Vec<String>,
-    /// Lookups of filled connections that came back with the wrong (or no) translation.
+    /// Lookups that came back wrong: a filled connection with the wrong (or no)
+    /// translation, or one never filled found.
     pub wrong_answers: u64,
+    /// The filled connections (their index in [`crate::map_fill::fill`]) among those.
+    pub wrong_filled: Vec<u32>,
     pub elapsed: Duration,
 }
 
@@ -97,6 +100,7 @@ pub async fn mixed(socket: &Path, clients: usize, calls_each: usize, filled: u32
                 report.calls += part.calls;
                 report.errors.extend(part.errors);
                 report.wrong_answers += part.wrong_answers;
+                report.wrong_filled.extend(part.wrong_filled);
             }
             Err(e) => report.errors.push(format!("client task: {e}")),
         }
@@ -131,6 +135,9 @@ async fn one_client(socket: &Path, c: usize, calls_each: usize, filled: u32) -> 
                     || (exists && answer.translated.is_none_or(|t| t.src_addr != "10.244.0.7"))
                 {
                     report.wrong_answers += 1;
+                    if exists {
+                        report.wrong_filled.push(n);
+                    }
                 }
             }
             Err(e) => report.errors.push(format!("LookupTranslation: {e}")),

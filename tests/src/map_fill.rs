@@ -3,6 +3,7 @@
 //! directly with `bpf(BPF_MAP_UPDATE_ELEM)` — as the eBPF program would write them, with
 //! valid tuples in a namespace of their own (inode `FILL_NETNS`, which no real namespace
 //! has), so listings, lookups and the fill level all see them.
+use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::HarnessError;
@@ -11,6 +12,7 @@ use crate::HarnessError;
 pub const FILL_NETNS: u32 = 0xF111_0000;
 const KEY_SIZE: usize = 44;
 const VALUE_SIZE: usize = 56;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
@@ -55,6 +57,24 @@ pub fn fill(map_id: u32, connections: u32) -> Result<(), HarnessError> {
     Ok(())
 }
 
+/// The filled connections (indices below `connections`) that lost a slot, either
+/// direction, since [`fill`] wrote them: an LRU map evicts its least recently used slots
+/// when other traffic fills it, and filled slots, which no packet refreshes, are those.
+pub fn lost(map_id: u32, connections: u32) -> Result<BTreeSet<u32>, HarnessError> {
+    let map = map_fd(map_id)?;
+    let mut lost = BTreeSet::new();
+    for i in 0..connections {
+        let client = [10, 200, (i >> 8) as u8, i as u8];
+        let port = 10_000 + (i >> 16) as u16;
+        let original = key(client, port, [10, 96, 0, 10], 80);
+        let reply = key([10, 244, 0, 7], 8080, client, port);
+        if !(present(&map, &original)? && present(&map, &reply)?) {
+            lost.insert(i);
+        }
+    }
+    Ok(lost)
+}
+
 /// `struct ct_tuple` of the IPv4 TCP direction `src:sport → dst:dport`.
 fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> [u8; KEY_SIZE] {
     let mut k = [0u8; KEY_SIZE];
@@ -94,6 +114,22 @@ fn update(map: &OwnedFd, key: &[u8; KEY_SIZE], value: &[u8; VALUE_SIZE]) -> Resu
         return Err(HarnessError::Bpf { what: "BPF_MAP_UPDATE_ELEM on the conntrack map".into(), source });
     }
     Ok(())
+}
+
+fn present(map: &OwnedFd, key: &[u8; KEY_SIZE]) -> Result<bool, HarnessError> {
+    let mut value = [0u8; VALUE_SIZE];
+    let attr: [u64; 4] = [map.as_raw_fd() as u64, key.as_ptr() as u64, value.as_mut_ptr() as u64, 0];
+    // SAFETY: the attr points at `key` (read) and `value` (written, the map's value size),
+    // both alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, attr.as_ptr(), size_of_val(&attr)) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let source = std::io::Error::last_os_error();
+    if source.raw_os_error() == Some(libc::ENOENT) {
+        return Ok(false);
+    }
+    Err(HarnessError::Bpf { what: "BPF_MAP_LOOKUP_ELEM on the conntrack map".into(), source })
 }
 
 fn monotonic_ns() -> u64 {

@@ -4,6 +4,8 @@
 //! the nft `nat` output chain rewrites the destination to a backend on the loopback
 //! address of the same family, so every connection makes a NAT'd conntrack entry.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::oracle::L4;
 use crate::traffic::{Backend, Connection};
@@ -92,6 +94,20 @@ impl NatLab {
     /// Opens one NAT'd connection of `protocol` over IPv4 or IPv6.
     pub fn connect(&self, protocol: L4, ipv6: bool) -> Result<Connection, HarnessError> {
         Connection::open(&self.netns, protocol, self.front(protocol, ipv6))
+    }
+
+    /// A connection storm, on a thread in the lab: a new NAT'd UDP flow (each from a new
+    /// port) every 0.5 ms for `duration`. The caller joins it.
+    pub fn udp_storm(&self, duration: Duration) -> Result<JoinHandle<()>, HarnessError> {
+        let front = self.front(L4::Udp, false);
+        self.netns.spawn(move || {
+            let until = Instant::now() + duration;
+            while Instant::now() < until {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket in the lab");
+                socket.send_to(b"x", front).expect("send to the lab's front address");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
     }
 
     pub fn tcp_connect_v4(&self) -> Result<Connection, HarnessError> {

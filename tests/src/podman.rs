@@ -128,6 +128,8 @@ impl PlayedPod {
         let quiet = |args: &[&str]| {
             let _ = podman().args(args).output();
         };
+        // A test that failed with a container paused leaves it so; unpaused, it stops at once.
+        quiet(&["pod", "unpause", &self.name]);
         quiet(&["pod", "rm", "--force", "--time", "5", &self.name]);
         for volume in &self.volumes {
             quiet(&["volume", "rm", "--force", volume]);

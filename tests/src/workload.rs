@@ -64,13 +64,32 @@ pub fn connection_rate(to: SocketAddr, secs: f64) -> std::io::Result<f64> {
 /// prog show` (needs kernel.bpf_stats_enabled = 1 to count). bpftool shows the full BTF
 /// name; the kernel's own is truncated to 15 characters, so both are matched.
 pub fn program_stats(name: &str) -> Option<(u64, u64)> {
+    let prog = newest_program(name)?;
+    Some((prog["run_cnt"].as_u64()?, prog["run_time_ns"].as_u64()?))
+}
+
+/// The id of the newest loaded program named `name`: taken right after a loader starts,
+/// it names that loader's program even when other loaders on the machine load theirs
+/// later (their hooks see every namespace's packets too).
+pub fn newest_program_id(name: &str) -> Option<u64> {
+    newest_program(name)?["id"].as_u64()
+}
+
+/// `(run_cnt, run_time_ns)` of the program with kernel id `id` (see [`program_stats`]).
+pub fn program_stats_by_id(id: u64) -> Option<(u64, u64)> {
+    let out = Command::new("bpftool").args(["prog", "show", "id", &id.to_string(), "-j"]).output().ok()?;
+    let prog: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((prog["run_cnt"].as_u64().unwrap_or(0), prog["run_time_ns"].as_u64().unwrap_or(0)))
+}
+
+fn newest_program(name: &str) -> Option<serde_json::Value> {
     let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().ok()?;
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let short = &name[..name.len().min(15)];
-    let prog = progs
+    progs
         .as_array()?
         .iter()
         .rev()
-        .find(|p| matches!(p["name"].as_str(), Some(n) if n == name || n == short))?;
-    Some((prog["run_cnt"].as_u64()?, prog["run_time_ns"].as_u64()?))
+        .find(|p| matches!(p["name"].as_str(), Some(n) if n == name || n == short))
+        .cloned()
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::compare::{assert_matches_kernel, kernel_nat, listed, tuple};
 use e2e_tests::loader::{LoaderOptions, LoaderProcess};
+use e2e_tests::process::wait_until;
 use e2e_tests::{L4, NatLab, Tuple, oracle};
 
 fn in_lab<'a>(lab: &'a NatLab, extra_toml: &'a str) -> LoaderOptions<'a> {
@@ -89,4 +90,60 @@ fn lookup_translates_both_directions_over_the_socket() {
     let miss =
         loader.ctl_json(&["conntrack", "lookup", "tcp", "192.0.2.1:1", "192.0.2.2:2", "--netns", &netns]);
     assert_eq!(miss["found"], false);
+}
+
+/// What the running conntracker learns after it started reaches `GetStatus` through the
+/// chain's writer: a connection storm sheds the DESTROY subscription (a module note),
+/// and the note goes when the storm ends.
+#[test]
+fn a_storm_shed_note_reaches_get_status_and_goes_with_the_storm() {
+    const SHED: &str = "DESTROY subscription shed (connection storm)";
+    let lab = NatLab::new("ldr-storm").expect("lab");
+    let loader = LoaderProcess::start(in_lab(
+        &lab,
+        "[conntrack]\nstorm_shed_above_per_sec = 100\nstorm_sustain_secs = 1\nsweep_interval_secs = 0\n",
+    ));
+    let storm = lab.udp_storm(Duration::from_secs(3)).expect("storm thread");
+    let noted = |loader: &LoaderProcess| {
+        let module = loader.module("conntrack");
+        let notes = module["notes"].as_array().cloned().unwrap_or_default();
+        notes.iter().any(|n| n.as_str().is_some_and(|n| n.starts_with(SHED)))
+    };
+    let shed = wait_until(Duration::from_secs(4), || noted(&loader));
+    storm.join().expect("storm");
+    assert!(shed, "no shed note in GetStatus: {:#}", loader.module("conntrack"));
+    let calm = wait_until(Duration::from_secs(8), || !noted(&loader));
+    assert!(calm, "the note stays after the storm: {:#}", loader.module("conntrack"));
+}
+
+/// The netlink conntracker's event queue overflows while the loader is stopped
+/// (SIGSTOP); when it runs again it reads ENOBUFS, resyncs, and `GetStatus` says so in
+/// the module's last error, through the chain's writer.
+#[test]
+fn lost_netlink_events_reach_get_status() {
+    let lab = NatLab::new("ldr-enobufs").expect("lab");
+    let loader = LoaderProcess::start(in_lab(
+        &lab,
+        "[conntrack]\nstrategies = [\"netlink\"]\nsweep_interval_secs = 0\n",
+    ));
+    let pid = loader.process.pid() as i32;
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // 40,000 new entries: more NEW events than the event socket's queue holds.
+    lab.netns
+        .run(|| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            for port in 1..=40_000u16 {
+                let _ = socket.send_to(b"x", ("127.0.0.1", port));
+            }
+        })
+        .expect("flows in the lab");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let said = wait_until(Duration::from_secs(20), || {
+        loader.module("conntrack")["last_error"].as_str().is_some_and(|e| e.contains("ENOBUFS"))
+    });
+    let module = loader.module("conntrack");
+    assert!(said, "no lost-events warning in GetStatus: {module:#}");
+    assert_eq!(module["state"], "running", "{module:#}");
 }

@@ -72,7 +72,16 @@ fn sigterm_with_clients_attached_exits_within_the_grace_period() {
     });
     // A bare connect that never speaks, and two silent HTTP/2 clients.
     let _bare = UnixStream::connect(&loader.socket).expect("connect");
-    let _held = [silent_client(&loader.socket), silent_client(&loader.socket)];
+    let mut held = [silent_client(&loader.socket), silent_client(&loader.socket)];
+    // The accept loop must take them first: a SIGTERM before it did finds no connection to
+    // wait for (the loader then exits at once, without the grace period this test is about).
+    // Its SETTINGS frame on each silent client says it did (accepts are in order, so the
+    // bare connection made before them was taken too).
+    for client in &mut held {
+        client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut first = [0u8; 1];
+        client.read_exact(&mut first).expect("the loader answers the HTTP/2 preface");
+    }
     let start = Instant::now();
     assert!(
         loader.process.terminate(Duration::from_secs(10)),

@@ -60,7 +60,6 @@ fn start_loader_in(netns: Option<&str>, toml: &str, socket: Option<&Path>, api_t
 
 /// A service, a loader and a controller pushing to it, all sharing one pinned root.
 struct Node {
-    work: tempfile::TempDir,
     repo: Repo,
     service: Service,
     loader: LoaderProcess,
@@ -68,6 +67,8 @@ struct Node {
     socket: PathBuf,
     toml: String,
     metrics_url: String,
+    // Dropped last: the processes' logs, printed when a test fails, live in it.
+    work: tempfile::TempDir,
 }
 
 impl Node {
@@ -95,7 +96,7 @@ impl Node {
         );
         let controller = Controller::start_with(work.path(), &service.endpoint(), &repo.root_file(1), &link);
         let metrics_url = format!("http://127.0.0.1:{port}/metrics");
-        Self { work, repo, service, loader, controller, socket, toml, metrics_url }
+        Self { repo, service, loader, controller, socket, toml, metrics_url, work }
     }
 
     /// `loaderctl config --json`.
@@ -161,6 +162,43 @@ fn publishing_udpv6_off_changes_what_the_conntracker_records_and_is_acknowledged
     node.wait_reported("ct", 2, 2);
     let again = lab.connect_all().expect("connections after the second change");
     assert_new_recorded(&node.loader, &lab, &again, |_| true);
+}
+
+#[test]
+fn published_storm_keys_apply_in_place_and_a_rate_below_the_nodes_floor_is_refused() {
+    const CT_PATH: &str = "2/CONNTRACK/storm/config.json";
+    let lab = NatLab::new("rc-storm").expect("lab");
+    let node = Node::start_in(Some(&lab));
+    let before = node.loader.module("conntrack");
+    node.repo.publish_product(
+        "CONNTRACK",
+        "storm",
+        r#"{"storm_shed_above_per_sec": 8000, "storm_sustain_secs": 5}"#,
+    );
+    let config = node.wait_config("the storm keys from the remote config", |c| {
+        from_remote(c, "conntrack.storm_shed_above_per_sec", CT_PATH, 1)
+    });
+    assert_eq!(config["values"]["conntrack.storm_shed_above_per_sec"]["value"], 8000);
+    assert!(from_remote(&config, "conntrack.storm_sustain_secs", CT_PATH, 1));
+    assert_eq!(config["values"]["conntrack.storm_sustain_secs"]["value"], 5);
+    node.wait_reported("storm", 1, 2);
+    // In place: the same object keeps serving, only its userspace tasks restarted.
+    let after = node.loader.module("conntrack");
+    assert_eq!(after["last_reload"]["how"], "in place", "{after:#}");
+    let changed = after["last_reload"]["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 2, "only the storm keys changed: {changed:?}");
+    assert_eq!(after["generation"], before["generation"], "no new object");
+    assert_eq!(after["loaded_at_unix_ms"], before["loaded_at_unix_ms"], "no new object");
+
+    // Below the node's floor (remote_config.allow.min_storm_shed_above_per_sec, 1,000 by
+    // default): refused by name, and the keys in force stay.
+    node.repo.publish_product("CONNTRACK", "storm", r#"{"storm_shed_above_per_sec": 10}"#);
+    let state = node.wait_reported("storm", 2, 3);
+    let error = state["apply_error"].as_str().unwrap();
+    assert!(error.contains("min_storm_shed_above_per_sec") && error.contains("1000"), "{error}");
+    let config = node.config();
+    assert_eq!(config["values"]["conntrack.storm_shed_above_per_sec"]["value"], 8000);
+    assert_eq!(config["values"]["conntrack.storm_sustain_secs"]["value"], 5);
 }
 
 /// Each of `connections` is listed by the loader exactly when `recorded` says so (waiting
@@ -334,7 +372,7 @@ fn a_new_loader_process_gets_what_is_in_force_with_no_new_publish() {
     node.wait_config("the config in force again", |c| from_remote(c, "log.filter", LOG_PATH, 1));
     let took = serving.elapsed();
     assert!(took <= Duration::from_secs(2), "the new loader converged {took:?} after serving (limit 2 s)");
-    assert!(node.controller.process.is_running());
+    assert!(node.controller.process.running());
 }
 
 #[test]

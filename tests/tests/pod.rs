@@ -7,23 +7,30 @@
 //! service and pushes the published config to the loader, which applies it, and both
 //! audits pass inside their containers.
 //!
-//! What the test changes in the shipped manifests, and why: the TUF state hostPath points
+//! A second test hides the node's BTF from the loader (`btf.no_sysfs`, as on a kernel built
+//! without it), publishes this kernel's minimized BTF and checks that the pod's BTF cache
+//! volume keeps it: the loader container restarted with the controller paused starts on
+//! CO-RE from that volume alone.
+//!
+//! What the tests change in the shipped manifests, and why: the TUF state hostPath points
 //! at a temporary directory (not the machine's /var/lib), the controller's endpoint is the
 //! test's plaintext loopback service (the node's loopback: hostNetwork), and the root and
-//! token are the test repository's.
+//! token are the test repository's; the BTF-cache test appends `btf.no_sysfs = true` to the
+//! shipped loader.toml.
 #[path = "remote_config/harness.rs"]
 mod harness;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use e2e_tests::NatLab;
 use e2e_tests::compare::assert_matches_kernel;
 use e2e_tests::loader::{LoaderHandle, loaderctl};
 use e2e_tests::podman::{self, PlaySpec, PlayedPod, repo_root};
-use harness::{Repo, Service, TOKEN, scratch_dir, wait_until};
+use harness::{Repo, Service, TOKEN, bin, config_service_ok, path_str, scratch_dir, wait_until};
 
 const POD: &str = "ebpf-agent";
 const LOADER: &str = "privileged-loader";
@@ -36,7 +43,10 @@ const VOLUMES: &[&str] = &[
     "ebpf-controller-config",
     "remote-config-root",
     "remote-config-token",
+    "loader-btf-cache",
 ];
+/// One pod at a time: every test plays the same pod and volume names.
+static ONE_POD: Mutex<()> = Mutex::new(());
 
 /// The loader in the pod, reached through the socket volume on the host.
 struct PodLoader<'a> {
@@ -56,16 +66,12 @@ impl LoaderHandle for PodLoader<'_> {
 
 #[test]
 fn the_shipped_pod_runs_under_podman_and_passes_its_audits() {
-    if let Some(why) = podman::unavailable() {
-        eprintln!("SKIPPED the pod test: podman cannot run containers here: {why}");
-        return;
-    }
-    podman::build_images();
+    let Some(_one_pod) = pod_ready("the pod test") else { return };
     let work = scratch_dir();
     let repo = Repo::init(work.path());
     repo.publish_product("LOADER_LOG", "log", r#"{"filter": "info"}"#);
     let service = Service::start(work.path(), &repo, &[]);
-    let pod = play(work.path(), &repo, &service);
+    let pod = play(work.path(), &repo, &service, "");
 
     let loader = wait_for_loader(&pod);
     let lab = NatLab::new("pod-nat").expect("lab");
@@ -89,8 +95,74 @@ fn the_shipped_pod_runs_under_podman_and_passes_its_audits() {
     assert_audit_passes(&pod, CONTROLLER, &["/controller", "audit", "--pid", "1"]);
 }
 
-/// Plays the shipped pod with the test's ConfigMaps and Secret.
-fn play(work: &Path, repo: &Repo, service: &Service) -> PlayedPod {
+#[test]
+fn a_remote_btf_kept_in_the_pods_cache_volume_survives_a_loader_restart_without_the_controller() {
+    let Some(_one_pod) = pod_ready("the pod BTF-cache test") else { return };
+    let work = scratch_dir();
+    let repo = Repo::init(work.path());
+    let service = Service::start(work.path(), &repo, &[]);
+    let pod = play(work.path(), &repo, &service, "[btf]\n    no_sysfs = true");
+    let loader = wait_for_loader(&pod);
+    let fallback = conntrack_strategy(&loader);
+    assert!(!fallback.starts_with("core/"), "the node's BTF is hidden: no CO-RE yet, not {fallback}");
+
+    let objects = work.path().join("objects");
+    let out = std::process::Command::new(bin("privileged-loader"))
+        .args(["objects", "--out", path_str(&objects)])
+        .output()
+        .expect("run privileged-loader objects");
+    assert!(out.status.success(), "privileged-loader objects: {}", String::from_utf8_lossy(&out.stderr));
+    let object = objects.join("conntrack.bpf.o");
+    config_service_ok(&["publish-btf", "--repo", path_str(&repo.dir), "--object", path_str(&object)]);
+    wait_until(Duration::from_secs(60), "the conntracker in the pod to run CO-RE", || {
+        Some(()).filter(|_| conntrack_strategy(&loader).starts_with("core/"))
+    });
+    let release = read(Path::new("/proc/sys/kernel/osrelease"));
+    let key = format!("{}-{}", std::env::consts::ARCH, release.trim());
+    let cached = pod.volume_path("loader-btf-cache").join(format!("{key}.btf"));
+    assert!(cached.is_file(), "the BTF is kept in the volume: no {}\n{}", cached.display(), pod.logs(LOADER));
+
+    // With the controller frozen, only the volume can give the new loader its BTF. Paused,
+    // not stopped: the pod's exit policy stops its infra container once no other container
+    // runs, and then the loader's cannot start again (it joins the infra's namespaces).
+    podman::podman_ok(&["pause", &pod.container(CONTROLLER)]);
+    podman::podman_ok(&["restart", &pod.container(LOADER)]);
+    let loader = wait_for_loader(&pod);
+    let strategy = conntrack_strategy(&loader);
+    assert!(strategy.starts_with("core/"), "restarted on {strategy}:\n{}", pod.logs(LOADER));
+    let config = loader.ctl_json(&["config"]);
+    assert_eq!(config["remote_configs"], serde_json::json!([]), "nothing was pushed: {config:#}");
+    let status = loader.ctl_json(&["status"]);
+    let assets = status["assets"].as_array().cloned().unwrap_or_default();
+    let detail = assets.iter().find(|a| a["asset"] == "conntrack").map(|a| a["detail"].to_string());
+    let origin = format!("BTF from remote config `2/BTF/{key}/btf.json` v1");
+    assert!(detail.as_deref().unwrap_or_default().contains(&origin), "{status:#}");
+    podman::podman_ok(&["unpause", &pod.container(CONTROLLER)]);
+}
+
+/// This test's turn to play the pod, with the images built; `None` (the test is skipped,
+/// saying so) where podman cannot run containers.
+fn pod_ready(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if let Some(why) = podman::unavailable() {
+        eprintln!("SKIPPED {test}: podman cannot run containers here: {why}");
+        return None;
+    }
+    let turn = ONE_POD.lock().unwrap_or_else(|p| p.into_inner());
+    podman::build_images();
+    Some(turn)
+}
+
+/// The strategy of the running conntracker, from `loaderctl status`.
+fn conntrack_strategy(loader: &PodLoader<'_>) -> String {
+    let status = loader.ctl_json(&["status"]);
+    let modules = status["modules"].as_array().cloned().unwrap_or_default();
+    let conntrack = modules.iter().find(|m| m["name"] == "conntrack");
+    conntrack.and_then(|m| m["strategy"].as_str()).unwrap_or_default().to_string()
+}
+
+/// Plays the shipped pod with the test's ConfigMaps and Secret, `loader_toml` appended to
+/// the shipped loader.toml (lines indented for the ConfigMap's block).
+fn play(work: &Path, repo: &Repo, service: &Service, loader_toml: &str) -> PlayedPod {
     let state = work.join("state");
     fs::create_dir(&state).expect("state dir");
     chown(&state, Some(CONTROLLER_UID), Some(CONTROLLER_UID)).expect("chown state dir");
@@ -121,7 +193,7 @@ fn play(work: &Path, repo: &Repo, service: &Service) -> PlayedPod {
         serde_json::to_string(&root).expect("root as a JSON string")
     );
     let configmaps = [
-        write(work, "loader-config.yaml", doc("ebpf-loader-config")),
+        write(work, "loader-config.yaml", &format!("{}\n    {loader_toml}\n", doc("ebpf-loader-config"))),
         write(work, "controller-config.yaml", &controller_config),
         write(work, "root.yaml", &root_config),
     ];

@@ -10,6 +10,9 @@
 #[path = "remote_config/harness.rs"]
 mod harness;
 
+#[path = "remote_config/full_state_dir.rs"]
+mod full_state_dir;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

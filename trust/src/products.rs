@@ -38,6 +38,12 @@ pub struct ConntrackPayload {
     pub destroy_events: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep_interval_secs: Option<u64>,
+    /// New connections per second above which the DESTROY subscription is shed; 0: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_shed_above_per_sec: Option<u64>,
+    /// Seconds the rate must hold before a shed (and below half of it before a restore).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_sustain_secs: Option<u32>,
 }
 
 /// `LOCK_STATS`: the keys of the loader's `[lockstats]` section that may change remotely.
@@ -121,6 +127,20 @@ mod tests {
         );
         let g = Payload::parse(LOADER_LOG, br#"{"filter":"debug"}"#).unwrap();
         assert_eq!(g, Payload::LoaderLog(LoaderLogPayload { filter: "debug".into() }));
+    }
+
+    #[test]
+    fn the_storm_keys_are_part_of_the_conntrack_schema() {
+        let c = Payload::parse(CONNTRACK, br#"{"storm_shed_above_per_sec":8000,"storm_sustain_secs":5}"#)
+            .unwrap();
+        let expected = ConntrackPayload {
+            storm_shed_above_per_sec: Some(8000),
+            storm_sustain_secs: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(c, Payload::Conntrack(expected));
+        let err = Payload::parse(CONNTRACK, br#"{"storm_sustain_secs":-1}"#).unwrap_err();
+        assert!(err.to_string().contains("storm_sustain_secs") || err.to_string().contains("-1"), "{err}");
     }
 
     #[test]

@@ -197,9 +197,8 @@ impl Poller {
             self.metrics.backoff(self.schedule.backoff_level());
             self.write_status();
             let Some(delay) = next else { break };
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
+            if !self.wait_for_next_poll(started + delay, &cancel).await {
+                break;
             }
         }
         cancel.cancel();
@@ -207,6 +206,30 @@ impl Poller {
             && let Err(e) = task.await
         {
             error!(error = %e, "the loader push task panicked");
+        }
+    }
+
+    /// Waits until `due` (polls are due an interval after the previous one *started*, so
+    /// a slow poll does not push every later one back), storing the loader's verdicts as
+    /// they arrive: the next poll reports them without first writing the state. Returns
+    /// `false` when cancelled.
+    async fn wait_for_next_poll(&mut self, due: Instant, cancel: &CancellationToken) -> bool {
+        let due = tokio::time::Instant::from_std(due);
+        loop {
+            let arrived = tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = tokio::time::sleep_until(due) => return true,
+                arrived = next_verdicts(self.loader.as_mut()) => arrived,
+            };
+            match arrived {
+                // The push task is gone (it stops only with the loop): nothing more will come.
+                None => self.loader = None,
+                Some(first) => {
+                    if let Err(e) = self.take_verdicts(first).await {
+                        warn!(error = %e, "cannot store the loader's verdicts; the next poll retries");
+                    }
+                }
+            }
         }
     }
 
@@ -225,10 +248,11 @@ impl Poller {
         }
     }
 
-    /// Records the loader's verdicts and stores them before any request reports them.
-    async fn take_verdicts(&mut self) -> Result<(), PollError> {
+    /// Records the loader's verdicts (`first`, already received, and any queued) and
+    /// stores them before any request reports them.
+    async fn take_verdicts(&mut self, first: Vec<Verdict>) -> Result<(), PollError> {
         let Some(loader) = &mut self.loader else { return Ok(()) };
-        let mut verdicts: Vec<Verdict> = Vec::new();
+        let mut verdicts = first;
         while let Ok(batch) = loader.verdicts.try_recv() {
             verdicts.extend(batch);
         }
@@ -255,7 +279,7 @@ impl Poller {
 
     /// One request/verify/commit/notify round.
     async fn poll_once(&mut self) -> Result<(), PollError> {
-        self.take_verdicts().await?;
+        self.take_verdicts(Vec::new()).await?;
         let request = build_request(&self.identity, &self.state, self.last_update_error.as_deref());
         let response = self.fetcher.get_configs(request).await?;
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
@@ -400,4 +424,13 @@ fn update_from(response: &ClientGetConfigsResponse) -> Update<'_> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The next batch of the loader's verdicts; `None` once the push task has gone. Never
+/// completes without a push task.
+async fn next_verdicts(loader: Option<&mut PusherHandle>) -> Option<Vec<Verdict>> {
+    match loader {
+        Some(loader) => loader.verdicts.recv().await,
+        None => std::future::pending().await,
+    }
 }

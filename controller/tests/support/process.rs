@@ -4,12 +4,11 @@
 use std::os::unix::fs::chown;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use controller::status::Status;
-
-pub const NOBODY: u32 = 65534;
+pub use e2e_tests::process::{ChildGuard, NOBODY, is_root};
 
 /// A controller's files: config, token, pinned root, state dir, log.
 pub struct Workspace {
@@ -87,13 +86,9 @@ impl Workspace {
     }
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A running controller; SIGKILLed on drop.
+/// A running controller; stopped on drop.
 pub struct Controller {
-    child: Child,
+    process: ChildGuard,
 }
 
 impl Controller {
@@ -110,22 +105,14 @@ impl Controller {
         if is_root() {
             cmd.uid(NOBODY).gid(NOBODY);
         }
-        Self { child: cmd.spawn().unwrap() }
+        Self { process: ChildGuard::spawn("controller", &mut cmd) }
     }
 
     pub fn stop(mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+        self.process.kill();
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+        self.process.running()
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -27,6 +27,8 @@ use super::quiet_log::QuietLog;
 const REFUSED_PEER_LIFETIME: Duration = Duration::from_secs(1);
 /// How long to wait before accepting again after accept failed (EMFILE, ENFILE, ENOMEM).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How long the socket must have had no connection before the heap is trimmed.
+const TRIM_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 static OVER_LIMIT: QuietLog = QuietLog::new();
 static ACCEPT_FAILED: QuietLog = QuietLog::new();
@@ -47,6 +49,8 @@ pub struct Incoming {
     force_close: CancellationToken,
     stats: Arc<ConnectionStats>,
     pause: Option<Pin<Box<Sleep>>>,
+    /// Told when a connection closes.
+    closed: Arc<Notify>,
 }
 
 impl Incoming {
@@ -57,8 +61,11 @@ impl Incoming {
         force_close: CancellationToken,
         stats: Arc<ConnectionStats>,
     ) -> Self {
-        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-        Self { listener, slots, limits, allow, force_close, stats, pause: None }
+        let capacity = limits.max_connections.max(1);
+        let slots = Arc::new(Semaphore::new(capacity));
+        let closed = Arc::new(Notify::new());
+        tokio::spawn(trim_when_idle(slots.clone(), capacity, closed.clone()));
+        Self { listener, slots, limits, allow, force_close, stats, pause: None, closed }
     }
 
     fn admit(&self, stream: UnixStream) -> Option<Connection> {
@@ -86,7 +93,7 @@ impl Incoming {
         Some(Connection {
             io: stream,
             peer,
-            _slot: permit,
+            _slot: Slot { _permit: permit, closed: self.closed.clone() },
             idle: Box::pin(tokio::time::sleep(lifetime)),
             idle_timeout: (!refused).then_some(lifetime),
             closing: Box::pin(self.force_close.clone().cancelled_owned()),
@@ -126,11 +133,37 @@ impl Stream for Incoming {
     }
 }
 
+/// A connection's place under `max_connections`; its close wakes [`trim_when_idle`].
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    closed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.closed.notify_one();
+    }
+}
+
+/// After a burst of connections the heap holds their freed buffers in small chunks that
+/// stay resident: once the socket has had no connection for [`TRIM_WHEN_IDLE_FOR`], give
+/// them back (the RSS returns near its idle level; docs/benchmarks.md).
+/// Every permit back (`capacity`) means no connection is open.
+async fn trim_when_idle(slots: Arc<Semaphore>, capacity: usize, closed: Arc<Notify>) {
+    loop {
+        closed.notified().await;
+        tokio::time::sleep(TRIM_WHEN_IDLE_FOR).await;
+        if slots.available_permits() == capacity {
+            let _ = tokio::task::spawn_blocking(crate::heap::release_free_memory).await;
+        }
+    }
+}
+
 /// One accepted connection: the socket, its peer, its slot, its deadlines.
 pub struct Connection {
     io: UnixStream,
     peer: Peer,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     idle: Pin<Box<Sleep>>,
     /// `None` for a refused peer: its deadline is fixed, traffic does not extend it.
     idle_timeout: Option<Duration>,

@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::asset::AssetLoader;
 use crate::conntrack::{Conntracker, TableFill};
 use crate::map_count::{MapCount, MapCounter};
 
@@ -115,7 +116,12 @@ impl MapWalks {
     /// The conntracker's fill levels: its eBPF maps' counted by the kernel (exact, at
     /// once), a userspace table's size, or — where the kernel keeps no counter — a walk
     /// shared for `FILL_MAX_AGE` (while the same instance runs), saying why.
-    pub async fn fill_levels(&self, tracker: Option<Arc<dyn Conntracker>>) -> Result<Fill, Status> {
+    /// The counter loads at the first count, through `assets` (the loader's own).
+    pub async fn fill_levels(
+        &self,
+        tracker: Option<Arc<dyn Conntracker>>,
+        assets: Arc<AssetLoader>,
+    ) -> Result<Fill, Status> {
         let Some(tracker) = tracker else { return Ok(Fill::default()) };
         let ids = tracker.bpf_map_ids();
         if ids.is_empty() {
@@ -126,7 +132,7 @@ impl MapWalks {
         let counter = Arc::clone(&self.counter);
         let counted = self
             .off_worker(move || {
-                let counter = counter.get_or_init(|| MapCounter::load().map_err(|e| e.to_string()));
+                let counter = counter.get_or_init(|| MapCounter::load(&assets).map_err(|e| e.to_string()));
                 counter.as_ref().map_err(Clone::clone)?.counts().map_err(|e| e.to_string())
             })
             .await?;

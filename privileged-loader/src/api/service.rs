@@ -53,7 +53,7 @@ impl pb::loader_server::Loader for LoaderApi {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let fill = self.walks.fill_levels(self.modules.conntracker()).await?;
+        let fill = self.walks.fill_levels(self.modules.conntracker(), self.modules.assets()).await?;
         let modules = self.registry.modules().iter().map(|m| convert::module(m, &fill)).collect();
         Ok(Response::new(pb::GetStatusResponse {
             kernel: Some(self.kernel.clone()),

@@ -13,6 +13,7 @@ use super::config::ConntrackConfigError;
 use super::netlink_tracker::{self, NetlinkTrackerError};
 use super::prebuilt::{self, PrebuiltError, PrebuiltSettings};
 use super::serve::serve_loaded;
+use super::storm::SHED_NOTE;
 use super::{ConntrackConfig, ConntrackError, RunningConntracker, core};
 use crate::asset::{AssetError, AssetLoader};
 use crate::status::{HookAttempt, ModuleRecord, ModuleState, Registry};
@@ -58,6 +59,47 @@ impl fmt::Display for Failures<'_> {
     }
 }
 
+/// The chain's writer for what a running instance learns after it started: its tasks
+/// (the DESTROY listener, the netlink follower) get this, never the registry, so the
+/// module's status record keeps one writer and every runtime note has one shape.
+#[derive(Clone)]
+pub struct RunningStatus {
+    registry: Registry,
+}
+
+impl RunningStatus {
+    /// The writer of the conntrack module's record in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        Self { registry: registry.clone() }
+    }
+
+    /// The DESTROY subscription was shed in a connection storm: `note` says so until
+    /// [`RunningStatus::storm_passed`].
+    pub(crate) fn storm_shed(&self, note: String) {
+        self.registry.update_module(MODULE, |m| {
+            m.notes.retain(|n| !n.starts_with(SHED_NOTE));
+            m.notes.push(note);
+        });
+    }
+
+    /// The subscription is back: the shed note goes.
+    pub(crate) fn storm_passed(&self) {
+        self.registry.update_module(MODULE, |m| m.notes.retain(|n| !n.starts_with(SHED_NOTE)));
+    }
+
+    /// Which namespaces are covered changed: the note starting with `prefix` becomes
+    /// `note` ([`record_coverage`]).
+    pub(crate) fn coverage(&self, prefix: &str, note: String) {
+        record_coverage(&self.registry, prefix, note);
+    }
+
+    /// Something the running instance had to recover from (events lost, a failed
+    /// resync): the module's last error, while it keeps running.
+    pub(crate) fn warn(&self, message: String) {
+        self.registry.update_module(MODULE, |m| m.last_error = Some(message));
+    }
+}
+
 /// Tries each configured strategy in order and returns the first that starts. The chain
 /// is the one writer of the module's status record while it starts: every attempt (its
 /// hooks, and its reason when it failed), the state, the implementation in use, its notes
@@ -78,10 +120,11 @@ pub async fn start(
         return Err(e.into());
     }
     let mut failures = Vec::new();
+    let status = RunningStatus::new(registry);
     for strategy in cfg.strategies.iter() {
         let started = Instant::now();
         let mut hooks = Vec::new();
-        let result = start_one(strategy, cfg, assets, registry, &mut hooks, shutdown.clone()).await;
+        let result = start_one(strategy, cfg, assets, &status, &mut hooks, shutdown.clone()).await;
         record_attempt(registry, strategy, hooks, &result, started.elapsed());
         match result {
             Ok(running) => return Ok(running),
@@ -112,20 +155,20 @@ async fn start_one(
     strategy: Strategy,
     cfg: &ConntrackConfig,
     assets: &AssetLoader,
-    registry: &Registry,
+    status: &RunningStatus,
     hooks: &mut Vec<HookAttempt>,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, StartError> {
     match strategy {
         Strategy::Core => {
             let (ebpf, hook) = core::load(cfg, assets, hooks)?;
-            Ok(serve_loaded(ebpf, hook, cfg, registry, shutdown).await?)
+            Ok(serve_loaded(ebpf, hook, cfg, status, shutdown).await?)
         }
         Strategy::Prebuilt => {
             let loaded = prebuilt::load(&PrebuiltSettings::from(cfg), assets, hooks)?;
-            Ok(serve_loaded(loaded.ebpf, loaded.hook, cfg, registry, shutdown).await?)
+            Ok(serve_loaded(loaded.ebpf, loaded.hook, cfg, status, shutdown).await?)
         }
-        Strategy::Netlink => Ok(netlink_tracker::start(cfg, registry, shutdown).await?),
+        Strategy::Netlink => Ok(netlink_tracker::start(cfg, status, shutdown).await?),
     }
 }
 
@@ -161,11 +204,27 @@ fn record_attempt(
 pub fn record_serving(registry: &Registry, running: &RunningConntracker) {
     registry.update_module(MODULE, |m| {
         for note in &running.notes {
-            if !m.notes.contains(note) {
-                m.notes.push(note.clone());
+            // A coverage note replaces the predecessor's; any other is added once.
+            let kind = COVERAGE_NOTES.iter().find(|prefix| note.starts_with(*prefix));
+            let old = m.notes.iter_mut().find(|n| *n == note || kind.is_some_and(|p| n.starts_with(p)));
+            match old {
+                Some(old) => *old = note.clone(),
+                None => m.notes.push(note.clone()),
             }
         }
         m.last_error = running.degraded.clone();
+    });
+}
+
+/// Prefixes of the notes that say which namespaces are covered (one of each at a time).
+const COVERAGE_NOTES: [&str; 2] = [super::reach::NOTE_PREFIX, super::ctnetlink::EVENTS_NOTE_PREFIX];
+
+/// Replaces the module's note that starts with `prefix` by `note` (which namespaces are
+/// covered changes while it runs): the one writer of those notes after start.
+pub fn record_coverage(registry: &Registry, prefix: &str, note: String) {
+    registry.update_module(MODULE, |m| match m.notes.iter_mut().find(|n| n.starts_with(prefix)) {
+        Some(old) => *old = note,
+        None => m.notes.push(note),
     });
 }
 

@@ -27,11 +27,13 @@ pub struct ConntrackConfig {
     /// neither tags every new entry with the event extension nor builds a message per
     /// destroyed one (measurable under connection storms: docs/benchmarks.md).
     pub destroy_events: bool,
-    /// New connections per second (as the eBPF hook records them) above which the DESTROY
-    /// subscription is dropped, once that rate held for `storm_sustain_secs`; it is taken
-    /// again (with a resynchronisation sweep) after as long below half of it. 0: never.
+    /// New conntrack entries per second (as the eBPF hook counts them) above which the
+    /// DESTROY subscription is dropped, once that rate held for `storm_sustain_secs` (at
+    /// once when the event queue overruns); it is taken again (with a resynchronisation
+    /// sweep) after three times as long below half of it. 0: never.
     pub storm_shed_above_per_sec: u64,
-    /// Seconds a rate must hold before the subscription is shed or restored.
+    /// Seconds a rate must hold before the subscription is shed (restoring waits three
+    /// times as long).
     pub storm_sustain_secs: u32,
     /// How often the sweep rechecks the map against a fresh conntrack dump. 0 disables it.
     pub sweep_interval_secs: u64,
@@ -59,7 +61,7 @@ impl Default for ConntrackConfig {
             initial_dump_timeout_secs: 10,
             destroy_events: true,
             storm_shed_above_per_sec: DEFAULT_STORM_SHED_ABOVE_PER_SEC,
-            storm_sustain_secs: 3,
+            storm_sustain_secs: 1,
             sweep_interval_secs: 60,
             stale_after_secs: 3600,
             attach_strategies: Strategy::ORDER.to_vec(),

@@ -26,9 +26,9 @@ pub fn load(
     hooks: &mut Vec<HookAttempt>,
 ) -> Result<(Ebpf, Strategy), AssetError> {
     assets.load_core_asset(ASSET, |bytes, loader| {
-        loader.map_max_entries(map::MAP_NAME, cfg.max_entries);
-        loader.override_global("tcpv6_enabled", flag(cfg.tcpv6_enabled), true);
-        loader.override_global("udpv6_enabled", flag(cfg.udpv6_enabled), true);
+        loader.max_entries(map::MAP_NAME, cfg.max_entries);
+        loader.global("tcpv6_enabled", &[u8::from(cfg.tcpv6_enabled)]);
+        loader.global("udpv6_enabled", &[u8::from(cfg.udpv6_enabled)]);
         let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(ASSET, e))?;
         let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
         let strategy = attach_first(&mut ebpf, &btf.btf, hooks, &cfg.attach_strategies)?;
@@ -144,11 +144,6 @@ fn load_error(program: &str, err: ProgramError) -> AssetError {
 
 fn attach_error(program: &str, err: ProgramError) -> AssetError {
     AssetError::from_program_attach(ASSET, program, err)
-}
-
-/// `set_global` wants a reference that outlives the loader: promote to 'static.
-fn flag(on: bool) -> &'static u8 {
-    if on { &1 } else { &0 }
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::chain::RunningStatus;
 use super::config::ConntrackConfig;
-use super::ctnetlink::{CtNetlink, Event, NetlinkError};
+use super::ctnetlink::{CtNetlink, EVENTS_NOTE_PREFIX, Event, NetlinkError};
 use super::map::{self, CtKey};
 use super::map_tracker::{CoreConntracker, monotonic_ns};
 use super::storm::{SHED_NOTE, StormGuard, Verdict};
 use super::{ConntrackStats, Entry, MODULE};
-use crate::status::Registry;
 
 /// Pause after an unexpected netlink error, so a broken socket cannot spin a core.
 const NETLINK_RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -39,14 +39,24 @@ pub(crate) struct DestroyListener {
     pub(crate) cfg: ConntrackConfig,
     /// Sheds the subscription in connection storms; `None` when configured off.
     pub(crate) storm: Option<StormGuard>,
-    /// Where the shed state is said (a module note while shed).
-    pub(crate) registry: Registry,
+    /// The chain's writer: the shed state (a module note while shed) and which
+    /// namespaces' events are heard.
+    pub(crate) status: RunningStatus,
+    /// The events coverage note as last written, rewritten when it changes.
+    pub(crate) coverage_note: String,
 }
 
 /// What woke the listener.
 enum Wake {
     Events(Result<Vec<Event>, NetlinkError>),
     Sample,
+}
+
+/// New connections per second between the counter readings `last` and `now`.
+fn rate_since(last: Option<(u64, Instant)>, now: (u64, Instant)) -> Option<u64> {
+    let (before, at) = last?;
+    let seconds = now.1.duration_since(at).as_secs_f64().max(1e-3);
+    Some((now.0.wrapping_sub(before) as f64 / seconds) as u64)
 }
 
 impl DestroyListener {
@@ -58,12 +68,15 @@ impl DestroyListener {
             let wake = tokio::select! {
                 () = shutdown.cancelled() => return,
                 batch = socket.next_events() => Wake::Events(batch),
-                _ = sampler.tick(), if self.storm.is_some() => Wake::Sample,
+                _ = sampler.tick() => Wake::Sample,
             };
             let batch = match wake {
                 Wake::Events(batch) => batch,
                 Wake::Sample => {
-                    last = self.sample(&socket, last);
+                    self.refresh_coverage(&socket);
+                    if self.storm.is_some() {
+                        last = self.sample(&socket, last);
+                    }
                     continue;
                 }
             };
@@ -79,11 +92,13 @@ impl DestroyListener {
                 }
                 Err(NetlinkError::Overrun) => {
                     self.stats.enobufs.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        module = MODULE,
-                        "conntrack destroy events were lost (ENOBUFS); resynchronising"
-                    );
-                    self.resync.notify_one();
+                    if !self.shed_on_overrun(&socket, last) {
+                        tracing::warn!(
+                            module = MODULE,
+                            "conntrack destroy events were lost (ENOBUFS); resynchronising"
+                        );
+                        self.resync.notify_one();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(module = MODULE, error = %e, "conntrack event socket error");
@@ -96,15 +111,44 @@ impl DestroyListener {
         }
     }
 
+    /// Rewrites the events coverage note when the namespace ids heard changed.
+    fn refresh_coverage(&mut self, socket: &CtNetlink) {
+        let note = socket.coverage().describe();
+        if note != self.coverage_note {
+            self.coverage_note = note.clone();
+            self.status.coverage(EVENTS_NOTE_PREFIX, note);
+        }
+    }
+
     /// One storm-guard sample: the rate since `last`, and a shed or restore if it says so.
     fn sample(&mut self, socket: &CtNetlink, last: Option<(u64, Instant)>) -> Option<(u64, Instant)> {
         let now = (self.tracker.recorded_connections()?, Instant::now());
-        let Some((before, at)) = last else { return Some(now) };
-        let seconds = now.1.duration_since(at).as_secs_f64().max(1e-3);
-        let per_sec = (now.0.wrapping_sub(before) as f64 / seconds) as u64;
+        let Some(per_sec) = rate_since(last, now) else { return Some(now) };
         self.stats.recorded_per_sec.store(per_sec, Ordering::Relaxed);
         let Some(guard) = self.storm.as_mut() else { return Some(now) };
         let verdict = guard.observe(per_sec);
+        self.act(socket, verdict, per_sec);
+        Some(now)
+    }
+
+    /// After an event overrun: sheds at once when the connection rate since the last
+    /// sample is above the threshold (the resync then runs when the storm ends, not in
+    /// the middle of it). Returns whether it shed.
+    fn shed_on_overrun(&mut self, socket: &CtNetlink, last: Option<(u64, Instant)>) -> bool {
+        let Some(guard) = self.storm.as_mut() else { return false };
+        if guard.is_shed() {
+            // Events queued before the unsubscription: the restore's resync covers them.
+            return true;
+        }
+        let now = self.tracker.recorded_connections().map(|total| (total, Instant::now()));
+        let Some(per_sec) = now.and_then(|now| rate_since(last, now)) else { return false };
+        let verdict = guard.overrun(per_sec);
+        self.act(socket, verdict, per_sec);
+        self.storm.as_ref().is_some_and(StormGuard::is_shed)
+    }
+
+    /// Carries out a storm-guard verdict on the subscription, in status and the log.
+    fn act(&mut self, socket: &CtNetlink, verdict: Verdict, per_sec: u64) {
         let threshold = self.cfg.storm_shed_above_per_sec;
         match verdict {
             Verdict::Keep => {}
@@ -121,7 +165,7 @@ impl DestroyListener {
                         threshold,
                         "conntrack DESTROY subscription shed (connection storm)"
                     );
-                    self.registry.update_module(MODULE, |m| m.notes.push(note));
+                    self.status.storm_shed(note);
                 }
                 Err(e) => {
                     tracing::warn!(module = MODULE, error = %e, "cannot shed the DESTROY subscription");
@@ -137,7 +181,7 @@ impl DestroyListener {
                         per_sec,
                         "conntrack DESTROY subscription restored; resynchronising"
                     );
-                    self.registry.update_module(MODULE, |m| m.notes.retain(|n| !n.starts_with(SHED_NOTE)));
+                    self.status.storm_passed();
                     self.resync.notify_one();
                 }
                 Err(e) => {
@@ -145,10 +189,14 @@ impl DestroyListener {
                 }
             },
         }
-        Some(now)
     }
 
     async fn apply(&mut self, events: &[Event]) {
+        if self.storm.as_ref().is_some_and(StormGuard::is_shed) {
+            // Queued before the shed: like every destroy of the storm, left to the
+            // resync that follows the restore (a kernel query each would cost the storm).
+            return;
+        }
         for event in events {
             if let Event::Destroy(entry) = event {
                 self.stats.destroy_events.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +231,11 @@ impl DestroyListener {
             self.tracker.remove_keys(&stale);
             return;
         }
-        match self.query.get(&entry.original).await {
+        let asked = Instant::now();
+        let answer = self.query.get(&entry.original).await;
+        self.stats.destroy_gets.fetch_add(1, Ordering::Relaxed);
+        self.stats.destroy_get_ns.fetch_add(asked.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match answer {
             Ok(Some(next)) if next.is_nat() && self.cfg.records(&next) => {
                 if next.original == entry.original && next.reply == entry.reply && stale.len() == 2 {
                     // The newer entry has the same tuples both ways (a reused port,

@@ -1,20 +1,27 @@
 //! The `conntrack` map of a loaded and attached object, CO-RE or prebuilt (both fill it
 //! with the layout of `map.rs`), read through [`Conntracker`] and written by the seeding,
 //! the destroy listener, the sweep and a reload's handover.
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, MutexGuard};
 
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, MapError};
 
 use super::hook::Strategy;
 use super::map::{self, CtKey, CtValue};
+use super::removals::Removals;
 use super::storm::NewConnections;
 use super::{ConntrackError, Conntracker, Entry, MODULE, TableFill, Tuple};
 use crate::asset::error_chain;
 
 /// The loaded object and its map.
 pub struct CoreConntracker {
-    map: RwLock<HashMap<MapData, CtKey, CtValue>>,
+    /// Every read — lookups and whole-map walks — goes through this handle with no lock:
+    /// the kernel map is safe to read while it is written, and a walk lasts long (131k
+    /// slots, two syscalls each), so no lookup or write waits behind another.
+    reader: HashMap<MapData, CtKey, CtValue>,
+    /// Writes (aya needs `&mut`) through a second handle on the same kernel map, with the
+    /// removal generation they keep in step.
+    writer: Mutex<Writer>,
     /// Owns the programs and their links: dropping it detaches them.
     _ebpf: Mutex<Ebpf>,
     pub(crate) strategy: Strategy,
@@ -25,6 +32,14 @@ pub struct CoreConntracker {
     /// The programs' count of recorded connections (`storm.rs`); `None` for an object
     /// built without it.
     new_connections: Option<NewConnections>,
+}
+
+/// The writing handle on the map.
+struct Writer {
+    map: HashMap<MapData, CtKey, CtValue>,
+    /// The removal generation the programs' per-CPU cache checks; `None` for an object
+    /// built without it.
+    removals: Option<Removals>,
 }
 
 impl CoreConntracker {
@@ -38,10 +53,13 @@ impl CoreConntracker {
             || ConntrackError::MapRead { map: map::MAP_NAME.into(), reason: "not in the object".into() };
         let map = ebpf.take_map(map::MAP_NAME).ok_or_else(missing)?;
         let map = HashMap::try_from(map).map_err(|e| map_error(&e))?;
+        let reader = second_handle(&map)?;
         let (root_netns, root_netns_note) = root_netns();
         let new_connections = NewConnections::take(&mut ebpf);
+        let removals = Removals::take(&mut ebpf);
         Ok(Self {
-            map: RwLock::new(map),
+            reader,
+            writer: Mutex::new(Writer { map, removals }),
             _ebpf: Mutex::new(ebpf),
             strategy,
             root_netns,
@@ -63,9 +81,9 @@ impl CoreConntracker {
 
     /// Writes both slots of `entry`; false (and a log line) if the kernel refused.
     pub fn insert(&self, entry: &Entry, now_ns: u64) -> bool {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut writer = self.writer();
         let result =
-            map::slots_of(entry, now_ns).iter().try_for_each(|(key, value)| map.insert(key, value, 0));
+            map::slots_of(entry, now_ns).iter().try_for_each(|(key, value)| writer.map.insert(key, value, 0));
         if let Err(e) = &result {
             tracing::warn!(module = MODULE, ?entry, error = %e, "cannot insert conntrack entry");
         }
@@ -77,41 +95,57 @@ impl CoreConntracker {
     /// whether it was written.
     pub fn insert_absent(&self, key: &CtKey, value: &CtValue) -> bool {
         const BPF_NOEXIST: u64 = 1;
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(key, value, BPF_NOEXIST).is_ok()
+        self.writer().map.insert(key, value, BPF_NOEXIST).is_ok()
     }
 
     /// The slots of `entry` that still describe it (their value names `entry`'s other
     /// direction): a slot rewritten since, for another connection, is not among them.
     pub fn slots_describing(&self, entry: &Entry) -> Vec<CtKey> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         map::slots_of(entry, 0)
             .into_iter()
             .filter(|(key, expected)| {
-                map.get(key, 0).is_ok_and(|v| v.other == expected.other && v.dir == expected.dir)
+                self.reader.get(key, 0).is_ok_and(|v| v.other == expected.other && v.dir == expected.dir)
             })
             .map(|(key, _)| key)
             .collect()
     }
 
-    /// Deletes `keys`; returns how many were present.
+    /// Deletes `keys`; returns how many were present. Bracketed by the removal
+    /// generation's bumps (`removals.rs`).
     pub fn remove_keys(&self, keys: &[CtKey]) -> usize {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        keys.iter().filter(|key| map.remove(key).is_ok()).count()
+        if keys.is_empty() {
+            return 0;
+        }
+        let Writer { map, removals } = &mut *self.writer();
+        let mut remove = || keys.iter().filter(|key| map.remove(key).is_ok()).count();
+        match removals {
+            Some(removals) => removals.around(remove),
+            None => remove(),
+        }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every slot of the map. Slots deleted while iterating are skipped.
     pub fn snapshot(&self) -> Result<Vec<(CtKey, CtValue)>, ConntrackError> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut slots = Vec::new();
-        for item in map.iter() {
+        self.for_each_slot(|key, value| slots.push((key, value)))?;
+        Ok(slots)
+    }
+
+    /// Hands every slot of the map to `each` as it is read, skipping slots deleted while
+    /// iterating.
+    fn for_each_slot(&self, mut each: impl FnMut(CtKey, CtValue)) -> Result<(), ConntrackError> {
+        for item in self.reader.iter() {
             match item {
-                Ok(slot) => slots.push(slot),
+                Ok((key, value)) => each(key, value),
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_error(&e)),
             }
         }
-        Ok(slots)
+        Ok(())
     }
 }
 
@@ -121,23 +155,21 @@ impl Conntracker for CoreConntracker {
     }
 
     fn entries(&self) -> Result<Vec<Entry>, ConntrackError> {
-        let slots = self.snapshot()?;
-        let mut entries = Vec::with_capacity(slots.len() / 2);
-        for (key, value) in &slots {
-            match map::entry_of(key, value) {
-                Ok(Some(entry)) => entries.push(entry),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(module = MODULE, error = %e, "skipping malformed map slot"),
-            }
-        }
+        // Converted as it walks: a snapshot of the slots first would hold the whole map
+        // twice at the peak.
+        let mut entries = Vec::new();
+        self.for_each_slot(|key, value| match map::entry_of(&key, &value) {
+            Ok(Some(entry)) => entries.push(entry),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(module = MODULE, error = %e, "skipping malformed map slot"),
+        })?;
         Ok(entries)
     }
 
     fn lookup(&self, tuple: &Tuple, netns: u32) -> Result<Option<(Tuple, u32)>, ConntrackError> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let namespaces = if netns == self.root_netns { vec![netns] } else { vec![self.root_netns, netns] };
         for ns in namespaces {
-            match map.get(&CtKey::from_tuple(tuple, ns), 0) {
+            match self.reader.get(&CtKey::from_tuple(tuple, ns), 0) {
                 Ok(value) => {
                     let other = value.other.to_tuple().map_err(|e| ConntrackError::MapRead {
                         map: map::MAP_NAME.into(),
@@ -153,16 +185,28 @@ impl Conntracker for CoreConntracker {
     }
 
     fn tables(&self) -> Vec<TableFill> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let entries = map.keys().filter(Result::is_ok).count() as u64;
+        let entries = self.reader.keys().filter(Result::is_ok).count() as u64;
         vec![TableFill { name: map::MAP_NAME.into(), entries, max_entries: u64::from(self.max_entries) }]
     }
 
     fn bpf_map_ids(&self) -> Vec<u32> {
         use aya::maps::IterableMap;
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.map().info().map(|info| vec![info.id()]).unwrap_or_default()
+        self.reader.map().info().map(|info| vec![info.id()]).unwrap_or_default()
     }
+}
+
+/// Another handle on `map`'s kernel map (a duplicated descriptor).
+fn second_handle(
+    map: &HashMap<MapData, CtKey, CtValue>,
+) -> Result<HashMap<MapData, CtKey, CtValue>, ConntrackError> {
+    use aya::maps::{IterableMap, Map};
+    use std::os::fd::AsFd;
+    let fd = map.map().fd().as_fd().try_clone_to_owned().map_err(|e| ConntrackError::MapRead {
+        map: map::MAP_NAME.into(),
+        reason: format!("duplicating its descriptor: {e}"),
+    })?;
+    let data = MapData::from_fd(fd).map_err(|e| map_error(&e))?;
+    HashMap::try_from(Map::LruHashMap(data)).map_err(|e| map_error(&e))
 }
 
 fn map_error(err: &MapError) -> ConntrackError {
@@ -177,7 +221,7 @@ fn root_netns() -> (u32, Option<String>) {
     // which sandboxes deny even to root; the link text `net:[<inode>]` does not — unless
     // the loader lacks one of PID 1's capabilities, which a root shell in a container may.
     let link = std::fs::read_link("/proc/1/ns/net").map(|l| l.to_string_lossy().into_owned());
-    let why = match link.as_deref().map(parse_ns_link) {
+    let why = match link.as_deref().map(super::reach::parse_ns_link) {
         Ok(Some(inode)) => return (inode, None),
         Ok(None) => format!("unexpected link text {link:?}"),
         Err(e) => e.to_string(),
@@ -190,11 +234,6 @@ fn root_netns() -> (u32, Option<String>) {
     (own, Some(note))
 }
 
-/// The inode in a namespace link's text, `net:[4026531840]`.
-fn parse_ns_link(text: &str) -> Option<u32> {
-    text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-}
-
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -205,7 +244,7 @@ pub fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::reach::parse_ns_link;
 
     #[test]
     fn namespace_links_give_their_inode() {

@@ -15,6 +15,8 @@ pub mod map_tracker;
 pub mod nat_table;
 pub mod netlink_tracker;
 pub mod prebuilt;
+pub mod reach;
+mod removals;
 pub mod serve;
 pub mod storm;
 pub mod sweep;
@@ -38,6 +40,11 @@ pub struct ConntrackStats {
     pub initial_entries: AtomicU64,
     /// DESTROY events received.
     pub destroy_events: AtomicU64,
+    /// ctnetlink GETs the DESTROY listener made (one per destroyed own-namespace NAT'd
+    /// connection still in the map: is a newer entry holding its tuple?).
+    pub destroy_gets: AtomicU64,
+    /// Time those GETs took, in nanoseconds (round trip, wall clock).
+    pub destroy_get_ns: AtomicU64,
     /// Times the kernel dropped events (ENOBUFS) on the event socket.
     pub enobufs: AtomicU64,
     /// Sweeps run (periodic and after an overrun).

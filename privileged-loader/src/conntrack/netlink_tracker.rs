@@ -9,8 +9,8 @@
 //!
 //! Scope: the events of the namespace of the thread that starts it and of every
 //! namespace with an id in it (`NETLINK_LISTEN_ALL_NSID`, see `ctnetlink/nsid.rs`); the
-//! dumps (start and resync) cover the own namespace, and a resync replaces only its
-//! entries. The sockets and the message parsing are the conntrack module's
+//! dumps (start and resync) cover the own namespace and every other one the loader
+//! reached (`reach.rs`), and each replaces only its own namespace's entries. The sockets and the message parsing are the conntrack module's
 //! ([`CtNetlink`]), shared with the CO-RE conntracker; this file owns the table policy.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,10 +20,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::ConntrackStats;
+use super::chain::RunningStatus;
 use super::ctnetlink::{CtNetlink, Event, Groups, NetlinkError};
 use super::nat_table::NatTable;
+use super::reach::{self, NOTE_PREFIX, Reach};
 use super::{ConntrackConfig, ConntrackError, Conntracker, Entry, RunningConntracker, TableFill, Tuple};
-use crate::status::Registry;
 
 /// Strategy name reported by this conntracker.
 pub const STRATEGY: &str = "netlink";
@@ -55,6 +56,8 @@ pub struct NetlinkConntracker {
     table: Mutex<NatTable>,
     netns: u32,
     stats: NetlinkStats,
+    /// Which namespaces' events its socket hears.
+    coverage: String,
 }
 
 impl NetlinkConntracker {
@@ -82,8 +85,27 @@ impl NetlinkConntracker {
         }
     }
 
-    /// Replaces the own namespace's part of the table with a fresh dump's NAT'd entries.
-    async fn resync(&self, dump: &mut CtNetlink, timeout: Duration) -> Result<(), NetlinkTrackerError> {
+    /// Replaces the own namespace's part of the table with a fresh dump's NAT'd entries,
+    /// then each other reached namespace's part with its own (one that fails is logged
+    /// and keeps its entries).
+    async fn resync(
+        &self,
+        dump: &mut CtNetlink,
+        reach: &Reach,
+        timeout: Duration,
+    ) -> Result<(), NetlinkTrackerError> {
+        self.resync_one(dump, timeout).await?;
+        for mut borrowed in reach.borrow_all().await {
+            let netns = borrowed.netns();
+            let Some(socket) = borrowed.socket() else { continue };
+            if let Err(e) = self.resync_one(socket, timeout).await {
+                tracing::warn!(netns, error = %e, "netlink conntracker: dump of another namespace failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn resync_one(&self, dump: &mut CtNetlink, timeout: Duration) -> Result<(), NetlinkTrackerError> {
         let entries = tokio::time::timeout(timeout, dump.dump())
             .await
             .map_err(|_| NetlinkTrackerError::DumpTimeout(timeout))??;
@@ -118,30 +140,41 @@ impl Conntracker for NetlinkConntracker {
     }
 }
 
+/// Prefix of the netlink conntracker's events coverage note.
+const NETLINK_EVENTS_NOTE: &str = "netlink: conntrack events";
+
+/// The status note of which namespaces' events `events` hears.
+fn events_note(events: &CtNetlink) -> String {
+    format!("netlink: {}", events.coverage().describe())
+}
+
 /// Starts the netlink conntracker: subscribes to NEW and DESTROY first (so nothing
 /// between the dump and the subscription is missed), dumps, then follows events and
 /// resyncs every `sweep_interval_secs` until `shutdown`.
 pub async fn start(
     cfg: &ConntrackConfig,
-    registry: &Registry,
+    status: &RunningStatus,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, NetlinkTrackerError> {
-    let (tracker, tasks) = start_tracker(cfg, registry, shutdown).await?;
+    let (tracker, tasks) = start_tracker(cfg, status, shutdown).await?;
     let stats = Arc::new(ConntrackStats::default());
-    Ok(RunningConntracker { tracker, tasks, stats, map: None, notes: Vec::new(), degraded: None })
+    // Known at start: the chain records it with the instance.
+    let notes = vec![format!("netlink: {}", tracker.coverage)];
+    Ok(RunningConntracker { tracker, tasks, stats, map: None, notes, degraded: None })
 }
 
 /// [`start`], returning the concrete tracker (for its [`NetlinkStats`]).
 pub async fn start_tracker(
     cfg: &ConntrackConfig,
-    registry: &Registry,
+    status: &RunningStatus,
     shutdown: CancellationToken,
 ) -> Result<(Arc<NetlinkConntracker>, JoinSet<()>), NetlinkTrackerError> {
     cfg.validate()?;
     let events = CtNetlink::event_socket(Groups::NewAndDestroy)?;
     let coverage = events.coverage().describe();
-    registry.update_module(super::MODULE, |m| m.notes.push(format!("netlink: {coverage}")));
     let mut dump = CtNetlink::dump_socket()?;
+    let reach = Reach::of_current_namespace().await;
+    status.coverage(NOTE_PREFIX, reach.describe());
     let timeout = cfg.initial_dump_timeout();
     let tracker = Arc::new(NetlinkConntracker {
         // Two map slots per connection in the eBPF conntrackers: the same number of
@@ -149,9 +182,10 @@ pub async fn start_tracker(
         table: Mutex::new(NatTable::new((cfg.max_entries / 2).max(1) as usize)),
         netns: dump.netns(),
         stats: NetlinkStats::default(),
+        coverage,
     });
-    tracker.resync(&mut dump, timeout).await?;
-    let follower = Follower { tracker: tracker.clone(), registry: registry.clone(), dump, timeout };
+    tracker.resync(&mut dump, &reach, timeout).await?;
+    let follower = Follower { tracker: tracker.clone(), status: status.clone(), dump, reach, timeout };
     let mut tasks = JoinSet::new();
     tasks.spawn(follower.run(events, cfg.sweep_interval(), shutdown));
     Ok((tracker, tasks))
@@ -160,8 +194,10 @@ pub async fn start_tracker(
 /// The task that applies events, and resyncs on loss and on the sweep period.
 struct Follower {
     tracker: Arc<NetlinkConntracker>,
-    registry: Registry,
+    status: RunningStatus,
     dump: CtNetlink,
+    /// The dump sockets of the other namespaces.
+    reach: Arc<Reach>,
     timeout: Duration,
 }
 
@@ -171,13 +207,21 @@ impl Follower {
         // their DESTROY never comes: the periodic resync removes them.
         let period = sweep.unwrap_or(Duration::MAX / 4);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + reach::REFRESH_PERIOD,
+            reach::REFRESH_PERIOD,
+        );
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick(), if sweep.is_some() => self.resync("sweep").await,
+                _ = refresh.tick() => {
+                    self.status.coverage(NETLINK_EVENTS_NOTE, events_note(&events));
+                    self.refresh_reach().await;
+                }
                 batch = events.next_events() => match batch {
                     Ok(batch) => batch.iter().for_each(|e| self.tracker.apply(e)),
-                    Err(NetlinkError::Overrun) => self.on_lost_events().await,
+                    Err(NetlinkError::Overrun) => self.on_lost_events(&mut events).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "ctnetlink event socket error; retrying");
                         tokio::time::sleep(RETRY_PAUSE).await;
@@ -187,27 +231,48 @@ impl Follower {
         }
     }
 
+    /// Lets go of namespaces that went and enters new ones (whose tables are read at once).
+    async fn refresh_reach(&mut self) {
+        let refreshed = self.reach.refresh().await;
+        if refreshed.changed {
+            self.status.coverage(NOTE_PREFIX, self.reach.describe());
+        }
+        if refreshed.entered > 0 {
+            self.resync("namespaces entered").await;
+        }
+    }
+
     /// ENOBUFS: the kernel dropped events. Count it, say so, rebuild from a dump.
-    async fn on_lost_events(&mut self) {
+    /// The events still queued are older than the dump: they are dropped first, so
+    /// that none is applied on top of it.
+    async fn on_lost_events(&mut self, events: &mut CtNetlink) {
         let lost = self.tracker.stats.enobufs.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(times = lost, "ctnetlink events lost (ENOBUFS); resyncing the table from a dump");
+        let stale = events.discard_queued().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ctnetlink event socket error while dropping stale events");
+            0
+        });
+        tracing::warn!(
+            times = lost,
+            stale_datagrams = stale,
+            "ctnetlink events lost (ENOBUFS); resyncing the table from a dump"
+        );
         self.resync("events lost (ENOBUFS)").await;
         let resyncs = self.tracker.stats.resyncs.load(Ordering::Relaxed);
         let message = format!(
             "netlink: events lost {lost} time(s) (ENOBUFS); table resynced from a dump {resyncs} time(s)"
         );
-        self.registry.update_module(super::MODULE, |m| m.last_error = Some(message));
+        self.status.warn(message);
     }
 
     async fn resync(&mut self, why: &str) {
-        match self.tracker.resync(&mut self.dump, self.timeout).await {
+        match self.tracker.resync(&mut self.dump, &self.reach, self.timeout).await {
             Ok(()) => {
                 self.tracker.stats.resyncs.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::warn!(error = %e, why, "netlink conntracker resync failed; keeping the current table");
                 let message = format!("netlink: resync after {why} failed: {e}");
-                self.registry.update_module(super::MODULE, |m| m.last_error = Some(message));
+                self.status.warn(message);
             }
         }
     }

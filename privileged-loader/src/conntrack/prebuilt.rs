@@ -11,7 +11,7 @@ use aya::programs::{KProbe, RawTracePoint};
 
 use super::ConntrackConfig;
 use super::hook::Strategy;
-use crate::asset::{self, AssetError, AssetLoader};
+use crate::asset::{self, AssetError, AssetLoader, ObjectLoader};
 use crate::offsetguess::{self, GuessError, GuessReport, OffsetGuessConfig};
 use crate::status::HookAttempt;
 
@@ -89,13 +89,13 @@ impl Globals {
         Self { offsets, tcpv6: u8::from(settings.tcpv6_enabled), udpv6: u8::from(settings.udpv6_enabled) }
     }
 
-    fn set<'g>(&'g self, loader: &mut aya::EbpfLoader<'g>, max_entries: u32) {
-        loader.map_max_entries("conntrack", max_entries);
-        for (name, value) in &self.offsets {
-            loader.override_global(name, value, true);
+    fn set(&self, loader: &mut ObjectLoader<'_, '_>, max_entries: u32) {
+        loader.max_entries("conntrack", max_entries);
+        for (name, value) in self.offsets {
+            loader.global(name, &value.to_ne_bytes());
         }
-        loader.override_global("tcpv6_enabled", &self.tcpv6, true);
-        loader.override_global("udpv6_enabled", &self.udpv6, true);
+        loader.global("tcpv6_enabled", &[self.tcpv6]);
+        loader.global("udpv6_enabled", &[self.udpv6]);
     }
 }
 

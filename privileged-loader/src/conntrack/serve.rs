@@ -1,5 +1,6 @@
-//! Serving the map of a loaded object, CO-RE or prebuilt: seeding it from a ctnetlink dump
-//! of the entries that existed before the program was attached, and starting the tasks
+//! Serving the map of a loaded object, CO-RE or prebuilt: seeding it from ctnetlink dumps
+//! of the entries that existed before the program was attached (the own namespace's
+//! here, the other reachable ones' by the sweeper as it starts), and starting the tasks
 //! that keep it clean (the DESTROY listener and the sweeper).
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,16 +11,17 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::chain::RunningStatus;
 use super::config::ConntrackConfig;
 use super::ctnetlink::{CtNetlink, Groups, NetlinkError};
 use super::destroy_listener::DestroyListener;
 use super::hook::Strategy;
 use super::map_tracker::{CoreConntracker, monotonic_ns};
+use super::reach::Reach;
 use super::storm::StormGuard;
 use super::sweep::SweepPolicy;
 use super::sweeper::Sweeper;
 use super::{ConntrackError, ConntrackStats, Conntracker, MODULE};
-use crate::status::Registry;
 
 /// A started conntracker: its read side and the tasks keeping it up to date.
 pub struct RunningConntracker {
@@ -40,8 +42,8 @@ pub struct RunningConntracker {
 
 /// Serves the map of a loaded and attached object, CO-RE or prebuilt (both maps have the
 /// same layout): seeding, destroy events and sweep. What it learns while starting goes
-/// into the returned instance's `notes`/`degraded`, which the chain records; `registry`
-/// is only for the running DESTROY listener's own notes (connection-storm shedding).
+/// into the returned instance's `notes`/`degraded`, which the chain records; `status`
+/// is the chain's writer for the running DESTROY listener (connection-storm shedding).
 ///
 /// The netlink sockets belong to the network namespace of the *calling thread*: that is
 /// the namespace whose existing entries are loaded and whose destroy events are seen.
@@ -49,23 +51,23 @@ pub async fn serve_loaded(
     ebpf: Ebpf,
     strategy: Strategy,
     cfg: &ConntrackConfig,
-    registry: &Registry,
+    status: &RunningStatus,
     shutdown: CancellationToken,
 ) -> Result<RunningConntracker, ConntrackError> {
     let tracker = Arc::new(CoreConntracker::from_loaded(ebpf, strategy, cfg.max_entries)?);
-    Ok(serve(tracker, cfg, registry, shutdown).await)
+    Ok(serve(tracker, cfg, status, shutdown).await)
 }
 
 /// Starts the map runtime (seeding, destroy listener, sweep) for a loaded object. A
 /// reload that changes only runtime settings calls it again on the same object.
 ///
-/// `registry` goes only to the DESTROY listener, for the one note that changes while the
+/// `status` goes only to the DESTROY listener, for the one note that changes while the
 /// instance runs (the subscription shed in a storm, and gone when restored); everything
 /// known at start is returned in [`RunningConntracker`] for the chain to record.
 pub(crate) async fn serve(
     tracker: Arc<CoreConntracker>,
     cfg: &ConntrackConfig,
-    registry: &Registry,
+    status: &RunningStatus,
     shutdown: CancellationToken,
 ) -> RunningConntracker {
     let strategy = tracker.strategy;
@@ -85,8 +87,11 @@ pub(crate) async fn serve(
                     .filter(|_| strategy.refreshes_last_seen())
                     .map(|d| d.as_nanos() as u64),
             };
+            let reach = Reach::of_current_namespace().await;
+            notes.push(reach.describe());
             if let Some(events) = events {
-                notes.push(events.coverage().describe());
+                let coverage_note = events.coverage().describe();
+                notes.push(coverage_note.clone());
                 let listener = DestroyListener {
                     tracker: tracker.clone(),
                     stats: stats.clone(),
@@ -94,7 +99,8 @@ pub(crate) async fn serve(
                     query,
                     cfg: cfg.clone(),
                     storm: cfg.storm_policy().map(StormGuard::new),
-                    registry: registry.clone(),
+                    status: status.clone(),
+                    coverage_note,
                 };
                 tasks.spawn(listener.run(events, shutdown.clone()));
             } else {
@@ -110,6 +116,8 @@ pub(crate) async fn serve(
                 resync,
                 cfg: cfg.clone(),
                 suspects: HashSet::new(),
+                reach,
+                status: status.clone(),
             };
             tasks.spawn(sweeper.run(dump, cfg.sweep_interval(), shutdown));
         }

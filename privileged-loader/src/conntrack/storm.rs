@@ -6,8 +6,8 @@
 //! connection rate in a 27,000/s storm on two cores (docs/benchmarks.md). The eBPF
 //! programs count the connections they record in a per-CPU array (`conntrack_new`, free:
 //! no lock, no shared cache line); [`StormGuard`] turns one-second samples of its sum into
-//! a verdict, with hysteresis: shed after `sustain` samples above the threshold, restore
-//! after `sustain` samples below half of it. While shed, destroyed entries leave by the
+//! a verdict, with hysteresis: shed after `sustain` samples above the threshold (at once when
+//! the event queue overruns above it), restore after three times as many below half of it. While shed, destroyed entries leave by the
 //! sweep and the LRU; on restore a resynchronisation sweep runs.
 use aya::Ebpf;
 use aya::maps::{MapData, MapError, PerCpuArray};
@@ -36,8 +36,13 @@ impl NewConnections {
     }
 }
 
+/// A restore waits this many times `sustain`: shedding early saves the storm's
+/// connections the most, while restoring early costs a resynchronisation sweep, and
+/// another shed if the storm was only pausing.
+pub const RESTORE_AFTER_SUSTAINS: u32 = 3;
+
 /// When to shed: above `shed_above_per_sec` for `sustain` consecutive samples (one per
-/// second); restored below half of it for as long.
+/// second); restored below half of it for [`RESTORE_AFTER_SUSTAINS`] times as long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StormPolicy {
     pub shed_above_per_sec: u64,
@@ -76,6 +81,20 @@ impl StormGuard {
         self.shed = !self.shed;
     }
 
+    /// The event queue overran while new connections arrived at `per_sec`: the events
+    /// outpace their handling already, which is the storm the sustained rate stands for,
+    /// so a rate above the threshold sheds at once instead of after `sustain` samples
+    /// (waiting costs the connections several percent more, and the overrun's resync
+    /// sweep would run in the middle of the storm).
+    pub fn overrun(&mut self, per_sec: u64) -> Verdict {
+        if self.shed || per_sec <= self.policy.shed_above_per_sec {
+            return Verdict::Keep;
+        }
+        self.streak = 0;
+        self.shed = true;
+        Verdict::Shed
+    }
+
     /// Takes one sample (new connections per second) and says whether to change state.
     pub fn observe(&mut self, per_sec: u64) -> Verdict {
         let crossing = if self.shed {
@@ -84,7 +103,8 @@ impl StormGuard {
             per_sec > self.policy.shed_above_per_sec
         };
         self.streak = if crossing { self.streak + 1 } else { 0 };
-        if self.streak < self.policy.sustain.max(1) {
+        let needed = self.policy.sustain.max(1) * if self.shed { RESTORE_AFTER_SUSTAINS } else { 1 };
+        if self.streak < needed {
             return Verdict::Keep;
         }
         self.streak = 0;
@@ -98,31 +118,47 @@ mod tests {
     use super::*;
 
     fn guard() -> StormGuard {
-        StormGuard::new(StormPolicy { shed_above_per_sec: 1000, sustain: 3 })
+        StormGuard::new(StormPolicy { shed_above_per_sec: 1000, sustain: 2 })
     }
 
     #[test]
-    fn a_sustained_storm_sheds_once_and_a_calm_restores_once() {
+    fn a_sustained_storm_sheds_once_and_a_longer_calm_restores_once() {
         let mut g = guard();
-        let verdicts: Vec<_> = [2000, 2000, 2000, 2000, 400, 400, 400, 400].map(|r| g.observe(r)).to_vec();
+        let storm = [2000, 2000, 2000];
+        let calm = [400, 400, 400, 400, 400, 400, 400];
+        let verdicts: Vec<_> = storm.iter().chain(&calm).map(|r| g.observe(*r)).collect();
         use Verdict::*;
-        assert_eq!(verdicts, [Keep, Keep, Shed, Keep, Keep, Keep, Restore, Keep]);
+        assert_eq!(verdicts, [Keep, Shed, Keep, Keep, Keep, Keep, Keep, Keep, Restore, Keep]);
         assert!(!g.is_shed());
     }
 
     #[test]
     fn a_short_burst_does_not_shed() {
         let mut g = guard();
-        for rate in [5000, 5000, 10, 5000, 5000, 10] {
+        for rate in [5000, 10, 5000, 10, 5000, 10] {
             assert_eq!(g.observe(rate), Verdict::Keep);
         }
         assert!(!g.is_shed());
     }
 
     #[test]
+    fn an_overrun_in_a_storm_sheds_at_once_and_a_calm_one_does_not() {
+        let mut g = guard();
+        assert_eq!(g.overrun(900), Verdict::Keep, "below the threshold an overrun is only a resync");
+        assert!(!g.is_shed());
+        assert_eq!(g.observe(2000), Verdict::Keep);
+        assert_eq!(g.overrun(2000), Verdict::Shed);
+        assert!(g.is_shed());
+        assert_eq!(g.overrun(2000), Verdict::Keep, "already shed");
+        let calm: Vec<_> = [100; 6].map(|r| g.observe(r)).to_vec();
+        let restored = [[Verdict::Keep; 5].as_slice(), &[Verdict::Restore]].concat();
+        assert_eq!(calm, restored, "restored with the usual hysteresis");
+    }
+
+    #[test]
     fn between_half_and_the_threshold_the_state_holds() {
         let mut g = guard();
-        for _ in 0..3 {
+        for _ in 0..2 {
             g.observe(2000);
         }
         assert!(g.is_shed());

@@ -1,17 +1,19 @@
 //! The stale-entry sweep: which map slots to drop and which entries to (re)insert.
 //!
-//! Pure policy over a snapshot of the map and a fresh conntrack dump of the loader's own
-//! network namespace; `sweeper.rs` does the I/O. The policy (see `docs/conntrack.md`):
+//! Pure policy over a snapshot of the map and fresh conntrack dumps of the loader's own
+//! network namespace and of the others it reached (`reach.rs`); `sweeper.rs` does the
+//! I/O. The policy (see `docs/conntrack.md`):
 //! - never touch a slot written or refreshed after the sweep started (the eBPF program
 //!   may be inserting it right now);
-//! - a connection of the loader's namespace that two consecutive dumps no longer list is
+//! - a connection of a dumped namespace that two consecutive dumps no longer list is
 //!   gone: its DESTROY event was missed (queue overrun, or the entry predates our
 //!   subscription). One miss only makes it a suspect, because a dump can skip an entry
 //!   that moves while the table is walked, and with fentry/kprobe a wrongly deleted
 //!   entry would never come back. Even then the kernel is asked about each one
-//!   ([`own_deletions`], [`spare`]): an entry it still holds is never deleted;
-//! - a connection of another namespace (whose events the loader cannot see) goes when
-//!   it was not seen for `stale_after`, if the attach strategy refreshes "seen" at all;
+//!   ([`dumped_deletions`], [`spare`]): an entry it still holds is never deleted;
+//! - a connection of a namespace that was not dumped (not reached, or its dump failed)
+//!   goes when it was not seen for `stale_after`, if the attach strategy refreshes "seen"
+//!   at all — except the own namespace's, which are left alone when its dump failed;
 //! - a reply-direction slot whose original slot is gone (LRU eviction) goes too;
 //! - a recordable connection of the dump missing from the map is (re)inserted.
 use std::collections::{HashMap, HashSet};
@@ -19,10 +21,14 @@ use std::collections::{HashMap, HashSet};
 use super::Entry;
 use super::map::{CtKey, CtValue, Direction};
 
+/// The recordable entries of each namespace dumped for one sweep, by namespace inode. A
+/// namespace whose dump failed is absent.
+pub type Dumps = HashMap<u32, Vec<Entry>>;
+
 /// What the sweep may assume, fixed for one conntracker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SweepPolicy {
-    /// Inode of the namespace the dump describes (the loader's).
+    /// Inode of the loader's own namespace.
     pub own_netns: u32,
     /// Age after which other namespaces' entries are dropped; `None` to keep them until
     /// the LRU evicts them (also when the strategy does not refresh `last_seen_ns`).
@@ -34,17 +40,16 @@ pub struct SweepPolicy {
 pub struct SweepPlan {
     pub delete: Vec<CtKey>,
     pub insert: Vec<Entry>,
-    /// Original keys of the own namespace missing from this dump for the first time.
+    /// Original keys of dumped namespaces missing from this dump for the first time.
     pub suspects: HashSet<CtKey>,
 }
 
 /// Plans a sweep started at `started_ns` (CLOCK_MONOTONIC), given the map's slots, the
-/// recordable entries of a dump of the own namespace taken after `started_ns` (`None`
-/// when the dump failed: then the own namespace is left alone) and the previous sweep's
-/// suspects.
+/// dumps taken after `started_ns` (the own namespace absent when its dump failed: then
+/// it is left alone) and the previous sweep's suspects.
 pub fn plan(
     slots: &[(CtKey, CtValue)],
-    dump: Option<&[Entry]>,
+    dumps: &Dumps,
     policy: &SweepPolicy,
     started_ns: u64,
     suspects: &HashSet<CtKey>,
@@ -54,13 +59,13 @@ pub fn plan(
         .filter(|(_, v)| v.direction() == Ok(Direction::Original))
         .map(|(k, v)| (*k, v))
         .collect();
-    let alive: Option<HashSet<CtKey>> =
-        dump.map(|entries| entries.iter().map(|e| CtKey::from_tuple(&e.original, e.netns)).collect());
+    let alive: HashSet<CtKey> =
+        dumps.values().flatten().map(|e| CtKey::from_tuple(&e.original, e.netns)).collect();
 
     let mut plan = SweepPlan::default();
     let mut gone = HashSet::new();
     for (key, value) in &originals {
-        match verdict(key, value, alive.as_ref(), policy, started_ns) {
+        match verdict(key, value, dumps, &alive, policy, started_ns) {
             Verdict::Keep => {}
             Verdict::Missing if !suspects.contains(key) => {
                 plan.suspects.insert(*key);
@@ -83,24 +88,23 @@ pub fn plan(
             plan.delete.push(*key);
         }
     }
-    if let Some(entries) = dump {
-        plan.insert = entries
-            .iter()
-            .filter(|e| !originals.contains_key(&CtKey::from_tuple(&e.original, e.netns)))
-            .copied()
-            .collect();
-    }
+    plan.insert = dumps
+        .values()
+        .flatten()
+        .filter(|e| !originals.contains_key(&CtKey::from_tuple(&e.original, e.netns)))
+        .copied()
+        .collect();
     plan
 }
 
-/// The own-namespace connections (original keys) that `plan` deletes because the dumps
-/// no longer list them. A dump is not proof: the caller asks the kernel about each and
-/// [`spare`]s those it still holds.
-pub fn own_deletions(plan: &SweepPlan, slots: &[(CtKey, CtValue)], policy: &SweepPolicy) -> Vec<CtKey> {
+/// The connections of dumped namespaces (original keys) that `plan` deletes because the
+/// dumps no longer list them. A dump is not proof: the caller asks the kernel about each
+/// and [`spare`]s those it still holds.
+pub fn dumped_deletions(plan: &SweepPlan, slots: &[(CtKey, CtValue)], dumps: &Dumps) -> Vec<CtKey> {
     let deleted: HashSet<&CtKey> = plan.delete.iter().collect();
     slots
         .iter()
-        .filter(|(k, v)| k.netns == policy.own_netns && v.direction() == Ok(Direction::Original))
+        .filter(|(k, v)| dumps.contains_key(&k.netns) && v.direction() == Ok(Direction::Original))
         .filter(|(k, _)| deleted.contains(k))
         .map(|(k, _)| *k)
         .collect()
@@ -122,27 +126,28 @@ pub fn spare(plan: &mut SweepPlan, slots: &[(CtKey, CtValue)], held: &HashSet<Ct
 
 enum Verdict {
     Keep,
-    /// Own namespace, not in the dump.
+    /// A dumped namespace's, not in its dump.
     Missing,
-    /// Other namespace, not seen for too long.
+    /// A namespace not dumped, not seen for too long.
     Expired,
 }
 
 fn verdict(
     original: &CtKey,
     value: &CtValue,
-    alive: Option<&HashSet<CtKey>>,
+    dumps: &Dumps,
+    alive: &HashSet<CtKey>,
     policy: &SweepPolicy,
     started_ns: u64,
 ) -> Verdict {
     if value.last_seen_ns >= started_ns {
         return Verdict::Keep;
     }
+    if dumps.contains_key(&original.netns) {
+        return if alive.contains(original) { Verdict::Keep } else { Verdict::Missing };
+    }
     if original.netns == policy.own_netns {
-        return match alive {
-            Some(alive) if !alive.contains(original) => Verdict::Missing,
-            _ => Verdict::Keep,
-        };
+        return Verdict::Keep;
     }
     match policy.stale_after_ns {
         Some(limit) if started_ns - value.last_seen_ns > limit => Verdict::Expired,
@@ -184,6 +189,11 @@ mod tests {
         slots_of(e, 0).iter().map(|(k, _)| *k).collect()
     }
 
+    /// A sweep's dumps when only the own namespace was dumped.
+    fn own(entries: &[Entry]) -> Dumps {
+        Dumps::from([(OWN, entries.to_vec())])
+    }
+
     fn none() -> HashSet<CtKey> {
         HashSet::new()
     }
@@ -192,10 +202,10 @@ mod tests {
     fn own_namespace_entries_missing_from_two_dumps_go_with_both_slots() {
         let (live, dead) = (entry(1, OWN), entry(2, OWN));
         let slots: Vec<_> = [live, dead].iter().flat_map(|e| slots_of(e, 5 * SEC)).collect();
-        let first = plan(&slots, Some(&[live]), &policy(), 10 * SEC, &none());
+        let first = plan(&slots, &own(&[live]), &policy(), 10 * SEC, &none());
         assert!(first.delete.is_empty(), "one miss only makes a suspect");
         assert_eq!(first.suspects, HashSet::from([keys_of(&dead)[0]]));
-        let second = plan(&slots, Some(&[live]), &policy(), 20 * SEC, &first.suspects);
+        let second = plan(&slots, &own(&[live]), &policy(), 20 * SEC, &first.suspects);
         let mut deleted = second.delete.clone();
         deleted.sort_by_key(|k| k.dport);
         let mut want = keys_of(&dead);
@@ -212,8 +222,8 @@ mod tests {
         let suspects = HashSet::from([keys_of(&held)[0], keys_of(&dead)[0]]);
         // Both missing from two dumps (a dump can skip entries); the other namespace's
         // connection expires by age and is not the kernel's to confirm.
-        let mut plan = plan(&slots, Some(&[]), &policy(), 120 * SEC, &suspects);
-        let mut asked = own_deletions(&plan, &slots, &policy());
+        let mut plan = plan(&slots, &own(&[]), &policy(), 120 * SEC, &suspects);
+        let mut asked = dumped_deletions(&plan, &slots, &own(&[]));
         asked.sort_by_key(|k| k.sport);
         assert_eq!(asked, vec![keys_of(&held)[0], keys_of(&dead)[0]]);
         spare(&mut plan, &slots, &HashSet::from([keys_of(&held)[0]]));
@@ -227,21 +237,21 @@ mod tests {
         let e = entry(1, OWN);
         let slots = slots_of(&e, SEC);
         let suspects = HashSet::from([keys_of(&e)[0]]);
-        let plan = plan(&slots, Some(&[e]), &policy(), 10 * SEC, &suspects);
+        let plan = plan(&slots, &own(&[e]), &policy(), 10 * SEC, &suspects);
         assert!(plan.delete.is_empty() && plan.suspects.is_empty());
     }
 
     #[test]
     fn without_a_dump_the_own_namespace_is_left_alone() {
         let slots = slots_of(&entry(1, OWN), 5 * SEC);
-        assert_eq!(plan(&slots, None, &policy(), 10 * SEC, &none()), SweepPlan::default());
+        assert_eq!(plan(&slots, &Dumps::new(), &policy(), 10 * SEC, &none()), SweepPlan::default());
     }
 
     #[test]
     fn slots_written_after_the_sweep_started_are_kept() {
         let slots = slots_of(&entry(1, OWN), 11 * SEC);
         let suspects = HashSet::from([keys_of(&entry(1, OWN))[0]]);
-        let plan = plan(&slots, Some(&[]), &policy(), 10 * SEC, &suspects);
+        let plan = plan(&slots, &own(&[]), &policy(), 10 * SEC, &suspects);
         assert!(plan.delete.is_empty());
     }
 
@@ -251,20 +261,26 @@ mod tests {
         let mut slots = slots_of(&old, SEC).to_vec();
         slots.extend(slots_of(&fresh, 100 * SEC));
         let now = 120 * SEC;
-        let mut deleted = plan(&slots, Some(&[]), &policy(), now, &none()).delete;
+        let mut deleted = plan(&slots, &own(&[]), &policy(), now, &none()).delete;
         deleted.sort_by_key(|k| k.dport);
         let mut want = keys_of(&old);
         want.sort_by_key(|k| k.dport);
         assert_eq!(deleted, want, "no second miss needed: other namespaces go by age");
         let keep = SweepPolicy { stale_after_ns: None, ..policy() };
-        assert!(plan(&slots, Some(&[]), &keep, now, &none()).delete.is_empty());
+        assert!(plan(&slots, &own(&[]), &keep, now, &none()).delete.is_empty());
     }
 
     #[test]
     fn a_reply_slot_without_its_original_is_dropped() {
         let e = entry(1, OTHER);
         let [_, reply] = slots_of(&e, SEC);
-        let plan = plan(&[reply], None, &SweepPolicy { stale_after_ns: None, ..policy() }, 10 * SEC, &none());
+        let plan = plan(
+            &[reply],
+            &Dumps::new(),
+            &SweepPolicy { stale_after_ns: None, ..policy() },
+            10 * SEC,
+            &none(),
+        );
         assert_eq!(plan.delete, vec![reply.0]);
     }
 
@@ -272,8 +288,22 @@ mod tests {
     fn dumped_connections_missing_from_the_map_are_inserted() {
         let (known, missed) = (entry(1, OWN), entry(2, OWN));
         let slots = slots_of(&known, SEC);
-        let plan = plan(&slots, Some(&[known, missed]), &policy(), 10 * SEC, &none());
+        let plan = plan(&slots, &own(&[known, missed]), &policy(), 10 * SEC, &none());
         assert_eq!(plan.insert, vec![missed]);
         assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn a_dumped_other_namespace_is_swept_like_the_own_one_not_by_age() {
+        let (live, dead) = (entry(1, OTHER), entry(2, OTHER));
+        let slots: Vec<_> = [live, dead].iter().flat_map(|e| slots_of(e, 5 * SEC)).collect();
+        let dumps = Dumps::from([(OWN, vec![]), (OTHER, vec![live])]);
+        // Ten seconds old only: the age rule would keep both.
+        let first = plan(&slots, &dumps, &policy(), 10 * SEC, &none());
+        assert!(first.delete.is_empty());
+        let second = plan(&slots, &dumps, &policy(), 11 * SEC, &first.suspects);
+        let deleted: HashSet<CtKey> = second.delete.iter().copied().collect();
+        assert_eq!(deleted, keys_of(&dead).into_iter().collect::<HashSet<_>>());
+        assert_eq!(dumped_deletions(&second, &slots, &dumps), vec![keys_of(&dead)[0]]);
     }
 }

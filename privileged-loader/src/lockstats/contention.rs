@@ -77,8 +77,8 @@ impl ContentionProbe {
         let probe = assets.load_core_asset(CONTENTION_ASSET, |bytes, loader| {
             // Checked by load_core_asset before calling us (and recorded if missing).
             let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
-            loader.override_global("nr_ranges", &nr_ranges, true);
-            loader.map_max_entries("ranges", capacity).map_max_entries("stats", capacity);
+            loader.global("nr_ranges", &nr_ranges.to_ne_bytes());
+            loader.max_entries("ranges", capacity).max_entries("stats", capacity);
             let started = std::time::Instant::now();
             let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(CONTENTION_ASSET, e))?;
             let loaded = started.elapsed();

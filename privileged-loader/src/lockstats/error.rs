@@ -10,6 +10,12 @@ pub enum LockStatsError {
         "kernel symbol {symbol} not found (looked up last in {tried}); data symbols are listed only with CONFIG_KALLSYMS_ALL"
     )]
     SymbolMissing { symbol: String, tried: String },
+    /// The kernel's build configuration says its symbol table lists functions only, so
+    /// the table was not walked for a data symbol.
+    #[error(
+        "kernel symbol {symbol} is not listed: {config} says the kernel is built without CONFIG_KALLSYMS_ALL (its symbol table has functions only), so it was not searched"
+    )]
+    SymbolUnlisted { symbol: String, config: String },
     /// The symbol exists but its address reads as 0: kptr_restrict hides it from us.
     #[error(
         "kernel symbol {symbol} has address 0 in {source_name}: addresses are hidden (kptr_restrict); run the loader as root with CAP_SYSLOG or set kernel.kptr_restrict=0"

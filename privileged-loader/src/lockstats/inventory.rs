@@ -4,6 +4,9 @@
 //! Why an iterator: this kernel has no kprobes to catch `struct bpf_map` pointers at map
 //! creation, and user space cannot read kernel memory. The iterator is handed each live
 //! map's pointer by the kernel and reads the fields behind it with CO-RE.
+use std::sync::{Mutex, PoisonError};
+
+use aya::Ebpf;
 use aya::programs::Iter;
 
 use super::error::LockStatsError;
@@ -18,25 +21,80 @@ const MAX_CPUS: u32 = 512;
 
 /// Runs the map iterator once. `per_cpu_offset_addr` is the address of `__per_cpu_offset`,
 /// or 0 when the kernel does not expose it: then the per-CPU offsets are measured on the
-/// object's own per-CPU probe map (see `bpf/lockstat_maps.bpf.c`).
+/// object's own per-CPU probe map (see `bpf/lockstat_maps.bpf.c`). Uses the object
+/// [`preload`] loaded for the same `assets` and settings, if there is one.
 pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSnapshot, LockStatsError> {
     let nr_cpus = possible_cpus()?;
-    let output = assets.load_core_asset(MAPS_ASSET, |bytes, loader| {
+    let settings = Settings { assets: assets_key(assets), per_cpu_offset_addr, nr_cpus };
+    let mut ebpf = match take_preloaded(&settings) {
+        Some(preloaded) => preloaded?,
+        None => load(assets, &settings)?,
+    };
+    let program: &mut Iter = asset::program_mut(&mut ebpf, MAPS_ASSET, MAPS_PROGRAM)?;
+    let output = run_iterator(program, MAPS_ASSET, MAPS_PROGRAM)?;
+    layout::decode(&output, probe_map_id(&ebpf))
+        .map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
+}
+
+/// Loads the map iterator ahead of [`snapshot`], which runs it: at start-up its CO-RE
+/// relocation and verification (the costliest load of the lock statistics) then happen
+/// on a thread while the conntracker loads, and the walk itself still comes after every
+/// module has loaded. Its outcome is recorded now, once, as a load in `snapshot` would be.
+pub fn preload(assets: &AssetLoader, per_cpu_offset_addr: u64) {
+    let Ok(nr_cpus) = possible_cpus() else { return };
+    let settings = Settings { assets: assets_key(assets), per_cpu_offset_addr, nr_cpus };
+    let loaded = load(assets, &settings);
+    *PRELOADED.lock().unwrap_or_else(PoisonError::into_inner) = Some((settings, loaded));
+}
+
+/// What a loaded map iterator was loaded for: the asset loader (by address) and the
+/// object's two constants.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Settings {
+    assets: usize,
+    per_cpu_offset_addr: u64,
+    nr_cpus: u32,
+}
+
+type Loaded = Result<Ebpf, LockStatsError>;
+
+/// The object [`preload`] loaded, until [`snapshot`] takes it.
+static PRELOADED: Mutex<Option<(Settings, Loaded)>> = Mutex::new(None);
+
+/// The preloaded object if it was loaded for `settings`. One loaded by the same asset
+/// loader for other constants is dropped (unloaded), and `snapshot` loads its own; one of
+/// another asset loader is left for that one.
+fn take_preloaded(settings: &Settings) -> Option<Loaded> {
+    let mut preloaded = PRELOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    match preloaded.as_ref() {
+        Some((loaded_for, _)) if loaded_for == settings => preloaded.take().map(|(_, loaded)| loaded),
+        Some((loaded_for, _)) if loaded_for.assets == settings.assets => {
+            *preloaded = None;
+            None
+        }
+        _ => None,
+    }
+}
+
+fn assets_key(assets: &AssetLoader) -> usize {
+    std::ptr::from_ref(assets) as usize
+}
+
+/// Loads the object with `settings` and verifies its iterator program.
+fn load(assets: &AssetLoader, settings: &Settings) -> Loaded {
+    let ebpf = assets.load_core_asset(MAPS_ASSET, |bytes, loader| {
         // Checked by load_core_asset before calling us (and recorded if missing).
         let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
-        loader.override_global("per_cpu_offset_addr", &per_cpu_offset_addr, true);
-        loader.override_global("nr_cpus", &nr_cpus, true);
+        loader.global("per_cpu_offset_addr", &settings.per_cpu_offset_addr.to_ne_bytes());
+        loader.global("nr_cpus", &settings.nr_cpus.to_ne_bytes());
         let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(MAPS_ASSET, e))?;
         let program: &mut Iter = asset::program_mut(&mut ebpf, MAPS_ASSET, MAPS_PROGRAM)?;
         program
             .load("bpf_map", &btf.btf)
             .map_err(|e| AssetError::from_program_load(MAPS_ASSET, MAPS_PROGRAM, e))?;
-        let output = run_iterator(program, MAPS_ASSET, MAPS_PROGRAM)?;
-        Ok((output, probe_map_id(&ebpf)))
+        Ok(ebpf)
     })?;
-    let (output, probe_id) = output;
-    layout::decode(&output, probe_id)
-        .map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
+    Ok(ebpf)
 }
 
 /// Number of possible CPUs (ids 0..n), bounded by what the object can read.
@@ -49,7 +107,7 @@ fn possible_cpus() -> Result<u32, LockStatsError> {
 }
 
 /// The kernel id of the object's `pcpu_probe` map, if it can be read.
-fn probe_map_id(ebpf: &aya::Ebpf) -> Option<u32> {
+fn probe_map_id(ebpf: &Ebpf) -> Option<u32> {
     match ebpf.map("pcpu_probe")? {
         aya::maps::Map::PerCpuArray(data) => data.info().ok().map(|info| info.id()),
         _ => None,

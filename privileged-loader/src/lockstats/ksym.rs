@@ -69,7 +69,7 @@ fn from_iterator(assets: &AssetLoader, wanted: &[&str]) -> Result<KernelSymbols,
     let output = assets.load_core_asset(KSYM_ASSET, |bytes, loader| {
         // Checked by load_core_asset before calling us (and recorded if missing).
         let btf = assets.btf().map_err(|e| AssetError::BtfNotFound(e.to_string()))?;
-        loader.override_global("wanted", slots.as_slice(), true);
+        loader.global("wanted", &slots);
         let mut ebpf = loader.load(bytes).map_err(|e| AssetError::from_ebpf(KSYM_ASSET, e))?;
         let program: &mut Iter = asset::program_mut(&mut ebpf, KSYM_ASSET, KSYM_PROGRAM)?;
         program

@@ -16,6 +16,7 @@ mod config;
 mod contention;
 mod error;
 pub mod inventory;
+mod kernel_config;
 pub mod ksym;
 pub mod layout;
 pub mod ranges;
@@ -29,6 +30,7 @@ use std::time::Instant;
 pub use config::{DEFAULT_MAX_RANGES, LockStatsConfig};
 pub use contention::{CONTENTION_ASSET, DropCounters, RangeStats};
 pub use error::LockStatsError;
+pub use kernel_config::functions_only_config;
 pub use ranges::{LockRange, LockType, RangeTable};
 pub use report::{
     CollectorState, LockStatsReport, LockStatsStatus, LockTypeStats, MapLeftOut, MapLockStats, ProgramRef,
@@ -161,13 +163,18 @@ type PerCpuOffset = Result<(u64, &'static str), String>;
 
 /// The answer of the ksym iterator, once it ran: the symbol table does not change while
 /// the kernel runs, and walking it (every kernel symbol) is the costliest step of
-/// Initialize. A `/proc/kallsyms` fallback's answer is not kept: the next start tries the
-/// iterator again.
+/// Initialize. Likewise "not listed", when the kernel's configuration says the table has
+/// functions only: then it is not walked at all. A `/proc/kallsyms` fallback's answer is
+/// not kept: the next start tries the iterator again.
 static PER_CPU_OFFSET: OnceLock<PerCpuOffset> = OnceLock::new();
 
 fn per_cpu_offset(assets: &AssetLoader) -> PerCpuOffset {
     if let Some(known) = PER_CPU_OFFSET.get() {
         return known.clone();
+    }
+    if let Some(config) = kernel_config::functions_only_config() {
+        let unlisted = LockStatsError::SymbolUnlisted { symbol: ksym::PER_CPU_OFFSET.into(), config };
+        return PER_CPU_OFFSET.get_or_init(|| Err(unlisted.to_string())).clone();
     }
     let (symbols, iter_error) = ksym::resolve(assets, &[ksym::PER_CPU_OFFSET]);
     let answer =
@@ -181,13 +188,18 @@ fn per_cpu_offset(assets: &AssetLoader) -> PerCpuOffset {
     }
 }
 
-/// Finds `__per_cpu_offset` ahead of [`start`], so that start-up can do it on a thread
-/// while other modules load; [`start`] then finds it known. Records nothing itself but
-/// the ksym asset's load; [`start`] reports what was found.
+/// Finds `__per_cpu_offset` and loads the map iterator for it ahead of [`start`], so
+/// that start-up can do both on a thread while other modules load; [`start`] then finds
+/// them ready. Records nothing itself but the assets' loads; [`start`] reports the rest.
 pub fn prefetch_kernel_symbols(assets: &AssetLoader) {
-    if let Err(reason) = per_cpu_offset(assets) {
-        tracing::debug!(%reason, "lockstats: __per_cpu_offset not usable; Initialize will say why");
-    }
+    let addr = per_cpu_offset(assets).map_or_else(
+        |reason| {
+            tracing::debug!(%reason, "lockstats: __per_cpu_offset not usable; Initialize will say why");
+            0
+        },
+        |(addr, _source)| addr,
+    );
+    inventory::preload(assets, addr);
 }
 
 /// Opens the targets, computes their ranges and fits them in the bound.

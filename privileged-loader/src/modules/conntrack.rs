@@ -119,7 +119,8 @@ async fn change_in_place(modules: &Modules, slot: &mut Option<Instance>, cfg: &C
     };
     let token = modules.inner.shutdown.child_token();
     // The same object serves the API before and after: only its tasks change.
-    let running = serve::serve(map, cfg, modules.registry(), token.clone()).await;
+    let status = chain::RunningStatus::new(modules.registry());
+    let running = serve::serve(map, cfg, &status, token.clone()).await;
     chain::record_serving(modules.registry(), &running);
     old.stop().await;
     *slot = Some(Instance { running, token });

@@ -20,6 +20,10 @@ pub struct AllowRules {
     pub track_all_maps: bool,
     /// The largest `lockstats.max_ranges` a remote config may ask for.
     pub max_lock_ranges: u32,
+    /// The lowest `conntrack.storm_shed_above_per_sec` a remote config may set (0, never
+    /// shedding, is always allowed): a lower one would shed the DESTROY subscription on
+    /// ordinary traffic, leaving destroyed entries to the sweep.
+    pub min_storm_shed_above_per_sec: u64,
 }
 
 impl Default for AllowRules {
@@ -30,6 +34,7 @@ impl Default for AllowRules {
             conntrack_strategies: ["core", "prebuilt", "netlink"].map(String::from).to_vec(),
             track_all_maps: false,
             max_lock_ranges: DEFAULT_MAX_RANGES,
+            min_storm_shed_above_per_sec: 1_000,
         }
     }
 }
@@ -52,6 +57,16 @@ impl AllowRules {
             return Err(format!(
                 "max_entries = {max} is above this node's cap of {} (remote_config.allow.max_conntrack_entries): publish at most the cap",
                 self.max_conntrack_entries
+            ));
+        }
+        if let Some(rate) = payload.storm_shed_above_per_sec
+            && rate > 0
+            && rate < self.min_storm_shed_above_per_sec
+        {
+            return Err(format!(
+                "storm_shed_above_per_sec = {rate} is below this node's floor of {} \
+                 (remote_config.allow.min_storm_shed_above_per_sec): publish at least the floor, or 0 to never shed",
+                self.min_storm_shed_above_per_sec
             ));
         }
         for name in payload.strategies.iter().flatten() {
@@ -95,6 +110,10 @@ mod tests {
         let err = rules.conntrack(&big).expect_err("above the cap");
         assert!(err.contains("4096") && err.contains("max_conntrack_entries"), "{err}");
         assert!(rules.conntrack(&ConntrackPayload { max_entries: Some(4096), ..Default::default() }).is_ok());
+        let shed = |rate| ConntrackPayload { storm_shed_above_per_sec: Some(rate), ..Default::default() };
+        let err = rules.conntrack(&shed(10)).expect_err("below the floor");
+        assert!(err.contains("1000") && err.contains("min_storm_shed_above_per_sec"), "{err}");
+        assert!(rules.conntrack(&shed(0)).is_ok() && rules.conntrack(&shed(1_000)).is_ok());
         let odd = ConntrackPayload { strategies: Some(vec!["bogus".into()]), ..Default::default() };
         assert!(rules.conntrack(&odd).is_err());
         let all = LockStatsPayload { track_all_maps: Some(true), ..Default::default() };

@@ -2,7 +2,9 @@
 //! running kernel, and the cache directory that keeps the one in use across restarts.
 //!
 //! The cache holds at most one kernel's BTF (this node runs one kernel): `<key>.btf` and
-//! `<key>.origin` (the config's path and version, for the status). Writing a new one
+//! `<key>.origin` (the config's path and version, for the status, and the build — `uname
+//! -v` — of the kernel it was adopted on: the key names only the release, and a node
+//! rebooted into another build of it must not start on the old build's offsets). Writing a new one
 //! removes everything else in the directory. Files are written in place (no rename: the
 //! seccomp filter allows none after start-up); a torn file fails to parse at the next
 //! start and is reported, never used.
@@ -32,7 +34,23 @@ pub struct BtfSetting {
     /// Why a remote BTF is not used here (the kernel's own BTF was found, or
     /// `btf.remote_config = false`); `None`: it is used.
     pub ignored_because: Option<String>,
+    /// `btf.remote_config = false`: a `BTF` config is refused (an error the service
+    /// hears, so whoever published it learns this node turned the source off), where a
+    /// node with its own BTF merely ignores it.
+    pub source_off: bool,
     pub remote: Option<RemoteBtf>,
+}
+
+/// Why a node with `btf.remote_config = false` does not use published BTF.
+pub const SOURCE_OFF: &str =
+    "the remote BTF source is off (btf.remote_config = false in the loader's configuration)";
+
+/// The refusal of a `BTF` config at `path` on a node whose remote BTF source is off.
+pub fn refused_source_off(path: &str) -> String {
+    format!(
+        "{path} is refused: {SOURCE_OFF}; set btf.remote_config = true there to use published BTF, \
+         or do not publish BTF for this node's kernel"
+    )
 }
 
 /// The running kernel, as a `BTF` config must name it.
@@ -100,14 +118,21 @@ pub fn origin(path: &str, version: u64) -> String {
     format!("remote config `{path}` v{version}")
 }
 
-/// The cache directory the loader owns.
+/// The cache directory the loader owns, for the running kernel's build.
 pub struct BtfCache {
     dir: PathBuf,
+    build: String,
 }
 
 impl BtfCache {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf() }
+        let build = fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+        Self::for_build(dir, build.trim())
+    }
+
+    /// The cache of a kernel of build `build` (`uname -v`).
+    fn for_build(dir: &Path, build: &str) -> Self {
+        Self { dir: dir.to_path_buf(), build: build.to_string() }
     }
 
     /// Creates the directory (mode 0700) if needed; done at start-up, while `mkdir` is allowed.
@@ -134,7 +159,8 @@ impl BtfCache {
         self.clear();
         let file = self.path_of(key);
         write_private(&file, bytes)?;
-        write_private(&self.origin_file(key), format!("{path}\n{version}\n").as_bytes())?;
+        let origin = format!("{path}\n{version}\n{}\n", self.build);
+        write_private(&self.origin_file(key), origin.as_bytes())?;
         Ok(file)
     }
 
@@ -156,11 +182,20 @@ impl BtfCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
-        let btf = Btf::parse(&bytes, Endianness::default())
-            .map_err(|e| format!("{}: not valid BTF ({e})", file.display()))?;
         let origin = fs::read_to_string(self.origin_file(key)).unwrap_or_default();
         let mut lines = origin.lines();
         let (path, version) = (lines.next().unwrap_or("?"), lines.next().and_then(|v| v.parse().ok()));
+        let adopted_on = lines.next().unwrap_or_default();
+        if adopted_on != self.build {
+            return Err(format!(
+                "{}: adopted on kernel build {adopted_on:?}, this node now runs build {:?}: not used \
+                 (the controller pushes this build's BTF once it is published)",
+                file.display(),
+                self.build
+            ));
+        }
+        let btf = Btf::parse(&bytes, Endianness::default())
+            .map_err(|e| format!("{}: not valid BTF ({e})", file.display()))?;
         Ok(Some(FoundBtf {
             source: BtfSource::RemoteConfig,
             path: file,
@@ -233,5 +268,21 @@ mod tests {
         assert!(cache.load("old-key").unwrap().is_none());
         std::fs::write(&file, b"torn").unwrap();
         assert!(cache.load("x86_64-6.18.0").unwrap_err().contains("not valid BTF"));
+    }
+
+    #[test]
+    fn a_cached_btf_is_not_used_after_a_reboot_into_another_build_of_the_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let btf = std::fs::read(crate::btf::SYSFS_VMLINUX).unwrap();
+        let before = BtfCache::for_build(dir.path(), "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3");
+        before.prepare().unwrap();
+        before
+            .store("x86_64-6.1.0-57-cloud-amd64", "2/BTF/x86_64-6.1.0-57-cloud-amd64/btf.json", 1, &btf)
+            .unwrap();
+        assert!(before.load("x86_64-6.1.0-57-cloud-amd64").unwrap().is_some(), "same build: used");
+
+        let after = BtfCache::for_build(dir.path(), "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-4");
+        let refused = after.load("x86_64-6.1.0-57-cloud-amd64").unwrap_err();
+        assert!(refused.contains("6.1.192-3") && refused.contains("6.1.192-4"), "{refused}");
     }
 }

@@ -93,7 +93,7 @@ macro_rules! overlay {
 impl Overlay {
     fn record_file_sources(&mut self) {
         let (c, l) = (&self.settings.conntrack, &self.settings.lockstats);
-        let file: [(&'static str, String); 12] = [
+        let file: [(&'static str, String); 14] = [
             ("conntrack.enabled", json(&c.enabled)),
             ("conntrack.tcpv6_enabled", json(&c.tcpv6_enabled)),
             ("conntrack.udpv6_enabled", json(&c.udpv6_enabled)),
@@ -101,6 +101,8 @@ impl Overlay {
             ("conntrack.strategies", json(&c.strategies)),
             ("conntrack.destroy_events", json(&c.destroy_events)),
             ("conntrack.sweep_interval_secs", json(&c.sweep_interval_secs)),
+            ("conntrack.storm_shed_above_per_sec", json(&c.storm_shed_above_per_sec)),
+            ("conntrack.storm_sustain_secs", json(&c.storm_sustain_secs)),
             ("lockstats.enabled", json(&l.enabled)),
             ("lockstats.track_all_maps", json(&l.track_all_maps)),
             ("lockstats.max_ranges", json(&l.max_ranges)),
@@ -116,19 +118,21 @@ impl Overlay {
             Payload::Conntrack(p) => self.conntrack(p, allow, &source),
             Payload::LockStats(p) => self.lockstats(p, allow, &source),
             Payload::LoaderLog(p) => self.log(p, &source),
-            Payload::Btf(p) => {
-                self.btf(config, p, &source);
-                Ok(())
-            }
+            Payload::Btf(p) => self.btf(config, p, &source),
         }
     }
 
     /// One BTF config (this node runs one kernel; which one fits is checked when it is
-    /// applied). Recorded even when ignored, so `loaderctl config` says it arrived.
-    fn btf(&mut self, config: &RemoteValue, p: &BtfPayload, source: &Source) {
+    /// applied). Recorded even when ignored, so `loaderctl config` says it arrived;
+    /// refused when the node turned the source off.
+    fn btf(&mut self, config: &RemoteValue, p: &BtfPayload, source: &Source) -> Result<(), String> {
+        if self.settings.btf.source_off {
+            return Err(super::btf::refused_source_off(&config.path));
+        }
         let remote = RemoteBtf { path: config.path.clone(), version: config.version, payload: p.clone() };
         self.sources.insert("btf.remote", (btf_value(&self.settings.btf, Some(&remote)), source.clone()));
         self.settings.btf.remote = Some(remote);
+        Ok(())
     }
 
     fn conntrack(&mut self, p: &ConntrackPayload, allow: &AllowRules, source: &Source) -> Result<(), String> {
@@ -145,6 +149,8 @@ impl Overlay {
         overlay!(self, source, "conntrack.strategies", strategies => c.strategies);
         overlay!(self, source, "conntrack.destroy_events", p.destroy_events => c.destroy_events);
         overlay!(self, source, "conntrack.sweep_interval_secs", p.sweep_interval_secs => c.sweep_interval_secs);
+        overlay!(self, source, "conntrack.storm_shed_above_per_sec", p.storm_shed_above_per_sec => c.storm_shed_above_per_sec);
+        overlay!(self, source, "conntrack.storm_sustain_secs", p.storm_sustain_secs => c.storm_sustain_secs);
         Ok(())
     }
 
@@ -236,6 +242,25 @@ mod tests {
             conntrack("2/CONNTRACK/c/c", 1, ConntrackPayload { max_entries: Some(1), ..Default::default() });
         let remote = BTreeMap::from([(CONNTRACK.to_string(), vec![tiny])]);
         assert!(resolve(&baseline(), &remote, &AllowRules::default()).is_err(), "the loader's own checks");
+    }
+
+    #[test]
+    fn a_btf_config_is_refused_naming_the_setting_when_the_source_is_off() {
+        let payload = BtfPayload::encode("6.18.0", "x86_64", None, &[0x9f, 0xeb], false).expect("encode");
+        let path = "2/BTF/x86_64-6.18.0/btf.json";
+        let btf = RemoteValue { path: path.into(), version: 1, payload: Payload::Btf(payload) };
+        let remote = BTreeMap::from([(trust::products::BTF.to_string(), vec![btf])]);
+        let mut off = baseline();
+        off.btf = BtfSetting {
+            ignored_because: Some(super::super::btf::SOURCE_OFF.into()),
+            source_off: true,
+            remote: None,
+        };
+        let (culprit, reason) = resolve(&off, &remote, &AllowRules::default()).expect_err("source off");
+        assert_eq!(culprit, path);
+        assert!(reason.contains("set btf.remote_config = true"), "{reason}");
+        let on = resolve(&baseline(), &remote, &AllowRules::default()).expect("source on");
+        assert_eq!(on.settings.btf.remote.map(|r| r.path), Some(path.to_string()));
     }
 
     #[test]

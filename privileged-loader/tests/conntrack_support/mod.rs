@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::{L4, NatLab, Netns, oracle};
 use privileged_loader::asset::AssetLoader;
-use privileged_loader::btf::{self, BtfConfig};
+use privileged_loader::btf::{self, BtfConfig, BtfError};
 use privileged_loader::conntrack::chain::{self, Strategies};
 use privileged_loader::conntrack::{
-    ConntrackConfig, Conntracker, Entry, Protocol, RunningConntracker, Tuple,
+    ConntrackConfig, ConntrackStats, Conntracker, Entry, Protocol, RunningConntracker, Tuple,
 };
 use privileged_loader::status::Registry;
 use tokio_util::sync::CancellationToken;
@@ -51,9 +51,12 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A conntracker with one pinned strategy, started on a thread inside `host`.
+/// A conntracker chain (one pinned strategy, or a list), started on a thread inside a
+/// namespace; stopped on drop.
 pub struct Pinned {
     pub tracker: Arc<dyn Conntracker>,
+    /// The netlink side's counters (DESTROY events, GETs, sweeps).
+    pub stats: Arc<ConntrackStats>,
     registry: Registry,
     shutdown: CancellationToken,
     thread: Option<JoinHandle<()>>,
@@ -62,35 +65,60 @@ pub struct Pinned {
 #[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 impl Pinned {
     pub fn start(host: &Netns, strategy: &str) -> Self {
-        let cfg = ConntrackConfig {
+        Self::start_with(host, strategy, |_| {})
+    }
+
+    /// [`Pinned::start`] with `tune` applied to the configuration first.
+    pub fn start_with(host: &Netns, strategy: &str, tune: impl FnOnce(&mut ConntrackConfig)) -> Self {
+        let mut cfg = ConntrackConfig {
             strategies: strategy.parse::<Strategies>().unwrap(),
             // Other tests' NAT traffic (the eBPF map sees every namespace) must not
             // make the LRU evict this test's entries.
             max_entries: 65_536,
             ..ConntrackConfig::default()
         };
+        tune(&mut cfg);
+        Self::start_chain(|run| host.spawn(run).unwrap(), cfg, false)
+            .unwrap_or_else(|e| panic!("{strategy} did not start: {e}"))
+    }
+
+    /// The conntracker chain with `cfg`, with its own runtime on the thread `enter`
+    /// starts (inside a namespace). With `hide_btf` it runs as on a kernel without BTF:
+    /// the CO-RE implementation cannot load, whatever the list says.
+    pub fn start_chain(
+        enter: impl FnOnce(Box<dyn FnOnce() + Send>) -> JoinHandle<()>,
+        cfg: ConntrackConfig,
+        hide_btf: bool,
+    ) -> Result<Self, String> {
         let registry = Registry::default();
         let shutdown = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let (reg, stop) = (registry.clone(), shutdown.clone());
-        let thread = host
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(async move {
-                    let assets = AssetLoader::new(btf::discover(&BtfConfig::default()), None, reg.clone());
-                    match chain::start(&cfg, &assets, &reg, stop.clone()).await {
-                        Ok(RunningConntracker { tracker, mut tasks, .. }) => {
-                            tx.send(Ok(tracker)).unwrap();
-                            stop.cancelled().await;
-                            while tasks.join_next().await.is_some() {}
-                        }
-                        Err(e) => tx.send(Err(e.to_string())).unwrap(),
+        let thread = enter(Box::new(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let btf = if hide_btf {
+                    Err(BtfError::NotFound { tried: vec!["hidden by the test".into()] })
+                } else {
+                    btf::discover(&BtfConfig::default())
+                };
+                let assets = AssetLoader::new(btf, None, reg.clone());
+                match chain::start(&cfg, &assets, &reg, stop.clone()).await {
+                    Ok(RunningConntracker { tracker, mut tasks, stats, .. }) => {
+                        tx.send(Ok((tracker, stats))).unwrap();
+                        stop.cancelled().await;
+                        while tasks.join_next().await.is_some() {}
                     }
-                });
-            })
-            .unwrap();
-        let tracker = rx.recv().unwrap().unwrap_or_else(|e| panic!("{strategy} did not start: {e}"));
-        Pinned { tracker, registry, shutdown, thread: Some(thread) }
+                    Err(e) => tx.send(Err(e.to_string())).unwrap(),
+                }
+            });
+        }));
+        let (tracker, stats) = rx.recv().unwrap()?;
+        Ok(Pinned { tracker, stats, registry, shutdown, thread: Some(thread) })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn entries_in(&self, netns: u32) -> BTreeSet<Entry> {

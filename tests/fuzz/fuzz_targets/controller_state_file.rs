@@ -5,15 +5,16 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use controller::store::Store;
-use trust::TrustedState;
+use fuzz_targets::store::Store;
 use libfuzzer_sys::fuzz_target;
+use trust::TrustedState;
 
 static ROOT: &[u8] = include_bytes!("../seeds/1.root.json");
 static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let dir = DIR.get_or_init(|| tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("temp dir"));
+    let dir = DIR
+        .get_or_init(|| tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("temp dir"));
     let Ok(pinned) = TrustedState::from_pinned_root(ROOT) else { return };
     let Ok(store) = Store::open(dir.path(), Duration::from_secs(1)) else { return };
     if std::fs::write(dir.path().join("state.json"), data).is_err() {

@@ -2,8 +2,8 @@
 //! lets stock gRPC clients in, split at an arbitrary point: errors, never a panic, and
 //! the same output whether the bytes come whole or in two pieces.
 #![no_main]
+use fuzz_targets::authority::AuthorityRewriter;
 use libfuzzer_sys::fuzz_target;
-use privileged_loader::api::AuthorityRewriter;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, bytes)) = data.split_first() else { return };

@@ -2,10 +2,10 @@
 //! metadata and config payloads against a pinned root (a real one, from config-service
 //! `init`): any bytes are refused or applied, never a panic.
 #![no_main]
-use trust::{ExpiryCheck, TrustedState, Update, apply_update};
+use fuzz_targets::proto::remoteconfig::v1::ClientGetConfigsResponse;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use shared_proto::remoteconfig::v1::ClientGetConfigsResponse;
+use trust::{ExpiryCheck, TrustedState, Update, apply_update};
 
 static ROOT: &[u8] = include_bytes!("../seeds/1.root.json");
 

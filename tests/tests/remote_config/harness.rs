@@ -3,10 +3,8 @@
 //!
 //! Binaries: cargo does not expose another crate's binaries to this crate's tests
 //! (`CARGO_BIN_EXE_*` is per-crate), so build them first —
-//! `cargo build -p config-service -p controller` — and they are found in
-//! `$CARGO_TARGET_DIR/debug` (else `<workspace>/target/debug`; `release` when this code
-//! is itself built with `--release`, as the benchmark is). `REMOTE_CONFIG_BIN_DIR`
-//! overrides the directory.
+//! `cargo build -p config-service -p controller` — and they are found where
+//! [`e2e_tests::process::bin_dir`] says (`E2E_BIN_DIR` overrides the directory).
 //!
 //! Every process and directory is owned by a guard whose `Drop` kills/removes it, and on a
 //! failing test the guards print the processes' logs.
@@ -18,13 +16,12 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The unprivileged uid/gid the controller runs as (`nobody`).
-pub const NOBODY: u32 = 65534;
+pub use e2e_tests::process::{ChildGuard as Process, NOBODY, binary as bin, wait_for as wait_until};
 /// The product every test publishes under.
 /// (A controller without a loader schema-checks it: contents must be CONNTRACK payloads.)
 pub const PRODUCT: &str = "CONNTRACK";
@@ -34,45 +31,9 @@ pub const TOKEN_NAME: &str = "primary";
 pub const SECOND_TOKEN: &str = "tok-second-9876543210";
 pub const SECOND_TOKEN_NAME: &str = "second";
 
-/// Directory holding the built binaries.
-pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("REMOTE_CONFIG_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    // The benchmark is built with --release and measures release binaries.
-    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
-}
-
-/// Path of a built binary, with the command to build it when missing.
-pub fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build {}-p config-service -p controller` first \
-         (or set REMOTE_CONFIG_BIN_DIR)",
-        path.display(),
-        if cfg!(debug_assertions) { "" } else { "--release " }
-    );
-    path
-}
-
 /// Path of a script in `tests/python`.
 pub fn python_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
-}
-
-/// Polls `probe` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A free loopback port (bound, then released for the service to take).
@@ -208,59 +169,6 @@ pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
-/// A child process killed (SIGKILL) and reaped on drop; its log is printed if the test
-/// is failing.
-pub struct Process {
-    pub name: &'static str,
-    pub child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Process {
-    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Self {
-        let out = fs::File::create(&log).expect("create process log");
-        let err = out.try_clone().expect("clone log handle");
-        command.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = command.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Self { name, child: Some(child), log }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// Kills and reaps the process now.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// True while the process has not exited.
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("---- last lines of {} log {} ----", self.name, self.log.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 /// A running `config-service serve` on a loopback port.
 pub struct Service {
     pub process: Process,
@@ -293,9 +201,9 @@ impl Service {
             .args(extra)
             .env("RUST_LOG", "info");
         let log = work.join(format!("service-{port}-{}.log", unique_suffix()));
-        let mut process = Process::spawn("config-service", command, log);
+        let mut process = Process::spawn_logged("config-service", &mut command, log);
         wait_until(Duration::from_secs(15), "config-service to listen", || {
-            assert!(process.is_running(), "config-service exited: {}", process.log_text());
+            assert!(process.running(), "config-service exited: {}", process.log_text());
             TcpStream::connect(("127.0.0.1", port)).ok()
         });
         Self { process, port, request_log, tokens_file: tokens_file.to_owned() }
@@ -368,27 +276,14 @@ impl Controller {
         );
         fs::write(&config_file, config).expect("write controller config");
         fs::set_permissions(&config_file, fs::Permissions::from_mode(0o644)).expect("chmod config");
-        let mut controller = Self {
-            process: Process { name: "controller", child: None, log: work.join("unused") },
-            state_dir,
-            token_file,
-            config_file,
-        };
-        controller.restart(work);
-        controller
+        let process = spawn_controller(work, &config_file);
+        Self { process, state_dir, token_file, config_file }
     }
 
     /// (Re)starts the process with the same state dir, config and token file.
     pub fn restart(&mut self, work: &Path) {
         self.process.kill();
-        let mut command = Command::new(bin("controller"));
-        command
-            .args(["run", "--config", path_str(&self.config_file)])
-            .env("RUST_LOG", "info")
-            .uid(NOBODY)
-            .gid(NOBODY);
-        let log = work.join(format!("controller-{}.log", unique_suffix()));
-        self.process = Process::spawn("controller", command, log);
+        self.process = spawn_controller(work, &self.config_file);
     }
 
     /// Replaces the token file atomically (as an operator's secret rotation would).
@@ -407,7 +302,7 @@ impl Controller {
         let mut last = None;
         let start = Instant::now();
         loop {
-            assert!(self.process.is_running(), "controller exited while waiting for {what}");
+            assert!(self.process.running(), "controller exited while waiting for {what}");
             if let Some(status) = self.status() {
                 if pred(&status) {
                     return status;
@@ -421,6 +316,14 @@ impl Controller {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `controller run` with `config_file`, as `nobody`, logging to a new file in `work`.
+fn spawn_controller(work: &Path, config_file: &Path) -> Process {
+    let mut command = Command::new(bin("controller"));
+    command.args(["run", "--config", path_str(config_file)]).env("RUST_LOG", "info").uid(NOBODY).gid(NOBODY);
+    let log = work.join(format!("controller-{}.log", unique_suffix()));
+    Process::spawn_logged("controller", &mut command, log)
 }
 
 /// The state a request reported for `config_id`, if any.

@@ -14,7 +14,9 @@ pub mod nsid;
 mod socket;
 pub mod wire;
 
-pub use socket::{Coverage, CtNetlink, Event, Groups, NetlinkError, ask_stats, current_netns};
+pub use socket::{
+    Coverage, CtNetlink, EVENTS_NOTE_PREFIX, Event, Groups, NetlinkError, Parked, ask_stats, current_netns,
+};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a panic is the failure report

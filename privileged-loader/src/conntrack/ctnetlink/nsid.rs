@@ -17,7 +17,6 @@
 //! events cost one.
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -44,8 +43,6 @@ const NETNSA_FD: u16 = 3;
 const RTNLGRP_NSID: u32 = 28;
 /// `struct rtgenmsg`, padded to 4 bytes.
 const RTGENMSG_LEN: usize = 4;
-/// Where bind-mounted namespaces live (`ip netns`, CNI plugins).
-const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 /// An unknown id triggers at most one scan per this period, unless a namespace id was
 /// assigned since the last scan (then at once).
 const RESCAN_PERIOD: Duration = Duration::from_secs(1);
@@ -296,31 +293,20 @@ enum Source {
     File(std::fs::File),
 }
 
-/// One handle per distinct namespace the loader can name: bind mounts first (readable
-/// after the privilege drop), then processes (`/proc/<pid>/ns/net` needs ptrace access
-/// to the process, which the loader loses with its capabilities for most of them).
+/// One handle per distinct namespace the loader can name (`reach.rs` finds them): a bind
+/// mount (readable after the privilege drop), else a process (`/proc/<pid>/ns/net` needs
+/// ptrace access to it, which the loader loses with its capabilities for most of them).
 fn namespaces() -> Vec<(u32, Source)> {
-    let mut seen = std::collections::HashSet::new();
-    let mut found = Vec::new();
-    for dir in NETNS_DIRS {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for path in entries.flatten().map(|e| e.path()) {
-            let Ok(file) = std::fs::File::open(&path) else { continue };
-            let Ok(meta) = file.metadata() else { continue };
-            if seen.insert(meta.ino() as u32) {
-                found.push((meta.ino() as u32, Source::File(file)));
-            }
+    let mut handles = Vec::new();
+    for (inode, found) in crate::conntrack::reach::visible_namespaces() {
+        let file = found.mounts.iter().find_map(|path| std::fs::File::open(path).ok());
+        match (file, found.pids.first()) {
+            (Some(file), _) => handles.push((inode, Source::File(file))),
+            (None, Some(pid)) => handles.push((inode, Source::Pid(*pid))),
+            (None, None) => {}
         }
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
-    for pid in procs.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
-        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
-        let inode = link.to_str().and_then(|l| l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok());
-        if let Some(inode) = inode.filter(|i| seen.insert(*i)) {
-            found.push((inode, Source::Pid(pid)));
-        }
-    }
-    found
+    handles
 }
 
 #[cfg(test)]

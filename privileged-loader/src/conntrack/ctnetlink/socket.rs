@@ -72,17 +72,20 @@ pub struct Coverage {
     pub unresolved_events: u64,
 }
 
+/// Prefix of the status note [`Coverage::describe`] writes.
+pub const EVENTS_NOTE_PREFIX: &str = "conntrack events of the loader's network namespace";
+
 impl Coverage {
     /// One line for status: which namespaces' events are heard, and which are not.
     pub fn describe(&self) -> String {
         if let Some(why) = &self.own_only {
-            return format!("conntrack events of the loader's network namespace only: {why}");
+            return format!("{EVENTS_NOTE_PREFIX} only: {why}");
         }
         let known: Vec<String> = self.known.iter().map(|(id, inode)| format!("{id}={inode}")).collect();
         format!(
-            "conntrack events of the loader's network namespace and of every namespace with a \
-             namespace id in it (ids known now: [{}]); namespaces without an id are not heard, \
-             their entries leave by the sweep's age rule or the LRU",
+            "{EVENTS_NOTE_PREFIX} and of every namespace with a namespace id in it (ids known now: [{}]); namespaces without an id are not heard, \
+             their entries leave by the sweep (dumped if the loader entered them, else by \
+             its age rule) or the LRU",
             known.join(", ")
         )
     }
@@ -93,6 +96,38 @@ impl Coverage {
 struct Datagram {
     nsid: Option<i32>,
     messages: Vec<(u32, Message)>,
+}
+
+/// A dump socket outside any async runtime: opened on a thread that entered another
+/// namespace (`reach.rs`), or kept between two uses. [`CtNetlink::unpark`] takes it in.
+#[derive(Debug)]
+pub struct Parked {
+    fd: OwnedFd,
+    netns: u32,
+    seq: u32,
+    unfinished_dump: Option<u32>,
+}
+
+impl Parked {
+    /// A ctnetlink socket in the calling thread's network namespace, bound to `groups`;
+    /// no async runtime needed (a thread that entered a namespace with setns has none).
+    pub fn open(groups: u32) -> Result<Self, NetlinkError> {
+        let fd = nix::sys::socket::socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .map_err(|errno| NetlinkError::Open { step: "socket", errno })?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))
+            .map_err(|errno| NetlinkError::Open { step: "bind", errno })?;
+        Ok(Self { fd, netns: current_netns()?, seq: 0, unfinished_dump: None })
+    }
+
+    /// Inode of the network namespace the socket belongs to.
+    pub fn netns(&self) -> u32 {
+        self.netns
+    }
 }
 
 /// One netlink socket of the NETLINK_NETFILTER family.
@@ -142,16 +177,13 @@ impl CtNetlink {
     }
 
     fn open(groups: u32) -> Result<Self, NetlinkError> {
-        let fd = nix::sys::socket::socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            SockProtocol::NetlinkNetFilter,
-        )
-        .map_err(|errno| NetlinkError::Open { step: "socket", errno })?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))
-            .map_err(|errno| NetlinkError::Open { step: "bind", errno })?;
-        let netns = current_netns()?;
+        Self::unpark(Parked::open(groups)?)
+    }
+
+    /// Takes a socket opened by [`Parked::open`] (possibly on another thread, in another
+    /// namespace) into the calling thread's async runtime.
+    pub fn unpark(parked: Parked) -> Result<Self, NetlinkError> {
+        let Parked { fd, netns, seq, unfinished_dump } = parked;
         // SAFETY: `fd` is an open OwnedFd that the AsyncFd owns from here on, so the
         // descriptor stays valid and unchanged for the AsyncFd's whole lifetime.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| NetlinkError::Open {
@@ -159,7 +191,18 @@ impl CtNetlink {
             errno: io_errno(&std::io::Error::from(e)),
         })?;
         let nsids = Err("a dump socket: no events".to_string());
-        Ok(Self { fd, netns, nsids, seq: 0, unfinished_dump: None, buf: vec![0; RECV_BUFFER] })
+        Ok(Self { fd, netns, nsids, seq, unfinished_dump, buf: vec![0; RECV_BUFFER] })
+    }
+
+    /// Leaves the async runtime, keeping the socket and where its requests stand, so
+    /// another task (or runtime) can [`CtNetlink::unpark`] it later. For dump sockets.
+    pub fn park(self) -> Parked {
+        Parked {
+            fd: self.fd.into_inner(),
+            netns: self.netns,
+            seq: self.seq,
+            unfinished_dump: self.unfinished_dump,
+        }
     }
 
     /// Sets the kernel receive queue of this socket to about `bytes` (the kernel doubles
@@ -291,6 +334,22 @@ impl CtNetlink {
             }
         }
         Ok(events)
+    }
+
+    /// Throws away every datagram queued now, returning how many. After an overrun the
+    /// queue still holds events older than the dump the caller is about to take; applied
+    /// after it, a stale NEW would bring back an entry whose DESTROY was among the lost.
+    pub fn discard_queued(&mut self) -> Result<usize, NetlinkError> {
+        let mut discarded = 0;
+        loop {
+            match self.try_datagram() {
+                Ok(Some(_)) => discarded += 1,
+                Ok(None) => return Ok(discarded),
+                // Lost again while draining: the dump that follows covers those too.
+                Err(NetlinkError::Overrun) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Appends the conntrack events of `datagram`, with their namespace's inode; drops
