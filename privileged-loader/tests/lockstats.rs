@@ -154,7 +154,7 @@ fn hash_map_bucket_range_matches_the_kernel() {
     // 0 when the kernel hides the symbol (no CONFIG_KALLSYMS_ALL, as here): the iterator
     // then measures the offsets itself.
     let per_cpu_offset = symbols.address(ksym::PER_CPU_OFFSET).unwrap_or(0);
-    let snapshot = inventory::snapshot(&assets, per_cpu_offset).expect("map iterator runs");
+    let snapshot = inventory::snapshot(&assets, per_cpu_offset, None).expect("map iterator runs");
     let layout = snapshot.maps.iter().find(|m| m.id == map.id).expect("iterator sees the new map");
 
     let cpus = aya::util::nr_cpus().expect("possible CPUs");
@@ -183,7 +183,7 @@ fn percpu_lru_and_ring_buffer_ranges_have_kernel_sizes() {
     let ringbuf = RawMap::create_raw(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0, &unique_name("ls_rb"))
         .expect("create ringbuf");
     let (symbols, _) = ksym::resolve(&assets, &[ksym::PER_CPU_OFFSET]);
-    let snapshot = inventory::snapshot(&assets, symbols.address(ksym::PER_CPU_OFFSET).unwrap_or(0))
+    let snapshot = inventory::snapshot(&assets, symbols.address(ksym::PER_CPU_OFFSET).unwrap_or(0), None)
         .expect("map iterator");
     let layout_of = |id| snapshot.maps.iter().find(|m| m.id == id).expect("iterator sees the map");
 
@@ -364,10 +364,11 @@ fn a_symbol_table_of_functions_only_is_not_walked_for_per_cpu_offset() {
 fn a_map_iterator_loaded_ahead_walks_the_maps_made_after_it_and_loads_once() {
     let registry = Registry::default();
     let assets = assets(&registry);
-    lockstats::prefetch_kernel_symbols(&assets);
+    let prefetched = lockstats::prefetch_kernel_symbols(&assets);
     let late = RawMap::create(BPF_MAP_TYPE_HASH, 64, 0, &unique_name("ls_lt")).expect("create hash");
     let owned = [OwnedMap::by_id(late.id, "test-late")];
-    let collector = lockstats::start(&config(false, 1024), &assets, &registry, &owned);
+    let collector =
+        lockstats::start_prefetched(&config(false, 1024), &assets, &registry, &owned, Some(prefetched));
     let report = collector.snapshot();
     assert_eq!(report.status.state, CollectorState::Running, "{:#?}", report.status);
     assert!(map_in(&report, late.id).locks.iter().any(|l| l.lock_type == LockType::HashBucket));

@@ -4,8 +4,6 @@
 //! Why an iterator: this kernel has no kprobes to catch `struct bpf_map` pointers at map
 //! creation, and user space cannot read kernel memory. The iterator is handed each live
 //! map's pointer by the kernel and reads the fields behind it with CO-RE.
-use std::sync::{Mutex, PoisonError};
-
 use aya::Ebpf;
 use aya::programs::Iter;
 
@@ -21,14 +19,18 @@ const MAX_CPUS: u32 = 512;
 
 /// Runs the map iterator once. `per_cpu_offset_addr` is the address of `__per_cpu_offset`,
 /// or 0 when the kernel does not expose it: then the per-CPU offsets are measured on the
-/// object's own per-CPU probe map (see `bpf/lockstat_maps.bpf.c`). Uses the object
-/// [`preload`] loaded for the same `assets` and settings, if there is one.
-pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSnapshot, LockStatsError> {
-    let nr_cpus = possible_cpus()?;
-    let settings = Settings { assets: assets_key(assets), per_cpu_offset_addr, nr_cpus };
-    let mut ebpf = match take_preloaded(&settings) {
-        Some(preloaded) => preloaded?,
-        None => load(assets, &settings)?,
+/// object's own per-CPU probe map (see `bpf/lockstat_maps.bpf.c`). Runs the object
+/// `preloaded` holds when it was loaded for the same constants; otherwise (or without
+/// one) loads its own, and the preloaded one is unloaded.
+pub fn snapshot(
+    assets: &AssetLoader,
+    per_cpu_offset_addr: u64,
+    preloaded: Option<Preloaded>,
+) -> Result<MapsSnapshot, LockStatsError> {
+    let settings = Settings { per_cpu_offset_addr, nr_cpus: possible_cpus()? };
+    let mut ebpf = match preloaded {
+        Some(preloaded) if preloaded.settings == settings => preloaded.loaded?,
+        _ => load(assets, &settings)?,
     };
     let program: &mut Iter = asset::program_mut(&mut ebpf, MAPS_ASSET, MAPS_PROGRAM)?;
     let output = run_iterator(program, MAPS_ASSET, MAPS_PROGRAM)?;
@@ -36,49 +38,31 @@ pub fn snapshot(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Result<MapsSn
         .map_err(|e| LockStatsError::Decode { iterator: MAPS_PROGRAM.into(), reason: e.to_string() })
 }
 
-/// Loads the map iterator ahead of [`snapshot`], which runs it: at start-up its CO-RE
+/// The map iterator loaded ahead of [`snapshot`], which runs it: at start-up its CO-RE
 /// relocation and verification (the costliest load of the lock statistics) then happen
 /// on a thread while the conntracker loads, and the walk itself still comes after every
-/// module has loaded. Its outcome is recorded now, once, as a load in `snapshot` would be.
-pub fn preload(assets: &AssetLoader, per_cpu_offset_addr: u64) {
-    let Ok(nr_cpus) = possible_cpus() else { return };
-    let settings = Settings { assets: assets_key(assets), per_cpu_offset_addr, nr_cpus };
-    let loaded = load(assets, &settings);
-    *PRELOADED.lock().unwrap_or_else(PoisonError::into_inner) = Some((settings, loaded));
+/// module has loaded. Handed by the caller from [`preload`] to [`snapshot`]; its load
+/// outcome is recorded at the load, once, as a load in `snapshot` would be.
+pub struct Preloaded {
+    settings: Settings,
+    loaded: Loaded,
 }
 
-/// What a loaded map iterator was loaded for: the asset loader (by address) and the
-/// object's two constants.
+/// Loads the map iterator for `per_cpu_offset_addr` (see [`Preloaded`]); `None` when the
+/// number of CPUs cannot be read (then [`snapshot`] says why).
+pub fn preload(assets: &AssetLoader, per_cpu_offset_addr: u64) -> Option<Preloaded> {
+    let settings = Settings { per_cpu_offset_addr, nr_cpus: possible_cpus().ok()? };
+    Some(Preloaded { settings, loaded: load(assets, &settings) })
+}
+
+/// The object's two constants: a preloaded object serves only a walk with the same ones.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Settings {
-    assets: usize,
     per_cpu_offset_addr: u64,
     nr_cpus: u32,
 }
 
 type Loaded = Result<Ebpf, LockStatsError>;
-
-/// The object [`preload`] loaded, until [`snapshot`] takes it.
-static PRELOADED: Mutex<Option<(Settings, Loaded)>> = Mutex::new(None);
-
-/// The preloaded object if it was loaded for `settings`. One loaded by the same asset
-/// loader for other constants is dropped (unloaded), and `snapshot` loads its own; one of
-/// another asset loader is left for that one.
-fn take_preloaded(settings: &Settings) -> Option<Loaded> {
-    let mut preloaded = PRELOADED.lock().unwrap_or_else(PoisonError::into_inner);
-    match preloaded.as_ref() {
-        Some((loaded_for, _)) if loaded_for == settings => preloaded.take().map(|(_, loaded)| loaded),
-        Some((loaded_for, _)) if loaded_for.assets == settings.assets => {
-            *preloaded = None;
-            None
-        }
-        _ => None,
-    }
-}
-
-fn assets_key(assets: &AssetLoader) -> usize {
-    std::ptr::from_ref(assets) as usize
-}
 
 /// Loads the object with `settings` and verifies its iterator program.
 fn load(assets: &AssetLoader, settings: &Settings) -> Loaded {

@@ -73,9 +73,20 @@ pub fn start(
     registry: &Registry,
     owned_maps: &[OwnedMap],
 ) -> LockStatsCollector {
+    start_prefetched(cfg, assets, registry, owned_maps, None)
+}
+
+/// [`start`], with what [`prefetch_kernel_symbols`] loaded ahead (at the loader's start).
+pub fn start_prefetched(
+    cfg: &LockStatsConfig,
+    assets: &AssetLoader,
+    registry: &Registry,
+    owned_maps: &[OwnedMap],
+    prefetched: Option<Prefetched>,
+) -> LockStatsCollector {
     let started = Instant::now();
     let mut inner = if cfg.enabled {
-        initialize(cfg, assets, owned_maps)
+        initialize(cfg, assets, owned_maps, prefetched)
     } else {
         let mut status = LockStatsStatus::new(CollectorState::Disabled, cfg.max_ranges);
         status.reasons.push("disabled by configuration (lockstats.enabled = false)".into());
@@ -104,13 +115,18 @@ impl Inner {
     }
 }
 
-fn initialize(cfg: &LockStatsConfig, assets: &AssetLoader, owned_maps: &[OwnedMap]) -> Inner {
+fn initialize(
+    cfg: &LockStatsConfig,
+    assets: &AssetLoader,
+    owned_maps: &[OwnedMap],
+    prefetched: Option<Prefetched>,
+) -> Inner {
     let mut status = LockStatsStatus::new(CollectorState::Running, cfg.max_ranges);
     let step = Instant::now();
     let per_cpu_offset = resolve_per_cpu_offset(assets, &mut status);
     tracing::debug!(elapsed = ?step.elapsed(), "lockstats: kernel symbols resolved");
     let step = Instant::now();
-    let snapshot = match inventory::snapshot(assets, per_cpu_offset) {
+    let snapshot = match inventory::snapshot(assets, per_cpu_offset, prefetched.and_then(|p| p.maps)) {
         Ok(snapshot) => snapshot,
         Err(e) => return failed(status, format!("walking BPF maps: {e}")),
     };
@@ -188,10 +204,16 @@ fn per_cpu_offset(assets: &AssetLoader) -> PerCpuOffset {
     }
 }
 
-/// Finds `__per_cpu_offset` and loads the map iterator for it ahead of [`start`], so
-/// that start-up can do both on a thread while other modules load; [`start`] then finds
-/// them ready. Records nothing itself but the assets' loads; [`start`] reports the rest.
-pub fn prefetch_kernel_symbols(assets: &AssetLoader) {
+/// What [`prefetch_kernel_symbols`] loaded ahead, for [`start_prefetched`].
+pub struct Prefetched {
+    maps: Option<inventory::Preloaded>,
+}
+
+/// Finds `__per_cpu_offset` and loads the map iterator for it ahead of
+/// [`start_prefetched`], so that start-up can do both on a thread while other modules
+/// load; the caller hands what it returns to [`start_prefetched`]. Records nothing itself
+/// but the assets' loads; the start reports the rest.
+pub fn prefetch_kernel_symbols(assets: &AssetLoader) -> Prefetched {
     let addr = per_cpu_offset(assets).map_or_else(
         |reason| {
             tracing::debug!(%reason, "lockstats: __per_cpu_offset not usable; Initialize will say why");
@@ -199,7 +221,7 @@ pub fn prefetch_kernel_symbols(assets: &AssetLoader) {
         },
         |(addr, _source)| addr,
     );
-    inventory::preload(assets, addr);
+    Prefetched { maps: inventory::preload(assets, addr) }
 }
 
 /// Opens the targets, computes their ranges and fits them in the bound.

@@ -9,10 +9,16 @@ use std::time::Instant;
 use super::change::changed_keys;
 use super::{Modules, ReloadAction, ReloadError, ReloadReport, Saved, require_capability};
 use crate::conntrack::MODULE as CONNTRACK;
-use crate::lockstats::{self, CollectorState, LockStatsConfig, MODULE, OwnedMap};
+use crate::lockstats::{self, CollectorState, LockStatsConfig, MODULE, OwnedMap, Prefetched};
 use crate::status::{ModuleRecord, ModuleState, ReloadRecord, now_unix_ms};
 
-pub(super) fn apply(modules: &Modules, cfg: LockStatsConfig) -> Result<ReloadReport, ReloadError> {
+/// Applies `cfg`; `prefetched` is what start-up loaded ahead (see
+/// [`lockstats::prefetch_kernel_symbols`]), used when a collector is started.
+pub(super) fn apply(
+    modules: &Modules,
+    cfg: LockStatsConfig,
+    prefetched: Option<Prefetched>,
+) -> Result<ReloadReport, ReloadError> {
     let started = Instant::now();
     let registry = modules.registry().clone();
     let changed = changed_keys(modules.lockstats_config().as_ref(), &cfg);
@@ -30,7 +36,7 @@ pub(super) fn apply(modules: &Modules, cfg: LockStatsConfig) -> Result<ReloadRep
         let record = registry.module(MODULE).unwrap_or_else(|| ModuleRecord::new(MODULE));
         return Ok(report(ReloadAction::Unchanged, changed, &record, started));
     }
-    start_new(modules, cfg, changed, started)
+    start_new(modules, cfg, changed, started, prefetched)
 }
 
 /// Replans a running collector after the conntracker was replaced: the maps it watches
@@ -40,7 +46,7 @@ pub(super) fn replan(modules: &Modules) -> Option<Result<ReloadReport, ReloadErr
         return None;
     }
     let cfg = modules.lockstats_config()?;
-    Some(start_new(modules, cfg, vec!["(the conntracker's maps)".into()], Instant::now()))
+    Some(start_new(modules, cfg, vec!["(the conntracker's maps)".into()], Instant::now(), None))
 }
 
 /// Starts a collector with `cfg`; once it runs, detaches the one it replaces.
@@ -49,6 +55,7 @@ fn start_new(
     cfg: LockStatsConfig,
     changed: Vec<String>,
     started: Instant,
+    prefetched: Option<Prefetched>,
 ) -> Result<ReloadReport, ReloadError> {
     let registry = modules.registry().clone();
     let running = is_running(modules);
@@ -70,7 +77,7 @@ fn start_new(
         .map(|id| OwnedMap::by_id(id, CONNTRACK))
         .collect();
     registry.update_module(MODULE, ModuleRecord::begin_attempt);
-    let collector = lockstats::start(&cfg, &modules.assets(), &registry, &owned);
+    let collector = lockstats::start_prefetched(&cfg, &modules.assets(), &registry, &owned, prefetched);
     if collector.state() != CollectorState::Running {
         let reason = collector.snapshot().status.reasons.join("; ");
         drop(collector);

@@ -221,11 +221,22 @@ impl Modules {
         self.reload_lockstats(cfg).await
     }
 
+    /// [`Self::start_lockstats`] with what start-up loaded ahead for it
+    /// ([`crate::lockstats::prefetch_kernel_symbols`]).
+    pub async fn start_lockstats_prefetched(
+        &self,
+        cfg: LockStatsConfig,
+        prefetched: crate::lockstats::Prefetched,
+    ) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.inner.lockstats.lock().await;
+        lockstats::apply(self, cfg, Some(prefetched))
+    }
+
     /// Applies `cfg` to the lock-statistics collector (make-before-break: the new one is
     /// attached before the old one is detached).
     pub async fn reload_lockstats(&self, cfg: LockStatsConfig) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.inner.lockstats.lock().await;
-        lockstats::apply(self, cfg)
+        lockstats::apply(self, cfg, None)
     }
 
     /// Stops the lock-statistics collector: its programs detached, its watched maps released.
