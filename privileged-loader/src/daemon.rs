@@ -118,18 +118,14 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     }
     let remote_btf = remote_btf_setting(&config.btf, &found_btf);
     let assets = Arc::new(AssetLoader::new(found_btf, config.bpf_dir.clone(), registry.clone()));
-    // Beside the conntracker, on one thread: first what the lock statistics load ahead
-    // (handed over as soon as it is ready), then the kernel probe, whose report is what
-    // `GetStatus` shows. One thread, not two: three CPU-bound threads on a small node
-    // slow the conntracker's load, which the lock statistics then wait for.
-    let (prefetched_tx, prefetched_rx) = tokio::sync::oneshot::channel();
-    let lockstats_enabled = config.lockstats.enabled;
-    let probing = beside_the_conntracker("kernel-probe", &assets, move |assets| {
-        if lockstats_enabled {
-            let _ = prefetched_tx.send(lockstats::prefetch_kernel_symbols(assets));
-        }
-        probe::probe(assets)
-    })?;
+    let probing = beside_the_conntracker("kernel-probe", &assets, probe::probe)?;
+    // What the lock statistics load ahead (their map iterator, the costliest of their
+    // loads) does not depend on the conntracker either; handed to their start below.
+    let prefetching = config
+        .lockstats
+        .enabled
+        .then(|| beside_the_conntracker("kernel-symbols", &assets, lockstats::prefetch_kernel_symbols))
+        .transpose()?;
     // Bind before dropping privileges: the socket directory may need root to create.
     let listener = api::bind(&config.api.socket, config.api.socket_group)
         .with_context(|| format!("serving the API on {}", config.api.socket.display()))?;
@@ -138,14 +134,16 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     let mut tasks = JoinSet::new();
     let modules = Modules::new(assets, registry.clone(), shutdown.clone());
     start_conntrack(&config, &modules).await;
-    let prefetched = prefetched_rx.await.ok();
-    // The probe's own maps are transient: a walk of every map on the system must not
-    // find (and hold) them, so with `track_all_maps` the probe ends first. The loader's
-    // own maps (the default) are told apart from them, and the two overlap.
-    let mut probing = Probing::Running(probing);
-    if config.lockstats.track_all_maps {
-        probing = Probing::Done(Box::new(probing.finish()?));
-    }
+    // The probe's own object is gone once it returns: the lock statistics' map walk
+    // must not find (and hold) its transient maps.
+    let kernel = probing.join().map_err(|_| anyhow::anyhow!("the kernel probe thread panicked"))?;
+    info!(release = %kernel.release, took_us = kernel.took_us, "kernel probed");
+    let prefetched = match prefetching {
+        Some(thread) => {
+            Some(thread.join().map_err(|_| anyhow::anyhow!("the kernel symbol lookup thread panicked"))?)
+        }
+        None => None,
+    };
     // Post-register: once every module is loaded, and while walking other maps by id is
     // still allowed (CAP_SYS_ADMIN), before the drop.
     let started = match prefetched {
@@ -155,8 +153,6 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     if let Err(err) = started {
         warn!(%err, "the lock-statistics collector did not start; see GetStatus (module \"lockstats\")");
     }
-    let kernel = probing.finish()?;
-    info!(release = %kernel.release, took_us = kernel.took_us, "kernel probed");
 
     privileged_loader::asset::settle_constructed_ahead();
     if config.privileges.drop {
@@ -239,23 +235,6 @@ fn beside_the_conntracker<T: Send + 'static>(
         .name(name.into())
         .spawn(move || work(&assets))
         .with_context(|| format!("starting the {name} thread"))
-}
-
-/// The kernel probe, on its thread or done; finished (joined) before the privilege drop.
-enum Probing {
-    Running(std::thread::JoinHandle<probe::KernelReport>),
-    Done(Box<probe::KernelReport>),
-}
-
-impl Probing {
-    fn finish(self) -> Result<probe::KernelReport> {
-        match self {
-            Probing::Running(thread) => {
-                thread.join().map_err(|_| anyhow::anyhow!("the kernel probe thread panicked"))
-            }
-            Probing::Done(report) => Ok(*report),
-        }
-    }
 }
 
 /// Installs the loader's own seccomp filter on every thread; with the tests' switch set,
