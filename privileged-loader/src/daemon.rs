@@ -160,6 +160,10 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         privileges::drop_to(&keep).context("dropping to the steady-state capability set")?;
         info!(kept = ?privileges::effective(), "privileges dropped");
     }
+    // Its threads lower their own CPU priority as they start: before the seccomp filter,
+    // which does not allow that call.
+    let walks = api::MapWalks::new(config.api.limits.max_concurrent_map_walks)
+        .context("starting the map-walk threads")?;
     if config.privileges.seccomp {
         install_seccomp()?;
     }
@@ -191,7 +195,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         modules: modules.clone(),
         started_at_unix_ms,
         startup: startup.clone(),
-        walks: Default::default(),
+        walks,
         remote: Arc::new(remote),
         access: config.api.access(),
         instance: format!("{}-{started_at_unix_ms}", std::process::id()),

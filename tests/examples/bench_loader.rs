@@ -500,9 +500,11 @@ fn completeness(loader: &Loader, ns: &Netns) -> anyhow::Result<()> {
         let mut c = client(&loader.socket).await?;
         let mut stream = c.list_conntrack(pb::ListConntrackRequest { netns: 0 }).await?.into_inner();
         let mut sources = std::collections::HashSet::new();
-        while let Some(e) = stream.message().await? {
-            if let Some(o) = e.original.filter(|o| o.dst_addr == VIP) {
-                sources.insert(o.src_port as u16);
+        while let Some(batch) = stream.message().await? {
+            for e in batch.entries {
+                if let Some(o) = e.original.filter(|o| o.dst_addr == VIP) {
+                    sources.insert(o.src_port as u16);
+                }
             }
         }
         anyhow::Ok(sources)

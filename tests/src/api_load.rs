@@ -165,8 +165,8 @@ fn lookup_request(n: u32, exists: bool) -> pb::LookupTranslationRequest {
 pub async fn list_all(client: &mut LoaderClient) -> Result<u64, tonic::Status> {
     let mut stream = client.list_conntrack(pb::ListConntrackRequest { netns: 0 }).await?.into_inner();
     let mut n = 0;
-    while stream.message().await?.is_some() {
-        n += 1;
+    while let Some(batch) = stream.message().await? {
+        n += batch.entries.len() as u64;
     }
     Ok(n)
 }

@@ -1,19 +1,49 @@
-//! What `/proc` says about a process: its CPU time and memory figures. Benchmarks read
-//! them (loader, controller, the reload benchmark); one parser, so they agree.
+//! What `/proc` says about a process: its CPU time and memory figures, its threads'
+//! scheduling policies. Benchmarks read them (loader, controller, the reload benchmark);
+//! one parser, so they agree.
 use std::io;
 
 /// User + system CPU time of process `pid` so far, in ns (`/proc/<pid>/stat`, in clock
 /// ticks of `sysconf(_SC_CLK_TCK)`, not an assumed USER_HZ).
 pub fn cpu_ns(pid: u32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) start after its ')'.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let fields = stat_fields(&format!("/proc/{pid}/stat"))?;
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of stat(5): 11 and 12 after the ')'.
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok((ticks(11) + ticks(12)) * 1_000_000_000 / hz)
+}
+
+/// The fields of a `stat` file after the command name (which may hold spaces): field
+/// `n` of stat(5) is at index `n - 3`.
+fn stat_fields(path: &str) -> io::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(path)?;
+    Ok(stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .map(String::from)
+        .collect())
+}
+
+/// Each thread of process `pid`: its name and scheduling policy (`libc::SCHED_*`, field
+/// 41 of stat(5)). Threads that end while they are read are left out.
+pub fn thread_policies(pid: u32) -> io::Result<Vec<(String, i32)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        let (Ok(name), Ok(fields)) =
+            (std::fs::read_to_string(task.join("comm")), stat_fields(&task.join("stat").to_string_lossy()))
+        else {
+            continue;
+        };
+        let policy = fields.get(38).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("no policy in {}/stat", task.display()))
+        })?;
+        threads.push((name.trim_end().to_string(), policy));
+    }
+    Ok(threads)
 }
 
 /// A `/proc/<pid>/status` field given in kB, e.g. `VmRSS` or `VmHWM` (without the colon).

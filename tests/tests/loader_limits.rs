@@ -241,3 +241,28 @@ fn at_the_file_descriptor_limit_the_loader_pauses_instead_of_spinning() {
         e2e_tests::process::wait_until(Duration::from_secs(10), || loader.ctl(&["health"]).status.success());
     assert!(served, "the loader must serve again once descriptors are free:\n{}", loader.log_text());
 }
+
+#[test]
+fn map_walks_run_on_threads_of_their_own_at_the_lowest_cpu_priority() {
+    let loader = LoaderProcess::start(LoaderOptions {
+        extra_toml: "[api.limits]\nmax_concurrent_map_walks = 3\n",
+        ..Default::default()
+    });
+    let threads = procfs::thread_policies(loader.process.pid()).expect("the loader's threads");
+    let walkers: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("map-walk-")).collect();
+    assert_eq!(walkers.len(), 3, "one walker thread per turn (max_concurrent_map_walks = 3): {threads:?}");
+    assert!(
+        walkers.iter().all(|(_, policy)| *policy == libc::SCHED_IDLE),
+        "walker threads must run at SCHED_IDLE ({}): {walkers:?}",
+        libc::SCHED_IDLE
+    );
+    let workers: Vec<_> = threads.iter().filter(|(name, _)| name == "tokio-rt-worker").collect();
+    assert!(!workers.is_empty(), "no async workers found: {threads:?}");
+    assert!(
+        workers.iter().all(|(_, policy)| *policy != libc::SCHED_IDLE),
+        "the async workers must keep the loader's own priority: {workers:?}"
+    );
+    // The listing still completes: the walkers run whenever the CPU is free.
+    let listed = loader.ctl(&["conntrack", "list"]);
+    assert!(listed.status.success(), "{}\n{}", String::from_utf8_lossy(&listed.stderr), loader.log_text());
+}

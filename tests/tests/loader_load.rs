@@ -199,9 +199,12 @@ async fn list_filled(client: &mut LoaderClient) -> Result<u64, tonic::Status> {
     let request = pb::ListConntrackRequest { netns: FILL_NETNS };
     let mut stream = client.list_conntrack(request).await?.into_inner();
     let mut n = 0;
-    while let Some(entry) = stream.message().await? {
-        assert_eq!(entry.netns, FILL_NETNS);
-        n += 1;
+    while let Some(batch) = stream.message().await? {
+        assert!(!batch.entries.is_empty(), "a ListConntrack message carried no entries");
+        for entry in batch.entries {
+            assert_eq!(entry.netns, FILL_NETNS);
+            n += 1;
+        }
     }
     Ok(n)
 }

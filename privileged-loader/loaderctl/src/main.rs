@@ -119,8 +119,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(client::explain)?
                 .into_inner();
             let mut entries = Vec::new();
-            while let Some(entry) = stream.message().await.map_err(client::explain)? {
-                entries.push(entry);
+            while let Some(batch) = stream.message().await.map_err(client::explain)? {
+                entries.extend(batch.entries);
             }
             print(cli.json, render::entries_json(&entries), || render::entries_text(&entries))
         }

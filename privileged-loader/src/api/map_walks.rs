@@ -1,11 +1,13 @@
 //! Calls that read a whole map. A walk takes one syscall per key (~100 ms for a full
-//! conntrack map of 131k slots), so walks run on the blocking pool, a bounded number at
-//! once, listings stream from there with back-pressure, and the async workers keep
-//! answering health checks and lookups meanwhile. The fill level `GetStatus` shows is the
+//! conntrack map of 131k slots), so walks run on threads of their own at the lowest CPU
+//! priority (`SCHED_IDLE`, [`Walkers`]), a bounded number at once, listings stream from
+//! there with back-pressure, and the async workers keep answering health checks and
+//! lookups meanwhile: a walk only ever has the CPU time they leave. The fill level `GetStatus` shows is the
 //! kernel's own element count (`crate::map_count`, Linux 6.6+), exact and O(1); where the
 //! kernel keeps none (Debian 12's 6.1), it is walked at most once every `FILL_MAX_AGE`
 //! and shared, and `GetStatus` says so.
-use std::sync::{Arc, OnceLock, Weak};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock, Weak, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
@@ -24,8 +26,9 @@ const WALKED: &str = "walking the map, shared for up to 10 s";
 /// for decisions that need the count of this very second.
 const FILL_MAX_AGE: Duration = Duration::from_secs(10);
 
-/// Messages a listing may have ready ahead of its client.
-const STREAM_AHEAD: usize = 1024;
+/// Messages a listing may have ready ahead of its client (a message of `ListConntrack`
+/// is a batch of up to 512 entries: this is up to 4,096 entries).
+const STREAM_AHEAD: usize = 8;
 
 /// The last fill level counted: of which conntracker instance, and when.
 type SharedFill = Arc<Mutex<Option<Counted>>>;
@@ -39,39 +42,102 @@ struct Counted {
     tables: Vec<TableFill>,
 }
 
+/// Work for a walker thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads walks run on, one per turn, started once at start-up (before the seccomp
+/// filter, which has no scheduler calls). Each puts itself at `SCHED_IDLE` once, as it
+/// starts, and stays there: it runs only when no other thread of the machine wants the
+/// CPU, so a walk never takes a core from the async workers (even when the loader was
+/// started with a real-time policy, which every other thread inherits), and going back
+/// up, which would need `CAP_SYS_NICE`, is never asked for. The threads end when the
+/// last handle is dropped.
+struct Walkers {
+    jobs: std_mpsc::Sender<Job>,
+}
+
+impl Walkers {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let (lowered, each_lowered) = std_mpsc::channel::<()>();
+        for n in 0..threads {
+            let (queue, lowered) = (Arc::clone(&queue), lowered.clone());
+            std::thread::Builder::new().name(format!("map-walk-{n}")).spawn(move || {
+                lower_own_priority();
+                drop(lowered);
+                loop {
+                    // A poisoned lock only means another walker panicked between two
+                    // jobs; the queue itself is intact.
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = next else { return };
+                    // A panicking walk ends its call (its answer channel drops), not the thread.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                }
+            })?;
+        }
+        // Returns once every thread has lowered its priority (each drops its sender): the
+        // caller installs the seccomp filter next, which would refuse the call.
+        drop(lowered);
+        let _ = each_lowered.recv();
+        Ok(Self { jobs })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), Status> {
+        self.jobs.send(job).map_err(|_| Status::unavailable("the map-walk threads have ended"))
+    }
+}
+
+/// Puts the calling thread at `SCHED_IDLE` (the lowest CPU priority; lowering needs no
+/// privilege). Where that is refused, the walk still runs, at the priority it had.
+fn lower_own_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) on the calling thread (0) with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::warn!(%err, "a map-walk thread could not lower its CPU priority to SCHED_IDLE; walks compete with the API at normal priority");
+    }
+}
+
 #[derive(Clone)]
 pub struct MapWalks {
     turns: Arc<Semaphore>,
+    walkers: Arc<Walkers>,
     fill: SharedFill,
     /// The kernel's element counter, loaded at the first count (or why it cannot be).
     counter: Arc<OnceLock<Result<MapCounter, String>>>,
 }
 
 impl MapWalks {
-    pub fn new(at_once: usize) -> Self {
-        Self {
-            turns: Arc::new(Semaphore::new(at_once.max(1))),
+    /// `at_once` walks at a time, each on a walker thread of its own (started here).
+    pub fn new(at_once: usize) -> std::io::Result<Self> {
+        let at_once = at_once.max(1);
+        Ok(Self {
+            turns: Arc::new(Semaphore::new(at_once)),
+            walkers: Arc::new(Walkers::start(at_once)?),
             fill: Arc::default(),
             counter: Arc::default(),
-        }
+        })
     }
 
-    /// Runs `walk` on the blocking pool once a turn is free.
+    /// Runs `walk` on a walker thread once a turn is free.
     pub async fn run<T: Send + 'static>(
         &self,
         walk: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
         let _turn =
             self.turns.acquire().await.map_err(|_| Status::unavailable("the loader is shutting down"))?;
-        tokio::task::spawn_blocking(walk)
-            .await
-            .map_err(|e| Status::internal(format!("a map walk failed: {e}")))
+        let (answer, answered) = oneshot::channel();
+        self.walkers.submit(Box::new(move || {
+            let _ = answer.send(walk());
+        }))?;
+        answered.await.map_err(|_| Status::internal("a map walk failed: its thread ended without an answer"))
     }
 
-    /// Runs `walk` on the blocking pool once a turn is free and streams what it returns
-    /// (its iterator runs there too, one message at a time: a listing converts each entry
-    /// as it is sent), at most `STREAM_AHEAD` messages ahead of the client: a listing never holds a whole
-    /// map's messages on the async workers (whose time the health check and lookups
+    /// Runs `walk` on a walker thread once a turn is free and streams what it returns
+    /// (its iterator runs there too, one message at a time: a listing converts each batch
+    /// of entries as it is sent), at most `STREAM_AHEAD` messages ahead of the client: a
+    /// listing never holds a whole map's messages on the async workers (whose time the health check and lookups
     /// need), and a slow reader stalls only its own walk. The turn is held until the last
     /// message is taken or the client leaves. A failed walk is the call's status.
     pub async fn stream<I>(
@@ -88,7 +154,7 @@ impl MapWalks {
             .map_err(|_| Status::unavailable("the loader is shutting down"))?;
         let (outcome, walked) = oneshot::channel();
         let (items, received) = mpsc::channel(STREAM_AHEAD);
-        tokio::task::spawn_blocking(move || {
+        self.walkers.submit(Box::new(move || {
             let _turn = turn;
             let found = match walk() {
                 Ok(found) => found,
@@ -105,7 +171,7 @@ impl MapWalks {
                     return; // the client went away
                 }
             }
-        });
+        }))?;
         match walked.await {
             Ok(Ok(())) => Ok(ReceiverStream::new(received)),
             Ok(Err(status)) => Err(status),
@@ -189,11 +255,5 @@ impl Fill {
             .map(|m| TableFill { name: m.name, entries: m.entries, max_entries: m.max_entries })
             .collect();
         Self { tables, counted_by: COUNTED.into() }
-    }
-}
-
-impl Default for MapWalks {
-    fn default() -> Self {
-        Self::new(super::limits::Limits::default().max_concurrent_map_walks)
     }
 }

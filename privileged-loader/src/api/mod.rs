@@ -99,7 +99,7 @@ pub enum ServeError {
 /// Serves the API on `listener` until `shutdown` is cancelled; connections still open
 /// `limits.shutdown_grace_secs` later are closed.
 pub async fn serve(
-    mut api: LoaderApi,
+    api: LoaderApi,
     listener: tokio::net::UnixListener,
     allow: AllowList,
     limits: Limits,
@@ -111,7 +111,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    api.walks = MapWalks::new(limits.max_concurrent_map_walks);
     let loader =
         pb::loader_server::LoaderServer::new(api).max_decoding_message_size(limits.max_message_bytes);
     let force_close = CancellationToken::new();
