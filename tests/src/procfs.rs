@@ -27,9 +27,9 @@ fn stat_fields(path: &str) -> io::Result<Vec<String>> {
         .collect())
 }
 
-/// Each thread of process `pid`: its name and scheduling policy (`libc::SCHED_*`, field
-/// 41 of stat(5)). Threads that end while they are read are left out.
-pub fn thread_policies(pid: u32) -> io::Result<Vec<(String, i32)>> {
+/// Each thread of process `pid`: its name, scheduling policy (`libc::SCHED_*`, field 41
+/// of stat(5)) and nice value (field 19). Threads that end while they are read are left out.
+pub fn thread_policies(pid: u32) -> io::Result<Vec<ThreadPriority>> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let task = task?.path();
@@ -38,12 +38,26 @@ pub fn thread_policies(pid: u32) -> io::Result<Vec<(String, i32)>> {
         else {
             continue;
         };
-        let policy = fields.get(38).and_then(|v| v.parse().ok()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("no policy in {}/stat", task.display()))
-        })?;
-        threads.push((name.trim_end().to_string(), policy));
+        let field = |index: usize, what: &str| {
+            fields.get(index).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("no {what} in {}/stat", task.display()))
+            })
+        };
+        threads.push(ThreadPriority {
+            name: name.trim_end().to_string(),
+            policy: field(38, "policy")?,
+            nice: field(16, "nice")?,
+        });
     }
     Ok(threads)
+}
+
+/// A thread's name, scheduling policy (`SCHED_*`) and nice value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadPriority {
+    pub name: String,
+    pub policy: i32,
+    pub nice: i32,
 }
 
 /// A `/proc/<pid>/status` field given in kB, e.g. `VmRSS` or `VmHWM` (without the colon).

@@ -249,17 +249,17 @@ fn map_walks_run_on_threads_of_their_own_at_the_lowest_cpu_priority() {
         ..Default::default()
     });
     let threads = procfs::thread_policies(loader.process.pid()).expect("the loader's threads");
-    let walkers: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("map-walk-")).collect();
+    let walkers: Vec<_> = threads.iter().filter(|t| t.name.starts_with("map-walk-")).collect();
     assert_eq!(walkers.len(), 3, "one walker thread per turn (max_concurrent_map_walks = 3): {threads:?}");
     assert!(
-        walkers.iter().all(|(_, policy)| *policy == libc::SCHED_IDLE),
-        "walker threads must run at SCHED_IDLE ({}): {walkers:?}",
-        libc::SCHED_IDLE
+        walkers.iter().all(|t| t.policy == libc::SCHED_OTHER && t.nice == 19),
+        "walker threads must run at SCHED_OTHER ({}), nice 19: {walkers:?}",
+        libc::SCHED_OTHER
     );
-    let workers: Vec<_> = threads.iter().filter(|(name, _)| name == "tokio-rt-worker").collect();
+    let workers: Vec<_> = threads.iter().filter(|t| t.name == "tokio-rt-worker").collect();
     assert!(!workers.is_empty(), "no async workers found: {threads:?}");
     assert!(
-        workers.iter().all(|(_, policy)| *policy != libc::SCHED_IDLE),
+        workers.iter().all(|t| t.nice == 0),
         "the async workers must keep the loader's own priority: {workers:?}"
     );
     // The listing still completes: the walkers run whenever the CPU is free.

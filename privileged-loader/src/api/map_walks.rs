@@ -1,6 +1,6 @@
 //! Calls that read a whole map. A walk takes one syscall per key (~100 ms for a full
-//! conntrack map of 131k slots), so walks run on threads of their own at the lowest CPU
-//! priority (`SCHED_IDLE`, [`Walkers`]), a bounded number at once, listings stream from
+//! conntrack map of 131k slots), so walks run on threads of their own at the lowest
+//! normal CPU priority (nice 19, [`Walkers`]), a bounded number at once, listings stream from
 //! there with back-pressure, and the async workers keep answering health checks and
 //! lookups meanwhile: a walk only ever has the CPU time they leave. The fill level `GetStatus` shows is the
 //! kernel's own element count (`crate::map_count`, Linux 6.6+), exact and O(1); where the
@@ -46,12 +46,14 @@ struct Counted {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The threads walks run on, one per turn, started once at start-up (before the seccomp
-/// filter, which has no scheduler calls). Each puts itself at `SCHED_IDLE` once, as it
-/// starts, and stays there: it runs only when no other thread of the machine wants the
-/// CPU, so a walk never takes a core from the async workers (even when the loader was
-/// started with a real-time policy, which every other thread inherits), and going back
-/// up, which would need `CAP_SYS_NICE`, is never asked for. The threads end when the
-/// last handle is dropped.
+/// filter, which has no scheduler calls). Each puts itself at `SCHED_OTHER`, nice 19,
+/// once, as it starts, and stays there: a walk then never takes a core from the async
+/// workers (which keep the loader's own priority, even a real-time one: the walkers leave
+/// it), and going back up, which would need `CAP_SYS_NICE`, is never asked for. Nice 19
+/// rather than `SCHED_IDLE`: a walker still gets a small share on a saturated node, so
+/// when an async worker waits for something a preempted walker holds (an allocator arena,
+/// a channel's lock), the wait is short; at `SCHED_IDLE` one health check waited ~1 s
+/// that way on a busy machine. The threads end when the last handle is dropped.
 struct Walkers {
     jobs: std_mpsc::Sender<Job>,
 }
@@ -88,14 +90,24 @@ impl Walkers {
     }
 }
 
-/// Puts the calling thread at `SCHED_IDLE` (the lowest CPU priority; lowering needs no
-/// privilege). Where that is refused, the walk still runs, at the priority it had.
+/// The nice value of the walker threads: the lowest normal priority.
+pub const WALKER_NICE: i32 = 19;
+
+/// Puts the calling thread at `SCHED_OTHER` (leaving a real-time policy it inherited) and
+/// nice [`WALKER_NICE`]; both only lower its priority, which needs no privilege. Where
+/// either is refused, the walk still runs, at the priority it had, and the log says so.
 fn lower_own_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(2) on the calling thread (0) with a valid parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
         let err = std::io::Error::last_os_error();
-        tracing::warn!(%err, "a map-walk thread could not lower its CPU priority to SCHED_IDLE; walks compete with the API at normal priority");
+        tracing::warn!(%err, "a map-walk thread could not leave its scheduling policy for SCHED_OTHER; walks compete with the API at its priority");
+    }
+    // On Linux the nice value is per thread: PRIO_PROCESS with 0 is the calling thread.
+    // SAFETY: setpriority(2) on the calling thread with a value in range.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WALKER_NICE) } != 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::warn!(%err, "a map-walk thread could not lower its CPU priority to nice 19; walks compete with the API at normal priority");
     }
 }
 
