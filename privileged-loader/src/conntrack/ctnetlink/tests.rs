@@ -147,3 +147,21 @@ fn what_the_crate_refuses_inside_an_entry_is_an_error_that_names_it() {
     bad[132] = 6; // CTA_STATUS with 2 bytes of value instead of 4
     assert!(refused(&bad).contains("CTA_STATUS"));
 }
+
+#[test]
+fn single_byte_corruptions_of_the_captures_are_messages_or_errors_never_panics() {
+    // The crate's parsers behind `wire` index into the bytes; this puts the values around
+    // every length and type boundary at every offset (the fuzz target goes on at random).
+    const VALUES: [u8; 12] = [0, 1, 2, 3, 4, 5, 8, 16, 0x7f, 0x80, 0xfe, 0xff];
+    for capture in [DUMP, DESTROY] {
+        let mut bytes = capture.to_vec();
+        for at in 0..bytes.len() {
+            let kept = bytes[at];
+            for value in VALUES {
+                bytes[at] = value;
+                let _ = wire::parse_sequenced(&bytes);
+            }
+            bytes[at] = kept;
+        }
+    }
+}
