@@ -24,7 +24,6 @@ use e2e_tests::{L4, NatLab, Netns, oracle};
 use nix::sys::socket::{setsockopt, sockopt};
 use privileged_loader::asset::AssetLoader;
 use privileged_loader::btf::{self, BtfConfig};
-use privileged_loader::conntrack::ctnetlink::CtNetlink;
 use privileged_loader::conntrack::{ConntrackConfig, Conntracker, Entry, Protocol, start};
 use privileged_loader::status::Registry;
 use tokio_util::sync::CancellationToken;
@@ -174,17 +173,7 @@ fn throughput(netns: &Netns, to: SocketAddr) -> f64 {
 }
 
 fn dump_duration(netns: &Netns) -> Duration {
-    netns
-        .run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let mut socket = CtNetlink::dump_socket().unwrap();
-                let t0 = Instant::now();
-                socket.dump().await.unwrap();
-                t0.elapsed()
-            })
-        })
-        .unwrap()
+    conntrack_support::timed_dump(netns).1
 }
 
 /// A conntracker running on a thread inside the namespace, stopped on drop.

@@ -170,3 +170,20 @@ pub fn udp_flows(netns: &Netns, to: std::net::SocketAddr, per_sec: u32, secs: u3
         })
         .unwrap()
 }
+
+/// One ctnetlink dump of `netns`'s table from inside it: how many TCP/UDP entries it gave,
+/// and how long it took (request to the end of the dump). For the benchmark examples.
+#[allow(clippy::unwrap_used, reason = "benchmarks: a panic is the report")]
+pub fn timed_dump(netns: &Netns) -> (usize, Duration) {
+    netns
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut socket = privileged_loader::conntrack::ctnetlink::CtNetlink::dump_socket().unwrap();
+                let t0 = Instant::now();
+                let entries = socket.dump().await.unwrap();
+                (entries.len(), t0.elapsed())
+            })
+        })
+        .unwrap()
+}

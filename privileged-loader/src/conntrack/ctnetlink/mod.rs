@@ -7,9 +7,11 @@
 //! gives a `Vec<Entry>`, [`CtNetlink::next_events`] gives [`Event::New`]/[`Event::Destroy`],
 //! [`CtNetlink::get`] the current entry of a tuple.
 //!
-//! The wire format is still hand-written (see docs/conntrack.md, "The ctnetlink client"
-//! for what `netlink-packet-netfilter` would replace) and tested here against bytes
-//! captured from the kernel (`fixtures/capture.py`).
+//! The conntrack messages are built and decoded with `netlink-packet-netfilter` inside
+//! `wire.rs`, which maps them to the loader's own types; the socket (`socket.rs`) and the
+//! rtnetlink namespace-id messages (`nsid.rs`) are still hand-written (docs/conntrack.md,
+//! "The ctnetlink client", says why, item by item). Tested here against bytes captured
+//! from the kernel (`fixtures/capture.py`).
 pub mod nsid;
 mod socket;
 pub mod wire;

@@ -132,3 +132,36 @@ fn a_stats_request_is_a_bare_ctnetlink_get_stats() {
     assert_eq!(u16::from_ne_bytes([msg[4], msg[5]]), 0x0105, "NFNL_SUBSYS_CTNETLINK << 8 | GET_STATS");
     assert_eq!(u16::from_ne_bytes([msg[6], msg[7]]), 1, "NLM_F_REQUEST only: not a dump");
 }
+
+#[test]
+fn what_the_crate_refuses_inside_an_entry_is_an_error_that_names_it() {
+    let refused = |bytes: &[u8]| match wire::parse(bytes) {
+        Err(WireError::Conntrack(why)) => why,
+        other => panic!("expected the crate's refusal, got {other:?}"),
+    };
+    let mut bad = DESTROY.to_vec();
+    bad[24] = 0xff; // CTA_TUPLE_IP inside CTA_TUPLE_ORIG: longer than its parent
+    assert!(refused(&bad).contains("CTA_TUPLE_ORIG"));
+    let mut bad = DESTROY.to_vec();
+    assert_eq!(u16::from_ne_bytes([bad[134], bad[135]]), 3, "CTA_STATUS at byte 132");
+    bad[132] = 6; // CTA_STATUS with 2 bytes of value instead of 4
+    assert!(refused(&bad).contains("CTA_STATUS"));
+}
+
+#[test]
+fn single_byte_corruptions_of_the_captures_are_messages_or_errors_never_panics() {
+    // The crate's parsers behind `wire` index into the bytes; this puts the values around
+    // every length and type boundary at every offset (the fuzz target goes on at random).
+    const VALUES: [u8; 12] = [0, 1, 2, 3, 4, 5, 8, 16, 0x7f, 0x80, 0xfe, 0xff];
+    for capture in [DUMP, DESTROY] {
+        let mut bytes = capture.to_vec();
+        for at in 0..bytes.len() {
+            let kept = bytes[at];
+            for value in VALUES {
+                bytes[at] = value;
+                let _ = wire::parse_sequenced(&bytes);
+            }
+            bytes[at] = kept;
+        }
+    }
+}
