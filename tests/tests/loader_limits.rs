@@ -243,17 +243,21 @@ fn at_the_file_descriptor_limit_the_loader_pauses_instead_of_spinning() {
 }
 
 #[test]
-fn map_walks_run_on_threads_of_their_own_at_the_lowest_cpu_priority() {
+fn map_walks_run_on_threads_of_their_own_never_above_normal_priority() {
+    // Started with a real-time policy (as a benchmark under `chrt -f 1` starts it), the
+    // loader's threads inherit it: the walkers must leave it, the async workers keep it.
+    set_own_policy(libc::SCHED_FIFO, 1);
     let loader = LoaderProcess::start(LoaderOptions {
         extra_toml: "[api.limits]\nmax_concurrent_map_walks = 3\n",
         ..Default::default()
     });
+    set_own_policy(libc::SCHED_OTHER, 0);
     let threads = procfs::thread_policies(loader.process.pid()).expect("the loader's threads");
     let walkers: Vec<_> = threads.iter().filter(|t| t.name.starts_with("map-walk-")).collect();
     assert_eq!(walkers.len(), 3, "one walker thread per turn (max_concurrent_map_walks = 3): {threads:?}");
     assert!(
-        walkers.iter().all(|t| t.policy == libc::SCHED_OTHER && t.nice == 19),
-        "walker threads must run at SCHED_OTHER ({}), nice 19: {walkers:?}",
+        walkers.iter().all(|t| t.policy == libc::SCHED_OTHER && t.nice == 0),
+        "walker threads must run at SCHED_OTHER ({}) and the loader's nice (0), not lower (listings starve): {walkers:?}",
         libc::SCHED_OTHER
     );
     let workers: Vec<_> = threads.iter().filter(|t| t.name == "tokio-rt-worker").collect();
@@ -265,4 +269,12 @@ fn map_walks_run_on_threads_of_their_own_at_the_lowest_cpu_priority() {
     // The listing still completes: the walkers run whenever the CPU is free.
     let listed = loader.ctl(&["conntrack", "list"]);
     assert!(listed.status.success(), "{}\n{}", String::from_utf8_lossy(&listed.stderr), loader.log_text());
+}
+
+/// Sets this test thread's scheduling policy (children it starts inherit it).
+fn set_own_policy(policy: i32, priority: i32) {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: sched_setscheduler(2) on the calling thread with a valid parameter (root).
+    let set = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    assert_eq!(set, 0, "sched_setscheduler: {}", std::io::Error::last_os_error());
 }

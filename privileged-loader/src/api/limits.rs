@@ -19,7 +19,7 @@ pub struct Limits {
     /// After SIGTERM, connections still open after this long are closed.
     pub shutdown_grace_secs: u64,
     /// Calls that walk a whole map (GetStatus fill levels, ListConntrack) running at once;
-    /// one walker thread each, at nice 19 (`SCHED_OTHER`); more wait for a turn, never on the async
+    /// one walker thread each, never above normal priority (`SCHED_OTHER`); more wait for a turn, never on the async
     /// workers.
     pub max_concurrent_map_walks: usize,
 }

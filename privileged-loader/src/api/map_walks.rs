@@ -1,6 +1,6 @@
 //! Calls that read a whole map. A walk takes one syscall per key (~100 ms for a full
-//! conntrack map of 131k slots), so walks run on threads of their own at the lowest
-//! normal CPU priority (nice 19, [`Walkers`]), a bounded number at once, listings stream from
+//! conntrack map of 131k slots), so walks run on threads of their own, never above
+//! normal CPU priority ([`Walkers`]), a bounded number at once, listings stream from
 //! there with back-pressure, and the async workers keep answering health checks and
 //! lookups meanwhile: a walk only ever has the CPU time they leave. The fill level `GetStatus` shows is the
 //! kernel's own element count (`crate::map_count`, Linux 6.6+), exact and O(1); where the
@@ -46,14 +46,18 @@ struct Counted {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The threads walks run on, one per turn, started once at start-up (before the seccomp
-/// filter, which has no scheduler calls). Each puts itself at `SCHED_OTHER`, nice 19,
-/// once, as it starts, and stays there: a walk then never takes a core from the async
-/// workers (which keep the loader's own priority, even a real-time one: the walkers leave
-/// it), and going back up, which would need `CAP_SYS_NICE`, is never asked for. Nice 19
-/// rather than `SCHED_IDLE`: a walker still gets a small share on a saturated node, so
-/// when an async worker waits for something a preempted walker holds (an allocator arena,
-/// a channel's lock), the wait is short; at `SCHED_IDLE` one health check waited ~1 s
-/// that way on a busy machine. The threads end when the last handle is dropped.
+/// filter, which has no scheduler calls). Each leaves a real-time policy it inherited
+/// (`SCHED_OTHER`, at the loader's nice value) once, as it starts: a loader started
+/// with a real-time policy keeps it for its async workers, which then always run before a
+/// walk; at the same priority as the workers (the usual case), the kernel's fair
+/// scheduler shares the cores and a waking worker (a health check, a lookup) gets one at
+/// once, while the walk's entries reach the workers in batches (`ListConntrack`'s 512 per
+/// message), so a listing costs them little. Not lower: at nice 19 or `SCHED_IDLE` a walk
+/// on a saturated node got almost no CPU, 20 queued listings waited past the connection
+/// idle timeout and failed (measured, docs/benchmarks.md), and a worker waiting for
+/// something a starved walker held (an allocator arena, a channel's lock) waited up to
+/// ~1 s. Going back up, which would need `CAP_SYS_NICE`, is never asked for. The threads
+/// end when the last handle is dropped.
 struct Walkers {
     jobs: std_mpsc::Sender<Job>,
 }
@@ -66,7 +70,7 @@ impl Walkers {
         for n in 0..threads {
             let (queue, lowered) = (Arc::clone(&queue), lowered.clone());
             std::thread::Builder::new().name(format!("map-walk-{n}")).spawn(move || {
-                lower_own_priority();
+                leave_real_time();
                 drop(lowered);
                 loop {
                     // A poisoned lock only means another walker panicked between two
@@ -78,7 +82,7 @@ impl Walkers {
                 }
             })?;
         }
-        // Returns once every thread has lowered its priority (each drops its sender): the
+        // Returns once every thread has set its policy (each drops its sender): the
         // caller installs the seccomp filter next, which would refuse the call.
         drop(lowered);
         let _ = each_lowered.recv();
@@ -90,24 +94,15 @@ impl Walkers {
     }
 }
 
-/// The nice value of the walker threads: the lowest normal priority.
-pub const WALKER_NICE: i32 = 19;
-
-/// Puts the calling thread at `SCHED_OTHER` (leaving a real-time policy it inherited) and
-/// nice [`WALKER_NICE`]; both only lower its priority, which needs no privilege. Where
-/// either is refused, the walk still runs, at the priority it had, and the log says so.
-fn lower_own_priority() {
+/// Puts the calling thread at `SCHED_OTHER`, leaving a real-time policy it inherited
+/// (lowering needs no privilege; at `SCHED_OTHER` already, nothing changes). Where that is
+/// refused, the walk still runs, at the priority it had, and the log says so.
+fn leave_real_time() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(2) on the calling thread (0) with a valid parameter.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
         let err = std::io::Error::last_os_error();
-        tracing::warn!(%err, "a map-walk thread could not leave its scheduling policy for SCHED_OTHER; walks compete with the API at its priority");
-    }
-    // On Linux the nice value is per thread: PRIO_PROCESS with 0 is the calling thread.
-    // SAFETY: setpriority(2) on the calling thread with a value in range.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WALKER_NICE) } != 0 {
-        let err = std::io::Error::last_os_error();
-        tracing::warn!(%err, "a map-walk thread could not lower its CPU priority to nice 19; walks compete with the API at normal priority");
+        tracing::warn!(%err, "a map-walk thread could not leave its scheduling policy for SCHED_OTHER; walks run at the API's priority");
     }
 }
 
