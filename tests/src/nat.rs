@@ -4,6 +4,8 @@
 //! the nft `nat` output chain rewrites the destination to a backend on the loopback
 //! address of the same family, so every connection makes a NAT'd conntrack entry.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -99,10 +101,21 @@ impl NatLab {
     /// A connection storm, on a thread in the lab: a new NAT'd UDP flow (each from a new
     /// port) every 0.5 ms for `duration`. The caller joins it.
     pub fn udp_storm(&self, duration: Duration) -> Result<JoinHandle<()>, HarnessError> {
+        self.udp_storm_until(Arc::new(AtomicBool::new(false)), duration)
+    }
+
+    /// A new NAT'd UDP flow (from a new port) every 0.5 ms until `stop` is set or `longest`
+    /// has passed: a slow machine (an emulated guest) needs longer than a fast one to
+    /// reach a given rate of new connections.
+    pub fn udp_storm_until(
+        &self,
+        stop: Arc<AtomicBool>,
+        longest: Duration,
+    ) -> Result<JoinHandle<()>, HarnessError> {
         let front = self.front(L4::Udp, false);
         self.netns.spawn(move || {
-            let until = Instant::now() + duration;
-            while Instant::now() < until {
+            let until = Instant::now() + longest;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                 let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket in the lab");
                 socket.send_to(b"x", front).expect("send to the lab's front address");
                 std::thread::sleep(Duration::from_micros(500));
