@@ -12,7 +12,7 @@ use shared_proto::loader::v1 as pb;
 
 const SLOTS: u32 = 131_072;
 /// Calls each of the load test's 100 clients makes.
-const CALLS_EACH: usize = 300;
+const CALLS_EACH: usize = 1_000;
 /// The load test's map: 8 times the filled slots, so that the other NAT'd connections of
 /// a busy machine, which the hook records too, cannot fill it and evict filled ones (on
 /// the shared machine they once took 131k slots in 4.5 minutes). ~150 MB of kernel memory.
