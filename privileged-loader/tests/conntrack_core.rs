@@ -442,11 +442,12 @@ fn a_new_connection_on_a_reused_tuple_survives_the_destroy_of_the_old_one() {
     });
     assert!(
         destroyed,
-        "the old entries' DESTROY events were read: {} of {PORTS} read, {} ENOBUFS, shed {}, {} GETs",
+        "the old entries' DESTROY events were read: {} of {PORTS} read, {} ENOBUFS, shed {}, {} GETs; notes {:?} (lab netns {netns})",
         ct.stats.destroy_events.load(Ordering::Relaxed),
         ct.stats.enobufs.load(Ordering::Relaxed),
         ct.stats.destroy_shed.load(Ordering::Relaxed),
-        ct.stats.destroy_gets.load(Ordering::Relaxed)
+        ct.stats.destroy_gets.load(Ordering::Relaxed),
+        ct.registry.module("conntrack").map(|m| m.notes).unwrap_or_default()
     );
     assert!(
         eventually(Duration::from_secs(2), || ct.entries_in(netns) == want),
