@@ -138,19 +138,13 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     // must not find (and hold) its transient maps.
     let kernel = probing.join().map_err(|_| anyhow::anyhow!("the kernel probe thread panicked"))?;
     info!(release = %kernel.release, took_us = kernel.took_us, "kernel probed");
-    let prefetched = match prefetching {
-        Some(thread) => {
-            Some(thread.join().map_err(|_| anyhow::anyhow!("the kernel symbol lookup thread panicked"))?)
-        }
-        None => None,
-    };
+    let prefetched = prefetching
+        .map(|thread| thread.join())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("the kernel symbol lookup thread panicked"))?;
     // Post-register: once every module is loaded, and while walking other maps by id is
     // still allowed (CAP_SYS_ADMIN), before the drop.
-    let started = match prefetched {
-        Some(prefetched) => modules.start_lockstats_prefetched(config.lockstats.clone(), prefetched).await,
-        None => modules.start_lockstats(config.lockstats.clone()).await,
-    };
-    if let Err(err) = started {
+    if let Err(err) = modules.start_lockstats_prefetched(config.lockstats.clone(), prefetched).await {
         warn!(%err, "the lock-statistics collector did not start; see GetStatus (module \"lockstats\")");
     }
 
@@ -160,8 +154,8 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         privileges::drop_to(&keep).context("dropping to the steady-state capability set")?;
         info!(kept = ?privileges::effective(), "privileges dropped");
     }
-    // Its threads lower their own CPU priority as they start: before the seccomp filter,
-    // which does not allow that call.
+    // Its threads leave a real-time policy the loader may have as they start: before the
+    // seccomp filter, which does not allow that call.
     let walks = api::MapWalks::new(config.api.limits.max_concurrent_map_walks)
         .context("starting the map-walk threads")?;
     if config.privileges.seccomp {
@@ -232,7 +226,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
 fn beside_the_conntracker<T: Send + 'static>(
     name: &str,
     assets: &Arc<AssetLoader>,
-    work: impl FnOnce(&AssetLoader) -> T + Send + 'static,
+    work: fn(&AssetLoader) -> T,
 ) -> Result<std::thread::JoinHandle<T>> {
     let assets = assets.clone();
     std::thread::Builder::new()

@@ -221,15 +221,15 @@ impl Modules {
         self.reload_lockstats(cfg).await
     }
 
-    /// [`Self::start_lockstats`] with what start-up loaded ahead for it
+    /// [`Self::start_lockstats`] with what start-up loaded ahead for it, if anything
     /// ([`crate::lockstats::prefetch_kernel_symbols`]).
     pub async fn start_lockstats_prefetched(
         &self,
         cfg: LockStatsConfig,
-        prefetched: crate::lockstats::Prefetched,
+        prefetched: Option<crate::lockstats::Prefetched>,
     ) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.inner.lockstats.lock().await;
-        lockstats::apply(self, cfg, Some(prefetched))
+        lockstats::apply(self, cfg, prefetched)
     }
 
     /// Applies `cfg` to the lock-statistics collector (make-before-break: the new one is
