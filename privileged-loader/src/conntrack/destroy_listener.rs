@@ -52,11 +52,21 @@ enum Wake {
     Sample,
 }
 
-/// New connections per second between the counter readings `last` and `now`.
+/// The shortest span a connection rate is measured over. Shorter ones turn a handful of
+/// connections into a storm: the first sample comes right after start (tokio's interval
+/// ticks at once), and 20 connections made in those 4 ms read as 5,000/s — which shed
+/// the subscription of a loader that had just started (found by a flaky test).
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(500);
+
+/// New connections per second between the counter readings `last` and `now`; `None`
+/// without a reading before, or when it is less than [`MIN_RATE_WINDOW`] old.
 fn rate_since(last: Option<(u64, Instant)>, now: (u64, Instant)) -> Option<u64> {
     let (before, at) = last?;
-    let seconds = now.1.duration_since(at).as_secs_f64().max(1e-3);
-    Some((now.0.wrapping_sub(before) as f64 / seconds) as u64)
+    let window = now.1.saturating_duration_since(at);
+    if window < MIN_RATE_WINDOW {
+        return None;
+    }
+    Some((now.0.wrapping_sub(before) as f64 / window.as_secs_f64()) as u64)
 }
 
 impl DestroyListener {
@@ -123,7 +133,8 @@ impl DestroyListener {
     /// One storm-guard sample: the rate since `last`, and a shed or restore if it says so.
     fn sample(&mut self, socket: &CtNetlink, last: Option<(u64, Instant)>) -> Option<(u64, Instant)> {
         let now = (self.tracker.recorded_connections()?, Instant::now());
-        let Some(per_sec) = rate_since(last, now) else { return Some(now) };
+        // Too soon after the last reading: measure from it at the next tick instead.
+        let Some(per_sec) = rate_since(last, now) else { return last.or(Some(now)) };
         self.stats.recorded_per_sec.store(per_sec, Ordering::Relaxed);
         let Some(guard) = self.storm.as_mut() else { return Some(now) };
         let verdict = guard.observe(per_sec);
@@ -257,5 +268,21 @@ impl DestroyListener {
                 self.resync.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_read_milliseconds_after_the_last_reading_is_no_rate() {
+        let start = Instant::now();
+        let after = |ms| start + Duration::from_millis(ms);
+        // 20 connections 4 ms after start: 5,000/s if measured, which would shed.
+        assert_eq!(rate_since(Some((0, start)), (20, after(4))), None);
+        assert_eq!(rate_since(None, (20, after(4))), None, "no reading before");
+        assert_eq!(rate_since(Some((0, start)), (20, after(1_000))), Some(20));
+        assert_eq!(rate_since(Some((100, start)), (6_100, after(500))), Some(12_000));
     }
 }
