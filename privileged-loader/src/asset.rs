@@ -164,6 +164,21 @@ pub fn verifier_log_tail(log: &str) -> String {
     tail
 }
 
+/// What `object` is relocated against: the relocation BTF when it answers every
+/// relocation of the object as the full BTF would (`btf/relocation.rs`), else the full BTF.
+fn relocation_target<'b>(found: &'b FoundBtf, asset: &str, object: &[u8]) -> &'b aya::Btf {
+    match &found.relocation {
+        Some(relocation) => match relocation.covers(object) {
+            Ok(()) => &relocation.btf,
+            Err(why) => {
+                tracing::info!(asset, %why, "relocating against the full kernel BTF");
+                &found.btf
+            }
+        },
+        None => &found.btf,
+    }
+}
+
 /// Loads CO-RE assets against one BTF discovery result, from `bpf_dir` or the binary.
 pub struct AssetLoader {
     kernel: session::Kernel,
@@ -292,7 +307,7 @@ impl AssetLoader {
         let bytes = self.read_asset(name)?;
         self.kernel.with_dependent(|found, shared| {
             let btf = match relocation {
-                Relocation::KernelBtf => found.as_ref().ok().map(|f| &f.btf),
+                Relocation::KernelBtf => found.as_ref().ok().map(|f| relocation_target(f, name, &bytes)),
                 Relocation::None => None,
             };
             f(&bytes, &mut ObjectLoader::new(btf, shared, &self.aya_loaders))

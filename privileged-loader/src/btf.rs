@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::BtfSource;
 
+pub mod relocation;
+pub use relocation::{RelocationBtf, RelocationBtfError};
+
 /// Where the kernel publishes its own BTF when built with `CONFIG_DEBUG_INFO_BTF=y`.
 pub const SYSFS_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -69,6 +72,9 @@ pub struct FoundBtf {
     /// The file parsed (for BTFHub tarballs: the tarball).
     pub path: PathBuf,
     pub btf: Btf,
+    /// The part of `btf` CO-RE relocation of the built-in objects reads (`None` when it
+    /// could not be built: relocation then scans `btf`).
+    pub relocation: Option<RelocationBtf>,
     /// For BTF from remote config: "remote config `<path>` v<version>".
     pub origin: Option<String>,
 }
@@ -228,14 +234,46 @@ pub fn discover_in_hub(hub_dir: &Path, host: &HostIdentity, tried: &mut Vec<Stri
     }
 }
 
-fn found(source: BtfSource, path: &Path, btf: Btf) -> FoundBtf {
+fn found(source: BtfSource, path: &Path, (btf, relocation): Parsed) -> FoundBtf {
     tracing::info!(source = source.as_str(), path = %path.display(), "kernel BTF found");
-    FoundBtf { source, path: path.to_path_buf(), btf, origin: None }
+    FoundBtf { source, path: path.to_path_buf(), btf, relocation, origin: None }
 }
 
-fn parse_plain(path: &Path) -> Result<Btf, String> {
-    let bytes = fs::read(path).map_err(|e| describe_io(&e))?;
-    Btf::parse(&bytes, Endianness::default()).map_err(|e| format!("not valid BTF ({e})"))
+/// A BTF blob parsed, and the relocation BTF built from it.
+pub type Parsed = (Btf, Option<RelocationBtf>);
+
+/// Parses BTF `bytes` and builds its relocation BTF (`relocation.rs`); a relocation BTF
+/// that cannot be built is logged and left out, never an error.
+/// The two are built side by side (at start-up the relocation BTF is on the critical path).
+pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, String> {
+    let (btf, pruned) = std::thread::scope(|scope| {
+        let pruning = std::thread::Builder::new()
+            .name("btf-prune".into())
+            .spawn_scoped(scope, || RelocationBtf::for_embedded_objects(bytes));
+        let btf = Btf::parse(bytes, Endianness::default());
+        let pruned = match pruning {
+            Ok(thread) => thread.join().unwrap_or_else(|_| Err(RelocationBtfError::Panicked)),
+            // No thread: build it here.
+            Err(_) => RelocationBtf::for_embedded_objects(bytes),
+        };
+        (btf, pruned)
+    });
+    let btf = btf.map_err(|e| format!("not valid BTF ({e})"))?;
+    let relocation = match pruned {
+        Ok(relocation) => {
+            tracing::debug!(types = relocation.types, of = relocation.kernel_types, "relocation BTF built");
+            Some(relocation)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no relocation BTF: CO-RE relocation scans the whole kernel BTF (slower start)");
+            None
+        }
+    };
+    Ok((btf, relocation))
+}
+
+fn parse_plain(path: &Path) -> Result<Parsed, String> {
+    parse_bytes(&fs::read(path).map_err(|e| describe_io(&e))?)
 }
 
 fn describe_io(e: &std::io::Error) -> String {
@@ -247,7 +285,7 @@ fn describe_io(e: &std::io::Error) -> String {
 
 /// Decompresses `path` (tar + xz) in memory and parses its `<release>.btf` member (or
 /// its only `.btf` member: BTFHub tarballs hold exactly one).
-fn parse_tarball(path: &Path, release: &str) -> Result<Btf, String> {
+fn parse_tarball(path: &Path, release: &str) -> Result<Parsed, String> {
     let file = fs::File::open(path).map_err(|e| describe_io(&e))?;
     let mut archive = tar::Archive::new(xz2::read::XzDecoder::new(file));
     let wanted = format!("{release}.btf");
@@ -262,13 +300,12 @@ fn parse_tarball(path: &Path, release: &str) -> Result<Btf, String> {
         let Some(name) = name.filter(|n| n.ends_with(".btf")) else { continue };
         let bytes = read_bounded(&mut entry).map_err(|e| format!("member {name}: {e}"))?;
         if name == wanted {
-            return Btf::parse(&bytes, Endianness::default())
-                .map_err(|e| format!("member {name}: not valid BTF ({e})"));
+            return parse_bytes(&bytes).map_err(|e| format!("member {name}: {e}"));
         }
         fallback.get_or_insert(bytes);
     }
     let bytes = fallback.ok_or_else(|| format!("archive holds no {wanted} (nor any .btf member)"))?;
-    Btf::parse(&bytes, Endianness::default()).map_err(|e| format!("not valid BTF ({e})"))
+    parse_bytes(&bytes)
 }
 
 fn read_bounded(reader: &mut impl Read) -> Result<Vec<u8>, String> {

@@ -113,7 +113,12 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     }
     let found_btf = btf::discover(&config.btf);
     match &found_btf {
-        Ok(found) => info!(source = found.source.as_str(), path = %found.path.display(), "kernel BTF found"),
+        Ok(found) => info!(
+            source = found.source.as_str(),
+            path = %found.path.display(),
+            relocation_types = found.relocation.as_ref().map(|r| r.types),
+            "kernel BTF found"
+        ),
         Err(err) => warn!(%err, "no kernel BTF: CO-RE objects cannot load"),
     }
     let remote_btf = remote_btf_setting(&config.btf, &found_btf);

@@ -13,7 +13,6 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use aya::{Btf, Endianness};
 use trust::products::{BtfPayload, kernel_key};
 
 use crate::btf::{FoundBtf, kernel_release};
@@ -106,11 +105,10 @@ impl KernelIdentity {
 }
 
 /// Decodes `remote` within `limit` bytes and parses it as BTF.
-pub fn parse(remote: &RemoteBtf, limit: u64) -> Result<(Vec<u8>, Btf), String> {
+pub fn parse(remote: &RemoteBtf, limit: u64) -> Result<(Vec<u8>, crate::btf::Parsed), String> {
     let bytes = remote.payload.decode(limit).map_err(|e| format!("{}: {e}", remote.path))?;
-    let btf = Btf::parse(&bytes, Endianness::default())
-        .map_err(|e| format!("{}: not valid BTF ({e})", remote.path))?;
-    Ok((bytes, btf))
+    let parsed = crate::btf::parse_bytes(&bytes).map_err(|e| format!("{}: {e}", remote.path))?;
+    Ok((bytes, parsed))
 }
 
 /// How a remote BTF is labelled in the status: "remote config `<path>` v<version>".
@@ -194,12 +192,13 @@ impl BtfCache {
                 self.build
             ));
         }
-        let btf = Btf::parse(&bytes, Endianness::default())
-            .map_err(|e| format!("{}: not valid BTF ({e})", file.display()))?;
+        let (btf, relocation) =
+            crate::btf::parse_bytes(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(Some(FoundBtf {
             source: BtfSource::RemoteConfig,
             path: file,
             btf,
+            relocation,
             origin: Some(self::origin(path, version.unwrap_or(0))),
         }))
     }

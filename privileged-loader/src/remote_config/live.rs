@@ -42,13 +42,14 @@ impl RunningLoader {
     async fn adopt(&self, remote: &RemoteBtf) -> Result<String, String> {
         let kernel = KernelIdentity::current()?;
         kernel.check(remote)?;
-        let (bytes, parsed) = btf::parse(remote, self.btf.max_remote_bytes)?;
+        let (bytes, (parsed, relocation)) = btf::parse(remote, self.btf.max_remote_bytes)?;
         let cache = BtfCache::new(&self.btf.cache_dir);
         let key = kernel.key();
         let found = FoundBtf {
             source: crate::status::BtfSource::RemoteConfig,
             path: cache.path_of(&key),
             btf: parsed,
+            relocation,
             origin: Some(btf::origin(&remote.path, remote.version)),
         };
         let mut note = self.modules.adopt_btf(found).await.map_err(|e| e.to_string())?;
