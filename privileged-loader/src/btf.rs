@@ -252,7 +252,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, String> {
             .spawn_scoped(scope, || RelocationBtf::for_embedded_objects(bytes));
         let btf = Btf::parse(bytes, Endianness::default());
         let pruned = match pruning {
-            Ok(thread) => thread.join().unwrap_or_else(|_| Err(RelocationBtfError::Panicked)),
+            Ok(thread) => thread.join().unwrap_or(Err(RelocationBtfError::Panicked)),
             // No thread: build it here.
             Err(_) => RelocationBtf::for_embedded_objects(bytes),
         };
