@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::status::BtfSource;
 
 pub mod relocation;
-pub use relocation::{RelocationBtf, RelocationBtfError};
+pub use relocation::RelocationBtf;
 
 /// Where the kernel publishes its own BTF when built with `CONFIG_DEBUG_INFO_BTF=y`.
 pub const SYSFS_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -244,22 +244,13 @@ pub type Parsed = (Btf, Option<RelocationBtf>);
 
 /// Parses BTF `bytes` and builds its relocation BTF (`relocation.rs`); a relocation BTF
 /// that cannot be built is logged and left out, never an error.
-/// The two are built side by side (at start-up the relocation BTF is on the critical path).
+///
+/// One after the other, not side by side: at start-up the shared aya loader's constructor
+/// parses the same BTF on a second thread already, and a third thread made the start
+/// slower on two cores (median 57.7–60.4 ms against 55.0–55.4 ms, `docs/benchmarks.md`).
 pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, String> {
-    let (btf, pruned) = std::thread::scope(|scope| {
-        let pruning = std::thread::Builder::new()
-            .name("btf-prune".into())
-            .spawn_scoped(scope, || RelocationBtf::for_embedded_objects(bytes));
-        let btf = Btf::parse(bytes, Endianness::default());
-        let pruned = match pruning {
-            Ok(thread) => thread.join().unwrap_or(Err(RelocationBtfError::Panicked)),
-            // No thread: build it here.
-            Err(_) => RelocationBtf::for_embedded_objects(bytes),
-        };
-        (btf, pruned)
-    });
-    let btf = btf.map_err(|e| format!("not valid BTF ({e})"))?;
-    let relocation = match pruned {
+    let btf = Btf::parse(bytes, Endianness::default()).map_err(|e| format!("not valid BTF ({e})"))?;
+    let relocation = match RelocationBtf::for_embedded_objects(bytes) {
         Ok(relocation) => {
             tracing::debug!(types = relocation.types, of = relocation.kernel_types, "relocation BTF built");
             Some(relocation)

@@ -77,8 +77,6 @@ pub enum RelocationBtfError {
     Elf(String),
     #[error("aya refused the relocation BTF: {0}")]
     Aya(String),
-    #[error("building it panicked")]
-    Panicked,
 }
 
 /// A BTF of the types the relocations of a set of roots read; see the module docs.
