@@ -160,10 +160,18 @@ static AHEAD: Mutex<Ahead> = Mutex::new(Ahead::Idle);
 pub fn construct_ahead() -> std::io::Result<()> {
     let mut ahead = AHEAD.lock().unwrap_or_else(PoisonError::into_inner);
     if matches!(*ahead, Ahead::Idle) {
-        *ahead =
-            Ahead::Running(std::thread::Builder::new().name("aya-loader".into()).spawn(EbpfLoader::new)?);
+        *ahead = Ahead::Running(std::thread::Builder::new().name("aya-loader".into()).spawn(construct)?);
     }
     Ok(())
+}
+
+/// An aya loader without the BTF its constructor parsed: every load sets the BTF it is
+/// relocated against. Dropping that parse (127,000 types, 2–3 ms) here keeps it off the
+/// first load, which would drop it when it sets its own.
+fn construct() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
 }
 
 /// Waits for the loader constructed ahead, if it still runs, and keeps it for the first
