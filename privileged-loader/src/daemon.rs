@@ -123,7 +123,7 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     }
     let remote_btf = remote_btf_setting(&config.btf, &found_btf);
     let assets = Arc::new(AssetLoader::new(found_btf, config.bpf_dir.clone(), registry.clone()));
-    let probing = beside_the_conntracker("kernel-probe", &assets, probe::probe)?;
+    let probing = beside_the_conntracker("kernel-probe", &assets, probe::probe_holding)?;
     // What the lock statistics load ahead (their map iterator, the costliest of their
     // loads) does not depend on the conntracker either; handed to their start below.
     let prefetching = config
@@ -139,9 +139,10 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
     let mut tasks = JoinSet::new();
     let modules = Modules::new(assets, registry.clone(), shutdown.clone());
     start_conntrack(&config, &modules).await;
-    // The probe's own object is gone once it returns: the lock statistics' map walk
-    // must not find (and hold) its transient maps.
-    let kernel = probing.join().map_err(|_| anyhow::anyhow!("the kernel probe thread panicked"))?;
+    // The probe's own object is gone once it returns (only its tracepoint link is held,
+    // below): the lock statistics' map walk must not find (and hold) its transient maps.
+    let (kernel, probe_held) =
+        probing.join().map_err(|_| anyhow::anyhow!("the kernel probe thread panicked"))?;
     info!(release = %kernel.release, took_us = kernel.took_us, "kernel probed");
     let prefetched = prefetching
         .map(|thread| thread.join())
@@ -153,6 +154,9 @@ async fn run(config: LoaderConfig, exec: Instant, log: LogReload) -> Result<()> 
         warn!(%err, "the lock-statistics collector did not start; see GetStatus (module \"lockstats\")");
     }
 
+    // Every start-up attach is done: the probe's tracepoint may go now (its detach waits
+    // for an RCU grace period; a blocking-pool thread waits it, not the start).
+    tokio::task::spawn_blocking(move || drop(probe_held));
     privileged_loader::asset::settle_constructed_ahead();
     if config.privileges.drop {
         let keep = privileges::parse_caps(&config.privileges.keep)?;

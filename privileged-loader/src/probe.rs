@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
+use aya::programs::tp_btf::BtfTracePointLink;
 use aya::programs::{BtfTracePoint, FEntry, Iter, KProbe, Program, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf};
 use aya_obj::btf::BtfKind;
@@ -85,20 +86,34 @@ impl KernelReport {
 
 /// Probes this kernel with the `probe` asset; never fails: what cannot be checked is a
 /// "no" with its reason. The asset load is recorded in the registry like any other.
+/// Nothing of it stays loaded or attached.
 pub fn probe(assets: &AssetLoader) -> KernelReport {
+    probe_holding(assets).0
+}
+
+/// The probe's `tp_btf` program, still attached to `net_dev_queue`.
+///
+/// A tracepoint's last user leaving makes the next first user of *any* tracepoint wait
+/// for an RCU grace period (the kernel's 1→0→1 transition guard, `tracepoint.c`): the
+/// probe detaching right before the conntracker attaches cost start-up 5–9 ms. So
+/// start-up keeps this until its own attaches are done, then drops it (off the main
+/// thread: the drop is what waits).
+/// Only the link is kept: the object (its `.rodata` map, its other programs) is gone when
+/// [`probe_holding`] returns, so the lock statistics' map walk never finds it.
+pub struct Held(#[allow(dead_code)] Option<BtfTracePointLink>);
+
+/// [`probe`], with the probe's tracepoint left attached until [`Held`] is dropped.
+pub fn probe_holding(assets: &AssetLoader) -> (KernelReport, Held) {
     let started = Instant::now();
     let btf = assets.btf().ok().map(|found| &found.btf);
-    let (attach_kinds, lock_contention_tracepoints) = match load_probe_object(assets) {
+    let (attach_kinds, lock_contention_tracepoints, held) = match load_probe_object(assets) {
         Ok(mut ebpf) => {
             // The tp_btf program stays attached while the raw tracepoint one attaches to
             // the same tracepoint: enabling a tracepoint from nothing patches kernel text
             // (10-20 ms here), re-enabling it right after its last user left also waits
             // for an RCU grace period; adding a second user costs neither.
-            let tp_btf = probe_tp_btf(&mut ebpf, btf);
+            let (tp_btf, held) = probe_tp_btf(&mut ebpf, btf);
             let raw_tracepoint = probe_raw_tracepoint(&mut ebpf);
-            if tp_btf.available {
-                unload_tp_btf(&mut ebpf);
-            }
             let lock = probe_lock_contention(btf, &tp_btf);
             let kinds = vec![
                 probe_fentry(&mut ebpf, btf),
@@ -107,16 +122,16 @@ pub fn probe(assets: &AssetLoader) -> KernelReport {
                 raw_tracepoint,
                 probe_iter(&mut ebpf, btf),
             ];
-            (kinds, lock)
+            (kinds, lock, held)
         }
         Err(e) => {
             let reason = format!("probe object not loaded: {e}");
             let kinds = ["fentry", "kprobe", "tp_btf", "raw_tracepoint", "iter"];
             let lock = Feature::no("lock_contention_tracepoints", reason.clone());
-            (kinds.iter().map(|k| Feature::no(k, reason.clone())).collect(), lock)
+            (kinds.iter().map(|k| Feature::no(k, reason.clone())).collect(), lock, None)
         }
     };
-    KernelReport {
+    let report = KernelReport {
         release: crate::btf::kernel_release().unwrap_or_else(|e| format!("unknown ({e})")),
         arch: std::env::consts::ARCH.to_string(),
         btf: btf_report(assets),
@@ -124,7 +139,8 @@ pub fn probe(assets: &AssetLoader) -> KernelReport {
         conntrack: probe_conntrack(),
         lock_contention_tracepoints,
         took_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-    }
+    };
+    (report, Held(held))
 }
 
 /// With BTF, a regular CO-RE asset load. Without, the object is still loaded without
@@ -171,13 +187,6 @@ fn unload(name: &str, result: Result<(), ProgramError>) {
 }
 
 /// Detaches the tp_btf probe, left attached for the raw tracepoint probe's sake.
-fn unload_tp_btf(ebpf: &mut Ebpf) {
-    match program::<BtfTracePoint>(ebpf, "probe_tp_btf") {
-        Ok(p) => unload("probe_tp_btf", p.unload()),
-        Err(reason) => tracing::warn!(%reason, "tp_btf probe program to unload not found"),
-    }
-}
-
 fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Feature {
     let trial = btf.ok_or_else(|| NEEDS_BTF.to_string()).and_then(|btf| {
         let p: &mut FEntry = program(ebpf, "probe_fentry")?;
@@ -225,15 +234,20 @@ pub fn kprobe_explanation(has_kprobes: Option<bool>, has_pmu: bool, attach_error
     }
 }
 
-/// Leaves the program attached: [`probe`] detaches it after the raw tracepoint probe.
-fn probe_tp_btf(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Feature {
+/// Leaves the program attached, by a link of its own that outlives the object ([`Held`]):
+/// the raw tracepoint probe then adds a second user to the tracepoint, which neither
+/// patches kernel text nor waits for a grace period the way enabling it from nothing, or
+/// right after its last user left, does.
+fn probe_tp_btf(ebpf: &mut Ebpf, btf: Option<&Btf>) -> (Feature, Option<BtfTracePointLink>) {
+    let mut link = None;
     let trial = btf.ok_or_else(|| NEEDS_BTF.to_string()).and_then(|btf| {
         let p: &mut BtfTracePoint = program(ebpf, "probe_tp_btf")?;
         p.load(PROBE_TRACEPOINT, btf).map_err(|e| rejection(Step::Load, &e))?;
-        p.attach().map_err(|e| rejection(Step::Attach, &e))?;
+        let id = p.attach().map_err(|e| rejection(Step::Attach, &e))?;
+        link = Some(p.take_link(id).map_err(|e| rejection(Step::Attach, &e))?);
         Ok(format!("loaded and attached to tp_btf/{PROBE_TRACEPOINT}"))
     });
-    Feature::from_trial("tp_btf", trial)
+    (Feature::from_trial("tp_btf", trial), link)
 }
 
 fn probe_raw_tracepoint(ebpf: &mut Ebpf) -> Feature {

@@ -97,6 +97,25 @@ fn probe_leaves_nothing_loaded_or_attached() {
     assert_eq!(bpf_program_and_link_fds(), before, "probe left BPF programs or links open");
 }
 
+/// Start-up's variant keeps the probe's tp_btf program attached — one link, nothing
+/// else of the probe object (its maps would be found by the lock statistics' map walk) —
+/// until it is dropped, then leaves nothing either.
+#[test]
+fn a_held_probe_keeps_only_its_tracepoint_link_until_dropped() {
+    let _serial = PROGRAMS.lock().unwrap_or_else(|p| p.into_inner());
+    let before = bpf_program_and_link_fds();
+    let registry = Registry::default();
+    let assets = sysfs_assets(&registry, None);
+    let (report, held) = privileged_loader::probe::probe_holding(&assets);
+    assert!(report.attach_kind("tp_btf").is_some_and(|f| f.available), "{report}");
+    let during = bpf_program_and_link_fds();
+    let added: Vec<_> = during.iter().filter(|fd| !before.contains(fd)).collect();
+    assert_eq!(added.len(), 1, "one descriptor more while held, the link: {added:?}");
+    assert!(added[0].contains("bpf_link"), "{added:?}");
+    drop(held);
+    assert_eq!(bpf_program_and_link_fds(), before, "the held link outlived its drop");
+}
+
 /// Tests that load BPF programs run one at a time, so that counting this process's
 /// program and link descriptors is exact.
 static PROGRAMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
