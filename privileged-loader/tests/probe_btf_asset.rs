@@ -97,6 +97,24 @@ fn probe_leaves_nothing_loaded_or_attached() {
     assert_eq!(bpf_program_and_link_fds(), before, "probe left BPF programs or links open");
 }
 
+/// An object whose CO-RE roots the relocation BTF was not built for (a `--bpf-dir` object
+/// with other types) is relocated against the whole BTF, and loads. Here the relocation BTF
+/// is built for the map iterator's object alone, and the conntracker's object (`nf_conn`,
+/// `sk_buff`, ...) is loaded: against that BTF its relocations would find no candidate.
+#[test]
+fn an_object_the_relocation_btf_does_not_cover_is_relocated_against_the_whole_btf() {
+    let raw = fs::read(btf::SYSFS_VMLINUX).expect("this kernel's BTF");
+    let mut found = btf::discover(&BtfConfig::default()).expect("sysfs BTF");
+    let maps_only = privileged_loader::objects::embedded("lockstat_maps").expect("embedded");
+    found.relocation = Some(btf::RelocationBtf::build(&raw, [maps_only]).expect("relocation BTF"));
+    let registry = Registry::default();
+    let assets = AssetLoader::new(Ok(found), None, registry.clone());
+    load_object(&assets, "conntrack").expect("the conntracker's object loads against the whole BTF");
+    assert!(matches!(record(&registry, "conntrack").outcome, AssetOutcome::Loaded { .. }));
+    // And the one it was built for still loads (against the relocation BTF).
+    load_object(&assets, "lockstat_maps").expect("the map iterator's object loads");
+}
+
 /// Start-up's variant keeps the probe's tp_btf program attached — one link, nothing
 /// else of the probe object (its maps would be found by the lock statistics' map walk) —
 /// until it is dropped, then leaves nothing either.
