@@ -5,6 +5,13 @@
 //! decoded (HPACK, with the client's own dynamic table) and re-encoded as literals that
 //! never touch h2's table, with an unparseable `:authority` replaced by `localhost`.
 //! Every other frame passes through untouched. Pure: no I/O, fed bytes, returns bytes.
+//!
+//! Only connections that need it pay for it. The first header block decides: when its
+//! `:authority` is valid (tonic, loaderctl, the controller), that block and everything
+//! after it go to h2 as the client sent them, undecoded — h2's table then follows the
+//! client's own. Decoding every request had cost each `LookupTranslation` ~60 µs (the HPACK
+//! crate builds its Huffman table per string). A client that later changes its authority
+//! to an invalid one gets those streams refused by h2, as without the rewriter.
 use std::io::Write;
 
 const PREFACE_LEN: usize = 24;
@@ -40,6 +47,21 @@ struct PendingBlock {
     stream: u32,
     end_stream: bool,
     fragment: Vec<u8>,
+    /// The block's frames as received, for a connection that turns out not to need them
+    /// rewritten.
+    raw: Vec<u8>,
+}
+
+/// What is done with a connection's header blocks, decided by the first one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No header block complete yet.
+    Undecided,
+    /// The first block's `:authority` was valid (or absent): every byte from that block on
+    /// goes to h2 as sent; nothing is decoded.
+    Passthrough,
+    /// It was not: every block is decoded and re-encoded.
+    Rewrite,
 }
 
 /// The rewriter of one connection's client-to-server bytes.
@@ -50,13 +72,21 @@ pub struct AuthorityRewriter {
     input: Vec<u8>,
     block: Option<PendingBlock>,
     decoder: loona_hpack::Decoder<'static>,
+    mode: Mode,
 }
 
 impl Default for AuthorityRewriter {
     fn default() -> Self {
         let mut decoder = loona_hpack::Decoder::new();
         decoder.set_max_allowed_table_size(TABLE_SIZE);
-        Self { preface_left: PREFACE_LEN, passthrough_left: 0, input: Vec::new(), block: None, decoder }
+        Self {
+            preface_left: PREFACE_LEN,
+            passthrough_left: 0,
+            input: Vec::new(),
+            block: None,
+            decoder,
+            mode: Mode::Undecided,
+        }
     }
 }
 
@@ -64,9 +94,18 @@ impl AuthorityRewriter {
     /// Consumes `bytes` read from the client and appends what h2 should read to `out`.
     /// Incomplete header frames are held until the rest arrives.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
+        if self.mode == Mode::Passthrough {
+            out.extend_from_slice(bytes);
+            return Ok(());
+        }
         self.input.extend_from_slice(bytes);
         let mut pos = 0;
         loop {
+            if self.mode == Mode::Passthrough {
+                out.extend_from_slice(&self.input[pos..]);
+                pos = self.input.len();
+                break;
+            }
             let rest = &self.input[pos..];
             if self.preface_left > 0 || self.passthrough_left > 0 {
                 let n = rest.len().min(self.preface_left.max(self.passthrough_left));
@@ -104,30 +143,36 @@ impl AuthorityRewriter {
             if rest.len() < FRAME_HEADER_LEN + header.len {
                 break;
             }
-            let payload = rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + header.len].to_vec();
-            pos += FRAME_HEADER_LEN + header.len;
-            self.header_frame(&header, &payload, out)?;
+            let frame = rest[..FRAME_HEADER_LEN + header.len].to_vec();
+            pos += frame.len();
+            self.header_frame(&header, &frame, out)?;
         }
         self.input.drain(..pos);
         Ok(())
     }
 
+    /// One HEADERS or CONTINUATION `frame` (its 9-byte header included).
     fn header_frame(
         &mut self,
         header: &FrameHeader,
-        payload: &[u8],
+        frame: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), RewriteError> {
+        let payload = &frame[FRAME_HEADER_LEN..];
         let fragment = if header.kind == HEADERS { headers_fragment(header, payload)? } else { payload };
         let block = self.block.get_or_insert_with(|| PendingBlock {
             stream: header.stream,
             end_stream: header.flags & END_STREAM != 0,
             fragment: Vec::new(),
+            raw: Vec::new(),
         });
         if block.fragment.len() + fragment.len() > MAX_BLOCK {
             return Err(RewriteError::BlockTooLarge { stream: header.stream });
         }
         block.fragment.extend_from_slice(fragment);
+        if self.mode == Mode::Undecided {
+            block.raw.extend_from_slice(frame);
+        }
         if header.flags & END_HEADERS == 0 {
             return Ok(());
         }
@@ -136,6 +181,17 @@ impl AuthorityRewriter {
             .decoder
             .decode(&block.fragment)
             .map_err(|e| RewriteError::Hpack { stream: block.stream, reason: e.to_string() })?;
+        if self.mode == Mode::Undecided {
+            let invalid =
+                fields.iter().any(|(name, value)| name == b":authority" && !is_valid_authority(value));
+            if !invalid {
+                // h2 decodes this block itself, so its table starts as the client's does.
+                self.mode = Mode::Passthrough;
+                out.extend_from_slice(&block.raw);
+                return Ok(());
+            }
+            self.mode = Mode::Rewrite;
+        }
         write_frames(block.stream, block.end_stream, &encode_literals(fields), out);
         Ok(())
     }

@@ -68,8 +68,41 @@ fn a_valid_authority_is_kept_and_byte_by_byte_input_gives_the_same_bytes() {
         rewriter.feed(std::slice::from_ref(byte), &mut piecewise).expect("rewrite");
     }
     assert_eq!(whole, piecewise);
+    assert_eq!(whole, input, "a connection that needs no rewrite reaches h2 byte for byte");
     assert_eq!(authority(&decoded_blocks(&whole)[0].1), b"localhost:50051");
-    assert!(whole.ends_with(&[0, 0, 5, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]));
+}
+
+/// After a first request with a valid authority nothing is decoded any more: a later
+/// header block, even one no decoder could read, goes to h2 as sent (h2 judges it).
+#[test]
+fn after_a_valid_first_authority_the_connection_is_passed_through_undecoded() {
+    let mut encoder = loona_hpack::Encoder::new();
+    let mut input = PREFACE.to_vec();
+    input.extend(request_frame(&mut encoder, 1, b"localhost"));
+    // An index into a dynamic-table entry that does not exist.
+    let garbage = [0, 0, 1, HEADERS, END_HEADERS, 0, 0, 0, 3, 0xff];
+    let mut rewriter = AuthorityRewriter::default();
+    let mut out = Vec::new();
+    rewriter.feed(&input, &mut out).expect("first request");
+    rewriter.feed(&garbage, &mut out).expect("passed through, not decoded");
+    input.extend(garbage);
+    assert_eq!(out, input);
+}
+
+/// A connection whose first request needed the rewrite keeps being rewritten, even when a
+/// later request carries a valid authority: h2's table no longer follows the client's.
+#[test]
+fn once_rewritten_a_connection_stays_rewritten() {
+    let mut encoder = loona_hpack::Encoder::new();
+    let mut input = PREFACE.to_vec();
+    input.extend(request_frame(&mut encoder, 1, b"tmp%2Floader.sock"));
+    input.extend(request_frame(&mut encoder, 3, b"localhost"));
+    let mut out = Vec::new();
+    AuthorityRewriter::default().feed(&input, &mut out).expect("rewrite");
+    let blocks = decoded_blocks(&out);
+    let authorities: Vec<&[u8]> = blocks.iter().map(|(_, fields)| authority(fields)).collect();
+    assert_eq!(authorities, [&b"localhost"[..], &b"localhost"[..]]);
+    assert_ne!(out, input, "re-encoded as literals");
 }
 
 #[test]
