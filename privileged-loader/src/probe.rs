@@ -98,9 +98,13 @@ pub fn probe(assets: &AssetLoader) -> KernelReport {
 /// probe detaching right before the conntracker attaches cost start-up 5–9 ms. So
 /// start-up keeps this until its own attaches are done, then drops it (off the main
 /// thread: the drop is what waits).
+///
 /// Only the link is kept: the object (its `.rodata` map, its other programs) is gone when
 /// [`probe_holding`] returns, so the lock statistics' map walk never finds it.
-pub struct Held(#[allow(dead_code)] Option<BtfTracePointLink>);
+pub struct Held {
+    /// Detaches the program when dropped.
+    _link: Option<BtfTracePointLink>,
+}
 
 /// [`probe`], with the probe's tracepoint left attached until [`Held`] is dropped.
 pub fn probe_holding(assets: &AssetLoader) -> (KernelReport, Held) {
@@ -140,7 +144,7 @@ pub fn probe_holding(assets: &AssetLoader) -> (KernelReport, Held) {
         lock_contention_tracepoints,
         took_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
     };
-    (report, Held(held))
+    (report, Held { _link: held })
 }
 
 /// With BTF, a regular CO-RE asset load. Without, the object is still loaded without
