@@ -588,6 +588,36 @@ mod tests {
         );
     }
 
+    /// The reader is fed BTF from remote configs too: single-byte corruptions of a real
+    /// blob (the relocation BTF of this kernel, ~380 types) and of an object's `.BTF.ext`
+    /// are an error or a result, never a panic.
+    #[test]
+    fn corrupted_blobs_are_errors_never_panics() {
+        let Ok(raw) = std::fs::read(crate::btf::SYSFS_VMLINUX) else { return };
+        let relocation = RelocationBtf::for_embedded_objects(&raw).unwrap();
+        let blob = prune(&RawBtf::parse(&raw).unwrap(), &relocation.roots).unwrap();
+        // Every header byte, then every 13th byte (every one: minutes in a debug build).
+        for at in (0..HEADER_LEN).chain((HEADER_LEN..blob.len()).step_by(13)) {
+            for value in [0xff, blob[at] ^ 0x80] {
+                let mut bad = blob.clone();
+                bad[at] = value;
+                if let Ok(parsed) = RawBtf::parse(&bad) {
+                    let _ = prune(&parsed, &relocation.roots);
+                    let _ = (1..=parsed.types.len() as u32).map(|id| parsed.resolve(id)).count();
+                }
+            }
+        }
+        use object::{Object, ObjectSection};
+        let object = crate::objects::embedded("lockstat_maps").unwrap();
+        let file = object::File::parse(object).unwrap();
+        let ext = file.section_by_name(".BTF.ext").and_then(|s| s.data().ok()).unwrap();
+        for at in 0..ext.len() {
+            let mut bad = ext.to_vec();
+            bad[at] ^= 0xff;
+            let _ = core_relocations(&bad);
+        }
+    }
+
     #[test]
     fn flavors_match_their_base_name() {
         assert_eq!(flavorless(b"nf_conn___old"), b"nf_conn");
