@@ -23,6 +23,25 @@ fn silent_client(socket: &Path) -> UnixStream {
     stream
 }
 
+/// A silent client the loader has *accepted*: its first answer (SETTINGS) arrived. The
+/// readiness check's own connection (`loaderctl status`) may still hold a slot for a
+/// moment after that process exits; a client refused meanwhile is closed at once (a broken
+/// pipe or an end of stream here), so it is tried again, for up to 5 s.
+fn accepted_silent_client(socket: &Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = UnixStream::connect(socket).expect("connect");
+        let answered = stream.write_all(PREFACE_AND_SETTINGS).is_ok()
+            && stream.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
+            && stream.read_exact(&mut [0u8; 1]).is_ok();
+        if answered {
+            return stream;
+        }
+        assert!(Instant::now() < deadline, "the loader accepted no connection for 5 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// How long until the loader closes `stream` (reading and discarding what it sends), or
 /// `None` if it is still open after `limit`.
 fn closed_within(stream: &mut UnixStream, limit: Duration) -> Option<Duration> {
@@ -100,8 +119,7 @@ fn connections_past_the_limit_are_closed_at_once_and_the_loader_stays_idle_and_s
         extra_toml: "[api.limits]\nmax_connections = 8\n",
         ..Default::default()
     });
-    let mut held: Vec<UnixStream> = (0..8).map(|_| silent_client(&loader.socket)).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    let mut held: Vec<UnixStream> = (0..8).map(|_| accepted_silent_client(&loader.socket)).collect();
     let pid = loader.process.pid();
     let before = cpu_time(pid);
     for _ in 0..50 {
