@@ -158,31 +158,12 @@ fn the_cache_answers_later_calls_without_guessing_again() {
 fn prebuilt_objects_carry_no_core_relocations() {
     for asset in ["offsetguess", "conntrack_prebuilt"] {
         let object = objects::embedded(asset).unwrap_or_else(|| panic!("asset {asset} embedded"));
-        assert_eq!(core_relocation_bytes(object), 0, "asset {asset} has CO-RE relocations");
+        assert_eq!(core_relocations(object), 0, "asset {asset} has CO-RE relocations");
     }
-    assert!(core_relocation_bytes(objects::embedded("conntrack").expect("CO-RE asset")) > 0, "oracle sanity");
+    assert!(core_relocations(objects::embedded("conntrack").expect("CO-RE asset")) > 0, "oracle sanity");
 }
 
-/// `core_relo_len` of the object's .BTF.ext header (0 when absent).
-fn core_relocation_bytes(elf: &[u8]) -> u32 {
-    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
-    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
-    let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
-    let section = |i: usize| {
-        let h = shoff + i * shentsize;
-        (u32_at(h) as usize, u64_at(h + 0x18), u64_at(h + 0x20))
-    };
-    let (_, strtab, _) = section(shstrndx);
-    for i in 0..shnum {
-        let (name, off, size) = section(i);
-        let name_bytes = &elf[strtab + name..];
-        let end = name_bytes.iter().position(|&b| b == 0).unwrap();
-        if &name_bytes[..end] == b".BTF.ext" {
-            let ext = &elf[off..off + size];
-            let hdr_len = u32::from_le_bytes(ext[4..8].try_into().unwrap());
-            return if hdr_len >= 32 { u32::from_le_bytes(ext[28..32].try_into().unwrap()) } else { 0 };
-        }
-    }
-    0
+/// How many CO-RE relocations the object carries (the loader's own `.BTF.ext` reader).
+fn core_relocations(elf: &[u8]) -> usize {
+    privileged_loader::btf::relocation::core_relocation_count(elf).expect("a readable object")
 }

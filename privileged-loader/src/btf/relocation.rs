@@ -115,8 +115,7 @@ impl RelocationBtf {
             }
         }
         let kernel = RawBtf::parse(raw)?;
-        let bytes = prune(&kernel, &roots)?;
-        let types = RawBtf::parse(&bytes)?.types.len();
+        let (bytes, types) = prune(&kernel, &roots)?;
         let btf =
             Btf::parse(&bytes, Endianness::default()).map_err(|e| RelocationBtfError::Aya(e.to_string()))?;
         Ok(Self { btf, roots, types, kernel_types: kernel.types.len() })
@@ -153,6 +152,29 @@ struct RawBtf<'a> {
     types: Vec<Record>,
 }
 
+/// Checks the magic number BTF and `.BTF.ext` start with (native byte order).
+fn check_magic(bytes: &[u8]) -> Result<(), RelocationBtfError> {
+    let magic =
+        bytes.get(..2).map(|m| u16::from_ne_bytes([m[0], m[1]])).ok_or(RelocationBtfError::Truncated(0))?;
+    if magic != BTF_MAGIC {
+        return Err(RelocationBtfError::Magic(magic));
+    }
+    Ok(())
+}
+
+/// A BTF blob of raw `types` records and `strings`, behind a version-1 header.
+fn write_blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + types.len() + strings.len());
+    out.extend_from_slice(&BTF_MAGIC.to_ne_bytes());
+    out.extend_from_slice(&[1, 0]); // version 1, no flags
+    for field in [HEADER_LEN as u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        out.extend_from_slice(&field.to_ne_bytes());
+    }
+    out.extend_from_slice(types);
+    out.extend_from_slice(strings);
+    out
+}
+
 fn u32_at(bytes: &[u8], at: usize) -> Result<u32, RelocationBtfError> {
     let field = bytes.get(at..at + 4).ok_or(RelocationBtfError::Truncated(at))?;
     Ok(u32::from_ne_bytes([field[0], field[1], field[2], field[3]]))
@@ -160,11 +182,7 @@ fn u32_at(bytes: &[u8], at: usize) -> Result<u32, RelocationBtfError> {
 
 impl<'a> RawBtf<'a> {
     fn parse(raw: &'a [u8]) -> Result<Self, RelocationBtfError> {
-        let magic =
-            raw.get(..2).map(|m| u16::from_ne_bytes([m[0], m[1]])).ok_or(RelocationBtfError::Truncated(0))?;
-        if magic != BTF_MAGIC {
-            return Err(RelocationBtfError::Magic(magic));
-        }
+        check_magic(raw)?;
         let hdr_len = u32_at(raw, 4)? as usize;
         let section = |off: usize, len: usize| {
             let start = hdr_len + off;
@@ -278,13 +296,19 @@ fn core_roots(object: &[u8]) -> Result<BTreeSet<String>, RelocationBtfError> {
     Ok(roots)
 }
 
+/// How many CO-RE relocations ELF `object` carries (0 without `.BTF.ext`).
+pub fn core_relocation_count(object: &[u8]) -> Result<usize, RelocationBtfError> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(object).map_err(|e| RelocationBtfError::Elf(e.to_string()))?;
+    match file.section_by_name(".BTF.ext").and_then(|s| s.data().ok()) {
+        Some(ext) => Ok(core_relocations(ext)?.len()),
+        None => Ok(0),
+    }
+}
+
 /// Every CO-RE relocation of a `.BTF.ext` section: (local root type id, kind).
 fn core_relocations(ext: &[u8]) -> Result<Vec<(u32, u32)>, RelocationBtfError> {
-    let magic =
-        ext.get(..2).map(|m| u16::from_ne_bytes([m[0], m[1]])).ok_or(RelocationBtfError::Truncated(0))?;
-    if magic != BTF_MAGIC {
-        return Err(RelocationBtfError::Magic(magic));
-    }
+    check_magic(ext)?;
     let hdr_len = u32_at(ext, 4)? as usize;
     // The CO-RE part of the header (core_relo_off, core_relo_len) came with a longer one.
     if hdr_len < 32 {
@@ -314,8 +338,8 @@ fn core_relocations(ext: &[u8]) -> Result<Vec<(u32, u32)>, RelocationBtfError> {
 }
 
 /// The types a relocation may read when it starts from a type named in `roots`, as a BTF
-/// blob of their own (new ids, in the kernel's order; only their strings).
-fn prune(kernel: &RawBtf<'_>, roots: &BTreeSet<String>) -> Result<Vec<u8>, RelocationBtfError> {
+/// blob of their own (new ids, in the kernel's order; only their strings), and how many.
+fn prune(kernel: &RawBtf<'_>, roots: &BTreeSet<String>) -> Result<(Vec<u8>, usize), RelocationBtfError> {
     let wanted: HashSet<&[u8]> = roots.iter().map(|r| r.as_bytes()).collect();
     let mut keep = vec![false; kernel.types.len() + 1];
     let mut queue = Vec::new();
@@ -364,15 +388,7 @@ fn prune(kernel: &RawBtf<'_>, roots: &BTreeSet<String>) -> Result<Vec<u8>, Reloc
         let record = kernel.record(id as u32).ok_or(RelocationBtfError::Truncated(0))?;
         rewrite(kernel, record, &new_id, &mut strings, &mut types)?;
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + types.len() + strings.bytes.len());
-    out.extend_from_slice(&BTF_MAGIC.to_ne_bytes());
-    out.extend_from_slice(&[1, 0]); // version 1, no flags
-    for field in [HEADER_LEN as u32, 0, types.len() as u32, types.len() as u32, strings.bytes.len() as u32] {
-        out.extend_from_slice(&field.to_ne_bytes());
-    }
-    out.extend_from_slice(&types);
-    out.extend_from_slice(&strings.bytes);
-    Ok(out)
+    Ok((write_blob(&types, &strings.bytes), next as usize - 1))
 }
 
 /// The types `record` holds by value (not behind a pointer): what a field walk can enter.
@@ -479,14 +495,7 @@ mod tests {
     /// A BTF blob of `types` (each a full record) and `strings`.
     fn blob(types: &[Vec<u32>], strings: &[u8]) -> Vec<u8> {
         let types: Vec<u8> = types.iter().flatten().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut out = BTF_MAGIC.to_ne_bytes().to_vec();
-        out.extend_from_slice(&[1, 0]);
-        for field in [HEADER_LEN as u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
-            out.extend_from_slice(&field.to_ne_bytes());
-        }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(strings);
-        out
+        write_blob(&types, strings)
     }
 
     fn info(kind: u32, vlen: u32) -> u32 {
@@ -507,8 +516,9 @@ mod tests {
         ];
         let raw = blob(&types, strings);
         let kernel = RawBtf::parse(&raw).unwrap();
-        let pruned = prune(&kernel, &BTreeSet::from(["outer".to_string()])).unwrap();
+        let (pruned, kept) = prune(&kernel, &BTreeSet::from(["outer".to_string()])).unwrap();
         let out = RawBtf::parse(&pruned).unwrap();
+        assert_eq!(kept, out.types.len());
         let names: Vec<_> = (1..=out.types.len() as u32)
             .map(|id| {
                 String::from_utf8_lossy(out.string(u32_at(out.record(id).unwrap(), 0).unwrap())).into_owned()
@@ -595,7 +605,7 @@ mod tests {
     fn corrupted_blobs_are_errors_never_panics() {
         let Ok(raw) = std::fs::read(crate::btf::SYSFS_VMLINUX) else { return };
         let relocation = RelocationBtf::for_embedded_objects(&raw).unwrap();
-        let blob = prune(&RawBtf::parse(&raw).unwrap(), &relocation.roots).unwrap();
+        let (blob, _) = prune(&RawBtf::parse(&raw).unwrap(), &relocation.roots).unwrap();
         // Every header byte, then every 13th byte (every one: minutes in a debug build).
         for at in (0..HEADER_LEN).chain((HEADER_LEN..blob.len()).step_by(13)) {
             for value in [0xff, blob[at] ^ 0x80] {
